@@ -1,0 +1,447 @@
+"""The vendor-neutral FHIR R4 adapter that every vendor module specialises.
+
+Pipeline steps never speak HTTP or FHIR JSON directly: they ask an adapter for a capability
+summary, a patient, a page of patients or a patient's clinical resources, and get typed results
+or a ``RemoteError``. What differs between EHRs (MRN identifier systems, page-size limits,
+mandatory search parameters, how the patient is named in a search) is declared as class
+attributes and small overrides in the vendor modules, so this file holds no vendor names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import quote, urljoin, urlsplit
+
+from fhirclient.models.capabilitystatement import CapabilityStatement
+from fhirclient.models.fhirabstractbase import FHIRValidationError
+from fhirclient.models.patient import Patient
+
+from connections.auth import AuthConfig, Authenticator, TokenInfo
+from connections.errors import ErrorKind, RemoteError
+from connections.http import GuardedClient
+
+SUPPORTED_FHIR_VERSION = "4.0."
+OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+# FHIR ids: letters, digits, '-' and '.', up to 64 characters. Checked before an id goes into a
+# URL path, so an id taken from a remote payload cannot steer the request elsewhere.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_MAX_PATHS = 10
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Where and how to reach one hospital endpoint."""
+
+    vendor: str
+    base_url: str
+    auth: AuthConfig
+    mrn_system: str = ""  # "" means the vendor's default MRN systems
+    # Parameters some vendors require on every search, such as athenahealth's
+    # (("ah-practice", "Organization/a-1.Practice-195900"),). Pairs, so the config stays hashable.
+    extra_params: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class NormalizedPatient:
+    """The few patient facts the pipeline compares across vendors."""
+
+    id: str
+    mrn: str | None
+    family: str
+    given: tuple[str, ...]
+    birth_date: str | None
+    gender: str | None
+
+
+@dataclass
+class CapabilitySummary:
+    """What a server's CapabilityStatement says it can do, reduced to what the steps check."""
+
+    fhir_version: str
+    software: str
+    formats: list[str]
+    resources: dict[str, dict[str, list[str]]]  # type -> {"interactions": [...], "search_params": [...]}
+    security: dict[str, Any] = field(default_factory=dict)
+
+    def supports(self, resource_type: str, interaction: str = "search-type") -> bool:
+        """Whether the server advertises an interaction on a resource type."""
+        return interaction in self.resources.get(resource_type, {}).get("interactions", [])
+
+
+class FHIRAdapter:
+    """A FHIR R4 server as the pipeline sees it. Subclasses declare their vendor's quirks."""
+
+    vendor: ClassVar[str] = "generic"
+    default_mrn_systems: ClassVar[tuple[str, ...]] = ()
+    max_page_size: ClassVar[int] = 100
+    # The search parameter that names the patient on clinical searches.
+    patient_param: ClassVar[str] = "patient"
+    # Parameters a vendor requires on a clinical search, with every value to search: each
+    # value is searched separately and the results merged (e.g. Epic's Observation category).
+    fan_out_params: ClassVar[Mapping[str, tuple[str, tuple[str, ...]]]] = {}
+    # Parameters that must be present in ConnectionConfig.extra_params (e.g. a practice id).
+    required_extra_params: ClassVar[tuple[str, ...]] = ()
+    max_pages: ClassVar[int] = 1000
+    # Consecutive pages that add no new patient before paging is declared stuck.
+    max_pages_without_progress: ClassVar[int] = 3
+
+    def __init__(self, config: ConnectionConfig, client: GuardedClient) -> None:
+        self.config = config
+        self.client = client
+        self.base_url = config.base_url.rstrip("/")
+        self.auth = Authenticator(config.auth, client)
+
+    # ---- discovery ---------------------------------------------------------------------
+
+    def capability(self) -> CapabilitySummary:
+        """Read and check ``/metadata``: a FHIR R4 CapabilityStatement, structurally valid."""
+        # Metadata is public on every major EHR; reading it without credentials means a wrong
+        # secret cannot make a good endpoint look like a non-FHIR one.
+        response = self.client.request("GET", self._url("metadata"), expect_json=False)
+        body = _json_or_not_fhir(response.content, response.headers.get("content-type", ""))
+        if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
+            found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
+            raise RemoteError(
+                ErrorKind.NOT_FHIR,
+                "The address answered JSON, but not a FHIR CapabilityStatement.",
+                detail={"resource_type": str(found)[:64]},
+            )
+        _check_version(body.get("fhirVersion"))
+        parse_resource(CapabilityStatement, body, "CapabilityStatement")
+        return summarize_capability(body)
+
+    def smart_configuration(self) -> dict[str, Any] | None:
+        """The SMART ``.well-known/smart-configuration`` document; None if the server has none."""
+        try:
+            response = self.client.get_json(self._url(".well-known/smart-configuration"))
+        except RemoteError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise
+        body = response.json()
+        if not isinstance(body, dict):
+            raise RemoteError(
+                ErrorKind.BAD_PAYLOAD,
+                "The server's SMART configuration is not a JSON object.",
+            )
+        return body
+
+    def authenticate(self) -> TokenInfo | None:
+        """Obtain a fresh token (client credentials) and report it; None for none/basic auth."""
+        if self.config.auth.method != "client_credentials":
+            return None
+        self.auth.invalidate()
+        self.auth.headers()
+        return self.auth.token_info()
+
+    # ---- patients ------------------------------------------------------------------------
+
+    def read_patient(self, patient_id: str) -> NormalizedPatient:
+        """Read one Patient by id and normalise it."""
+        body = self._get(f"Patient/{_path_id(patient_id)}")
+        parse_resource(Patient, body, "Patient")
+        return self.normalize_patient(body)
+
+    def search_patients(self, *, count: int = 10) -> list[NormalizedPatient]:
+        """The first page of a Patient search, at most ``count`` patients."""
+        size = self._page_size(count)
+        bundle = self._get("Patient", self._search_params("Patient", {"_count": str(size)}))
+        return [self.normalize_patient(r) for r in self._bundle_resources(bundle, "Patient")][:count]
+
+    def iter_patients(self, *, limit: int, page_size: int | None = None) -> Iterator[NormalizedPatient]:
+        """Up to ``limit`` distinct patients, following the server's next links."""
+        size = self._page_size(page_size or limit)
+        url = self._url("Patient")
+        params: dict[str, str] | None = self._search_params("Patient", {"_count": str(size)})
+        seen_ids: set[str] = set()
+        seen_links: set[str] = set()
+        yielded = pages = stalled = 0
+        while yielded < limit:
+            pages += 1
+            if pages > self.max_pages:
+                raise _paging_error(f"The server kept paging past {self.max_pages} pages.")
+            bundle = self._get_url(url, params)
+            new = 0
+            for resource in self._bundle_resources(bundle, "Patient"):
+                patient = self.normalize_patient(resource)
+                # Offset paging over a list that changes can repeat a patient; skip it.
+                if patient.id in seen_ids:
+                    continue
+                seen_ids.add(patient.id)
+                new += 1
+                yield patient
+                yielded += 1
+                if yielded >= limit:
+                    return
+            stalled = 0 if new else stalled + 1
+            if stalled >= self.max_pages_without_progress:
+                raise _paging_error("The server's pages stopped returning new patients.")
+            next_url = self._next_link(bundle)
+            if next_url is None:
+                return
+            if next_url in seen_links:
+                raise _paging_error("The server's next link repeats an earlier page (a paging loop).")
+            seen_links.add(next_url)
+            url, params = next_url, None
+
+    def normalize_patient(self, resource: Mapping[str, Any]) -> NormalizedPatient:
+        """Reduce a Patient resource to the facts compared across vendors."""
+        name = _preferred_name(resource.get("name") or [])
+        return NormalizedPatient(
+            id=str(resource.get("id", "")),
+            mrn=self._mrn(resource.get("identifier") or []),
+            family=str(name.get("family") or ""),
+            given=tuple(str(g) for g in name.get("given") or []),
+            birth_date=resource.get("birthDate"),
+            gender=resource.get("gender"),
+        )
+
+    def mrn_systems(self) -> tuple[str, ...]:
+        """The identifier systems that carry the MRN, most specific first."""
+        if self.config.mrn_system:
+            return (self.config.mrn_system,)
+        return self.default_mrn_systems
+
+    def _mrn(self, identifiers: list[Any]) -> str | None:
+        by_system = {i.get("system"): i.get("value") for i in identifiers if isinstance(i, dict) and i.get("value")}
+        return next((by_system[s] for s in self.mrn_systems() if s in by_system), None)
+
+    # ---- clinical ------------------------------------------------------------------------
+
+    def search_clinical(self, resource_type: str, patient_id: str, *, count: int = 50) -> list[dict[str, Any]]:
+        """A patient's resources of one type (first page per query), validated, without duplicates.
+
+        ``count`` is the page size asked of each query; vendors that need one query per value of
+        a mandatory parameter get each query's first page, merged.
+        """
+        if not _RESOURCE_TYPE.fullmatch(resource_type):
+            raise RemoteError(ErrorKind.BAD_REQUEST, f"{resource_type!r} is not a resource type.")
+        model = _model_class(resource_type)
+        merged: dict[str, dict[str, Any]] = {}
+        for params in self.clinical_queries(resource_type, _path_id(patient_id), count):
+            bundle = self._get(resource_type, params)
+            for resource in self._bundle_resources(bundle, resource_type):
+                parse_resource(model, resource, resource_type)
+                merged.setdefault(str(resource.get("id")), resource)
+        return list(merged.values())
+
+    def clinical_queries(self, resource_type: str, patient_id: str, count: int) -> list[dict[str, str]]:
+        """The searches that together return a patient's resources of one type."""
+        base = {self.patient_param: patient_id, "_count": str(self._page_size(count))}
+        base = self._search_params(resource_type, base)
+        fan_out = self.fan_out_params.get(resource_type)
+        if fan_out is None:
+            return [base]
+        param, values = fan_out
+        return [{**base, param: value} for value in values]
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _search_params(self, resource_type: str, params: dict[str, str]) -> dict[str, str]:
+        """Add the connection's extra parameters, refusing to search without required ones."""
+        extra = dict(self.config.extra_params)
+        missing = [p for p in self.required_extra_params if not extra.get(p)]
+        if missing:
+            raise RemoteError(
+                ErrorKind.BAD_REQUEST,
+                f"This {self.vendor} connection needs {', '.join(missing)} before it can search.",
+                hint="Add the value the hospital gave you to the connection's settings.",
+                detail={"missing_params": missing},
+            )
+        return {**params, **extra}
+
+    def _page_size(self, requested: int) -> int:
+        return max(1, min(requested, self.max_page_size))
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        return self._get_url(self._url(path), params)
+
+    def _get_url(self, url: str, params: Mapping[str, str] | None = None) -> Any:
+        """An authenticated GET; a 401 on a cached token gets one fresh token and one retry."""
+        try:
+            return self.client.get_json(url, headers=self.auth.headers(), params=params).json()
+        except RemoteError as exc:
+            if exc.kind is not ErrorKind.AUTH or self.config.auth.method != "client_credentials":
+                raise
+        self.auth.invalidate()
+        return self.client.get_json(url, headers=self.auth.headers(), params=params).json()
+
+    def _bundle_resources(self, bundle: Any, resource_type: str) -> list[dict[str, Any]]:
+        """The matched resources of one type in a searchset Bundle (includes and outcomes left out)."""
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise RemoteError(
+                ErrorKind.BAD_PAYLOAD,
+                f"The server answered a {resource_type} search with something other than a Bundle.",
+            )
+        found = []
+        for index, entry in enumerate(bundle.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if not isinstance(resource, dict):
+                raise _structure_error(resource_type, [f"entry.{index}.resource: missing"])
+            mode = (entry.get("search") or {}).get("mode", "match")
+            if mode == "match" and resource.get("resourceType") == resource_type:
+                found.append(resource)
+        return found
+
+    def _next_link(self, bundle: Mapping[str, Any]) -> str | None:
+        """The absolute next-page URL, resolved against the base; it must stay on the same server."""
+        for link in bundle.get("link") or []:
+            if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
+                url = urljoin(self.base_url + "/", str(link["url"]))
+                if _origin(url) != _origin(self.base_url):
+                    # Following it would send our token to another host.
+                    raise _paging_error("The server's next link points at a different server.")
+                return url
+        return None
+
+
+# ---- helpers shared by the vendor modules ----------------------------------------------------
+
+
+def parse_resource(model: type, body: Mapping[str, Any], label: str) -> Any:
+    """Instantiate a fhirclient model strictly; structural errors become BAD_PAYLOAD with paths."""
+    try:
+        return model(dict(body), strict=True)
+    except FHIRValidationError as exc:
+        error = _structure_error(label, validation_paths(exc))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        error = _structure_error(label, [f"{{root}}: {type(exc).__name__}"])
+    raise error
+
+
+def validation_paths(exc: FHIRValidationError, prefix: str = "") -> list[str]:
+    """Flatten fhirclient's nested validation errors into "path: problem" lines."""
+    path = ".".join(p for p in (prefix, exc.path or "") if p)
+    lines: list[str] = []
+    for inner in exc.errors:
+        if isinstance(inner, FHIRValidationError):
+            lines.extend(validation_paths(inner, path))
+        else:
+            # Drop fhirclient's "in data for <object at 0x...>" tail: noise, and never PHI.
+            problem = str(inner).split(" in data for ")[0][:160]
+            lines.append(f"{path or '{root}'}: {problem}")
+    return lines
+
+
+def summarize_capability(body: Mapping[str, Any]) -> CapabilitySummary:
+    """The parts of a CapabilityStatement the configure step checks."""
+    servers = [r for r in body.get("rest") or [] if isinstance(r, dict) and r.get("mode") == "server"]
+    rest: Mapping[str, Any] = servers[0] if servers else {}
+    resources = {
+        str(r.get("type")): {
+            "interactions": [i.get("code") for i in r.get("interaction") or [] if i.get("code")],
+            "search_params": [p.get("name") for p in r.get("searchParam") or [] if p.get("name")],
+        }
+        for r in rest.get("resource") or []
+        if r.get("type")
+    }
+    software = body.get("software") or {}
+    return CapabilitySummary(
+        fhir_version=str(body.get("fhirVersion")),
+        software=" ".join(str(s) for s in (software.get("name"), software.get("version")) if s),
+        formats=[str(f) for f in body.get("format") or []],
+        resources=resources,
+        security=_security_summary(rest.get("security") or {}),
+    )
+
+
+def _security_summary(security: Mapping[str, Any]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "services": [
+            c.get("code") for s in security.get("service") or [] for c in s.get("coding") or [] if c.get("code")
+        ],
+    }
+    for ext in security.get("extension") or []:
+        if ext.get("url") != OAUTH_URIS_EXTENSION:
+            continue
+        for sub in ext.get("extension") or []:
+            if sub.get("url") in ("token", "authorize", "register") and sub.get("valueUri"):
+                summary[f"{sub['url']}_url"] = sub["valueUri"]
+    return summary
+
+
+def _json_or_not_fhir(content: bytes, content_type: str) -> Any:
+    """Parse a metadata answer: anything that is not JSON means this is not a FHIR endpoint."""
+    try:
+        return json.loads(content)
+    except ValueError:
+        pass
+    if content.lstrip().startswith(b"{"):
+        raise RemoteError(
+            ErrorKind.BAD_PAYLOAD,
+            "The server's CapabilityStatement is not valid JSON (it may be cut off).",
+            detail={"length": len(content), "content_type": content_type},
+        )
+    raise RemoteError(
+        ErrorKind.NOT_FHIR,
+        "The address did not answer FHIR JSON at /metadata. Check the FHIR base URL.",
+        detail={"content_type": content_type, "length": len(content)},
+    )
+
+
+def _check_version(version: Any) -> None:
+    if not isinstance(version, str) or not version.startswith(SUPPORTED_FHIR_VERSION):
+        raise RemoteError(
+            ErrorKind.WRONG_VERSION,
+            f"The server speaks FHIR {version or '(version not stated)'}; we need R4 (4.0.x).",
+            detail={"fhir_version": str(version)[:32]},
+        )
+
+
+def _preferred_name(names: list[Any]) -> dict[str, Any]:
+    names = [n for n in names if isinstance(n, dict)]
+    for use in ("official", "usual"):
+        for name in names:
+            if name.get("use") == use:
+                return name
+    return names[0] if names else {}
+
+
+def _path_id(value: str) -> str:
+    if not _FHIR_ID.fullmatch(value or ""):
+        raise RemoteError(
+            ErrorKind.BAD_REQUEST,
+            "That is not a valid FHIR resource id.",
+            hint="Ids are up to 64 letters, digits, '-' and '.'.",
+        )
+    return quote(value, safe="")
+
+
+def _model_class(resource_type: str) -> type:
+    """The fhirclient model class for a resource type, e.g. Observation."""
+    try:
+        module = importlib.import_module(f"fhirclient.models.{resource_type.lower()}")
+        return getattr(module, resource_type)
+    except (ImportError, AttributeError):
+        raise RemoteError(ErrorKind.UNSUPPORTED, f"{resource_type} is not a FHIR R4 resource type.") from None
+
+
+def _structure_error(label: str, paths: list[str]) -> RemoteError:
+    return RemoteError(
+        ErrorKind.BAD_PAYLOAD,
+        f"The server's {label} is not structurally valid FHIR R4 ({paths[0] if paths else ''}).",
+        detail={"resource_type": label, "paths": paths[:_MAX_PATHS], "errors": len(paths)},
+    )
+
+
+def _paging_error(message: str) -> RemoteError:
+    return RemoteError(
+        ErrorKind.BAD_PAYLOAD,
+        message,
+        hint="An engineer should compare the server's next links; a smaller page size may help.",
+    )
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), parts.port or (443 if scheme == "https" else 80)

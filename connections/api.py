@@ -1,0 +1,130 @@
+"""API for EHR connections. The secret is write-only: accepted on input, never in any output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from connections import forms
+from connections.models import AuthMethod, EHRConnection, Environment
+from connections.selectors import connections_for
+from connections.services import EDITABLE_FIELDS, create_connection, update_connection
+from portal.access import get_tenant_for_user
+from portal.api import django_errors
+
+
+class ConnectionOutput(serializers.ModelSerializer):
+    tenant = serializers.UUIDField(source="tenant.code", read_only=True)
+    has_secret = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = EHRConnection
+        fields = [
+            "code",
+            "tenant",
+            "name",
+            "vendor",
+            "environment",
+            "base_url",
+            "auth_method",
+            "client_id",
+            "token_url",
+            "token_auth_method",
+            "scope",
+            "mrn_system",
+            "has_secret",
+            "secret_updated_at",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ConnectionInput(serializers.ModelSerializer):
+    tenant = serializers.UUIDField(write_only=True, help_text="The tenant's code.")
+    secret = serializers.CharField(
+        write_only=True, required=False, allow_blank=True, trim_whitespace=False, default="",
+        help_text="Client secret or password. Write-only; blank on update keeps the stored one.",
+    )
+
+    class Meta:
+        model = EHRConnection
+        fields = ["tenant", "secret", *EDITABLE_FIELDS]
+        # The per-tenant name check is done in the view, where the tenant is known and access-checked.
+        validators: list[Any] = []
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        instance = self.instance
+        environment = attrs.get("environment", instance.environment if instance else Environment.SANDBOX)
+        if "base_url" in attrs:
+            try:
+                attrs["base_url"] = forms.check_fhir_base_url(attrs["base_url"], environment=environment)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"base_url": exc.messages}) from None
+        method = attrs.get("auth_method", instance.auth_method if instance else AuthMethod.NONE)
+        if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS}:
+            client_id = attrs.get("client_id", instance.client_id if instance else "")
+            if not client_id:
+                raise serializers.ValidationError({"client_id": "This authentication method needs a client id."})
+            if not attrs.get("secret") and not (instance and instance.has_secret):
+                raise serializers.ValidationError({"secret": "This authentication method needs a secret."})
+        return attrs
+
+
+class ConnectionUpdateInput(ConnectionInput):
+    class Meta(ConnectionInput.Meta):
+        fields = ["secret", *EDITABLE_FIELDS]
+
+
+class ConnectionViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """EHR connections of the tenants the caller may see."""
+
+    lookup_field = "code"
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self) -> Any:
+        return connections_for(self.request.user).order_by("tenant__name", "name")
+
+    def get_serializer_class(self) -> Any:
+        if self.action == "create":
+            return ConnectionInput
+        if self.action in {"update", "partial_update"}:
+            return ConnectionUpdateInput
+        return ConnectionOutput
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = ConnectionInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        tenant = get_tenant_for_user(request.user, values.pop("tenant"))
+        secret = values.pop("secret", "")
+        if EHRConnection.objects.filter(tenant=tenant, name__iexact=values["name"]).exists():
+            raise serializers.ValidationError({"name": "This hospital already has a connection with that name."})
+        try:
+            connection = create_connection(
+                user=request.user, tenant=tenant, fields=values, secret=secret, request=request._request
+            )
+        except DjangoValidationError as exc:
+            raise django_errors(exc) from None
+        return Response(ConnectionOutput(connection).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        connection = self.get_object()
+        data = ConnectionUpdateInput(connection, data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        secret = values.pop("secret", "")
+        try:
+            connection = update_connection(
+                user=request.user, connection=connection, fields=values, secret=secret, request=request._request
+            )
+        except DjangoValidationError as exc:
+            raise django_errors(exc) from None
+        return Response(ConnectionOutput(connection).data)

@@ -1,0 +1,952 @@
+"""The one guarded HTTP client for every call the portal makes to a hospital.
+
+Hospital URLs are typed in by people, so every outbound request is a potential SSRF: this module
+refuses anything that is not a public http(s) address, pins each connection to the address it
+checked (no second DNS lookup an attacker could rebind), caps time and size, follows redirects
+itself so each hop is re-checked, retries only what is worth retrying, and turns every failure
+into a typed ``RemoteError`` with secrets scrubbed. It takes its policy as an argument and imports
+nothing from Django, so it can be tested against real loopback servers without settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import email.utils
+import ipaddress
+import json as jsonlib
+import logging
+import random
+import re
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+import certifi
+import httpcore
+import httpx
+
+from connections.errors import ErrorKind, Redactor, RemoteError, is_secret_name
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> IP address strings. The default wraps socket.getaddrinfo; tests inject a table.
+Resolver = Callable[[str, int], Sequence[str]]
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+RETRYABLE_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT})
+DEFAULT_ACCEPT = "application/fhir+json, application/json;q=0.9"
+# Error bodies are only read for their first few kilobytes: enough for an OperationOutcome.
+ERROR_BODY_LIMIT = 64 * 1024
+BODY_SNIPPET = 300
+
+# Always refused, even where a network treats them as ordinary: cloud metadata services.
+_METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254")
+)
+# The IANA special-purpose registries' "not globally reachable" blocks, checked explicitly:
+# ``is_global`` varies between Python patch releases (3.11.7 calls 192.0.0.8 global).
+_NON_GLOBAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
+        "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+        "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23",
+        "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)  # fmt: skip
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """Limits for outbound calls; built from settings by the caller, never read from them here."""
+
+    # "host:port" entries (IPv6 as "[::1]:8000") that may be reached although they are loopback
+    # or private: the sandbox hospitals. Empty in production.
+    allowlist: frozenset[str] = frozenset()
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    # Wall-clock limit for one attempt: connect, redirects, headers and the whole body.
+    deadline: float = 30.0
+    max_response_bytes: int = 20 * 1024 * 1024  # counted on decompressed bytes
+    max_redirects: int = 3
+    max_attempts: int = 3
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    max_retry_after: float = 30.0
+    user_agent: str = "onboarding-portal/0.1"
+    # Extra CA certificates (PEM file) trusted on top of the public roots, for hospitals whose
+    # endpoints use a private CA, and for the TLS tests. Verification is never switched off.
+    ca_bundle: str | None = None
+
+
+@dataclass
+class Response:
+    """A fully read, size-checked answer."""
+
+    status: int
+    headers: Mapping[str, str]
+    url: str
+    content: bytes
+    elapsed_ms: float
+    attempts: int
+    _parsed: Any = field(default=None, repr=False, compare=False)
+
+    def json(self) -> Any:
+        """The body as JSON; a RemoteError(BAD_PAYLOAD) if it is not valid JSON."""
+        if self._parsed is None:
+            self._parsed = _parse_json(self)
+        return self._parsed
+
+
+# --------------------------------------------------------------------------------------------
+# Address checks
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """Whether an address is safe to connect to: globally routable once any IPv4 inside is unwrapped.
+
+    ``ipaddress.is_global`` alone is not enough: on Python 3.11 it calls ``::7f00:1`` (IPv4
+    compatible loopback) and ``64:ff9b::7f00:1`` (NAT64 of loopback) global.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE or ip.teredo is not None or ip.is_site_local:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return _is_public_v4(embedded)
+        ip = ipaddress.IPv6Address(ip.packed)  # drops a %zone suffix
+    elif not _is_public_v4(ip):
+        return False
+    return ip.is_global and not _is_special(ip)
+
+
+def _is_public_v4(ip: ipaddress.IPv4Address) -> bool:
+    return ip.is_global and not _is_special(ip)
+
+
+def _is_special(ip: IPAddress) -> bool:
+    return (
+        ip in _METADATA_ADDRESSES
+        or any(ip in network for network in _NON_GLOBAL_NETWORKS if network.version == ip.version)
+        or ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form really reaches: mapped, 6to4, NAT64 or IPv4-compatible."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64_WELL_KNOWN or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _blocked(message: str, **detail: Any) -> RemoteError:
+    return RemoteError(ErrorKind.BLOCKED_ADDRESS, message, detail=detail)
+
+
+def _host_key(host: str, port: int) -> str:
+    """The allowlist spelling of a host and port: lower case, IPv6 in brackets."""
+    host = host.lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _host_literal(host: str) -> IPAddress | None:
+    """The IP address a host names literally, or None for a DNS name.
+
+    Refuses the numeric spellings ``inet_aton`` accepts but people never use (``2130706433``,
+    ``0177.0.0.1``, ``0x7f.1``, ``127.1``): they exist to slip past naive string checks, and no
+    hospital publishes its endpoint that way.
+    """
+    host = host.lower().strip("[]")
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(unquote(host))
+        except ValueError:
+            raise _blocked("The address is not a valid IPv6 address.") from None
+    try:
+        return ipaddress.IPv4Address(host)
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if all(_NUMERIC_LABEL.fullmatch(label) for label in labels):
+        raise _blocked(
+            "The address uses an unusual numeric form; write the host name or a plain dotted IP address instead."
+        )
+    return None
+
+
+def _check_literal(ip: IPAddress, key: str, allowlist: frozenset[str]) -> None:
+    if key not in allowlist and not is_public_address(ip):
+        raise _blocked(
+            f"The address {ip} is private, local or reserved, so we will not connect to it.",
+            address=str(ip),
+        )
+
+
+def check_url(url: str, policy: OutboundPolicy) -> httpx.URL:
+    """Refuse URLs that are not plain public http(s) addresses; return the parsed URL.
+
+    Literal IP hosts are checked here; DNS names are checked at connect time, on the addresses
+    actually used. Both the standard-library parser and httpx's parser must agree the URL is
+    safe, so a parser differential cannot smuggle a host past one of them.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise RemoteError(ErrorKind.BAD_REQUEST, "The URL is not valid.") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _blocked("Only http and https addresses are allowed.", scheme=parts.scheme)
+    if "@" in parts.netloc or "\\" in parts.netloc:
+        raise _blocked("The address must not contain a user name or password.")
+    if not parts.hostname:
+        raise _blocked("The address has no host name.")
+    _host_literal(parts.hostname)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise RemoteError(ErrorKind.BAD_REQUEST, "The URL is not valid.") from None
+    if parsed.userinfo:
+        raise _blocked("The address must not contain a user name or password.")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    literal = _host_literal(parsed.host)
+    if literal is not None:
+        _check_literal(literal, _host_key(parsed.host, port), policy.allowlist)
+    return parsed
+
+
+def default_resolver(host: str, port: int) -> list[str]:
+    """Every address ``getaddrinfo`` gives for a host, in its preferred order, deduplicated."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# --------------------------------------------------------------------------------------------
+# Per-attempt state shared with the network backend
+
+
+@dataclass
+class _Attempt:
+    """The deadline of the attempt in progress and where it actually connected."""
+
+    deadline_at: float
+    connected_to: list[str] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        return self.deadline_at - time.monotonic()
+
+    def clamp(self, timeout: float | None, exc: type[Exception]) -> float:
+        """The smaller of a socket timeout and the time left; raise ``exc`` if none is left."""
+        left = self.remaining()
+        if left <= 0:
+            raise exc("deadline reached")
+        return left if timeout is None else min(timeout, left)
+
+
+# The backend is shared by all requests of a client; the attempt in progress on this thread is
+# found through a context variable rather than threaded through httpx's call stack.
+_CURRENT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("guarded_attempt", default=None)
+
+
+def _clamp(timeout: float | None, exc: type[Exception]) -> float | None:
+    attempt = _CURRENT.get()
+    return timeout if attempt is None else attempt.clamp(timeout, exc)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS handshake ends by the attempt's deadline.
+
+    httpx's timeouts bound each socket operation, not the total, so a server dripping one byte
+    at a time would otherwise hold a worker forever.
+    """
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.start_tls(ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(stream)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Resolves, checks and connects in one place, so the checked address is the one used.
+
+    httpcore asks the backend to connect to the URL's host name; this backend resolves the name
+    itself, refuses the connection unless every address is public (or the host:port is
+    allowlisted), and then opens the socket to those exact IPs. TLS still verifies the
+    certificate against the host name (httpcore passes the URL host as SNI), and the Host header
+    is untouched, so pinning is invisible to the server.
+    """
+
+    def __init__(self, policy: OutboundPolicy, resolver: Resolver, pool: ThreadPoolExecutor):
+        self._policy = policy
+        self._resolver = resolver
+        self._pool = pool
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        key = _host_key(host, port)
+        addresses = self._addresses(host, port)
+        if key not in self._policy.allowlist:
+            refused = [a for a in addresses if not is_public_address(a)]
+            if refused:
+                # Refuse if any address is private: a name mixing public and private records is
+                # exactly what a rebinding attacker publishes.
+                raise _blocked(
+                    f"The host name {host} points at a private, local or reserved address, so we "
+                    "will not connect to it.",
+                    address=str(refused[0]),
+                )
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                stream = super().connect_tcp(
+                    str(address),
+                    port,
+                    timeout=_clamp(timeout, httpcore.ConnectTimeout),
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+                continue
+            attempt = _CURRENT.get()
+            if attempt is not None:
+                attempt.connected_to.append(str(address))
+            return _DeadlineStream(stream)
+        assert last_error is not None
+        raise last_error
+
+    def _addresses(self, host: str, port: int) -> list[IPAddress]:
+        literal = _host_literal(host)
+        if literal is not None:
+            return [literal]
+        attempt = _CURRENT.get()
+        limit = self._policy.connect_timeout
+        if attempt is not None:
+            limit = attempt.clamp(limit, httpcore.ConnectTimeout)
+        # getaddrinfo has no timeout of its own; run it aside so the deadline still holds.
+        future = self._pool.submit(self._resolver, host, port)
+        error: RemoteError | None = None
+        try:
+            raw = future.result(timeout=limit)
+        except FutureTimeout:
+            error = RemoteError(ErrorKind.TIMEOUT, "Looking up the hospital's server name took too long.")
+        except (OSError, UnicodeError):
+            error = RemoteError(ErrorKind.DNS, detail={"host": host})
+        if error is not None:
+            raise error
+        addresses = [_parse_resolved(a) for a in raw]
+        if not addresses:
+            raise RemoteError(ErrorKind.DNS, detail={"host": host})
+        return addresses
+
+
+def _parse_resolved(address: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        raise _blocked("The host name resolved to something that is not an IP address.") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Body reading
+
+
+class _BoundedDecoder:
+    """Decompresses as it goes and stops at the size cap.
+
+    httpx's own decoder inflates a whole network chunk at once, so a 64 KiB gzip bomb becomes
+    ~64 MiB in memory before any cap could be checked; bounding ``max_length`` here means we
+    never hold more than the cap, however the body is compressed.
+    """
+
+    def __init__(self, encoding: str, limit: int, *, truncate: bool = False) -> None:
+        self._limit = limit
+        self._truncate = truncate
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.full = False
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            self._inflater = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflater = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise RemoteError(
+                ErrorKind.BAD_PAYLOAD,
+                "The hospital's server compressed its answer in a way we cannot read.",
+                detail={"content_encoding": encoding},
+            )
+
+    def feed(self, chunk: bytes) -> None:
+        if self._inflater is None:
+            self._append(chunk)
+            return
+        data = chunk
+        while data and not self.full:
+            try:
+                out = self._inflater.decompress(data, self._limit - self._size + 1)
+            except zlib.error:
+                raise RemoteError(
+                    ErrorKind.BAD_PAYLOAD, "The hospital's server sent a corrupt compressed answer."
+                ) from None
+            self._append(out)
+            data = self._inflater.unconsumed_tail
+
+    def _append(self, data: bytes) -> None:
+        room = self._limit - self._size
+        if len(data) > room:
+            if not self._truncate:
+                raise RemoteError(ErrorKind.TOO_LARGE, detail={"max_response_bytes": self._limit})
+            data = data[:room]
+            self.full = True
+        self._parts.append(data)
+        self._size += len(data)
+
+    def result(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def _read_body(response: httpx.Response, attempt: _Attempt, limit: int, truncate: bool) -> bytes:
+    """Stream the body under the size cap and the deadline."""
+    declared = response.headers.get("content-length", "")
+    if not truncate and declared.isdigit() and int(declared) > limit:
+        raise RemoteError(ErrorKind.TOO_LARGE, detail={"max_response_bytes": limit, "content_length": declared})
+    decoder = _BoundedDecoder(response.headers.get("content-encoding", ""), limit, truncate=truncate)
+    for chunk in response.iter_raw():
+        decoder.feed(chunk)
+        if decoder.full:
+            break
+        if attempt.remaining() <= 0:
+            raise RemoteError(ErrorKind.DEADLINE)
+    return decoder.result()
+
+
+def _looks_like_html(content: bytes, content_type: str) -> bool:
+    head = content[:512].lstrip().lower()
+    return "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html", b"<"))
+
+
+def _parse_json(response: Response) -> Any:
+    try:
+        return jsonlib.loads(response.content)
+    except ValueError as exc:
+        error = _bad_json(response, exc)
+    raise error
+
+
+def _bad_json(response: Response, exc: ValueError) -> RemoteError:
+    """NOT_FHIR for a web page, BAD_PAYLOAD for broken JSON.
+
+    The body itself is left out of BAD_PAYLOAD: a truncated Patient bundle is PHI. An HTML page
+    is shown (first bytes, redacted) because it usually names what answered (a login portal).
+    """
+    content_type = response.headers.get("content-type", "")
+    detail: dict[str, Any] = {
+        "url": Redactor().url(response.url),
+        "status": response.status,
+        "content_type": content_type,
+        "length": len(response.content),
+    }
+    if _looks_like_html(response.content, content_type):
+        detail["body"] = Redactor().body(response.content, BODY_SNIPPET)
+        return RemoteError(
+            ErrorKind.NOT_FHIR,
+            "The address answered with a web page, not FHIR JSON. Check the FHIR base URL.",
+            detail=detail,
+        )
+    detail["json_error"] = f"{type(exc).__name__} at position {getattr(exc, 'pos', '?')}"
+    message = "The hospital's server sent JSON we could not read (it may be cut off)."
+    if not response.content:
+        message = "The hospital's server sent an empty answer where JSON was expected."
+    return RemoteError(ErrorKind.BAD_PAYLOAD, message, detail=detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Classifying failures
+
+
+def _cause_chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _classify_transport_error(exc: httpx.HTTPError, attempt: _Attempt) -> RemoteError:
+    """Map an httpx exception to a typed error, keeping only the exception class names."""
+    chain = list(_cause_chain(exc))
+    causes = [type(e).__name__ for e in chain]
+    detail: dict[str, Any] = {"cause": causes[-1]}
+    if isinstance(exc, httpx.TimeoutException):
+        # A socket timeout clamped to the deadline fires at (or a hair before) it.
+        kind = ErrorKind.DEADLINE if attempt.remaining() <= 0.05 else ErrorKind.TIMEOUT
+        return RemoteError(kind, detail={**detail, "phase": type(exc).__name__})
+    tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls is not None:
+        detail["tls_reason"] = getattr(tls, "reason", None) or type(tls).__name__
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            detail["tls_reason"] = tls.verify_message
+        return RemoteError(ErrorKind.TLS, detail=detail)
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return RemoteError(ErrorKind.DNS, detail=detail)
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return RemoteError(
+            ErrorKind.CONNECT,
+            "The hospital's server refused the connection (nothing is listening on that port).",
+            detail=detail,
+        )
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        return RemoteError(ErrorKind.BAD_REQUEST, "The request could not be sent.", detail=detail)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return RemoteError(
+            ErrorKind.CONNECT,
+            "The hospital's server closed the connection or sent a broken HTTP answer.",
+            detail=detail,
+        )
+    return RemoteError(ErrorKind.CONNECT, detail=detail)
+
+
+_STATUS_KINDS = {
+    401: ErrorKind.AUTH,
+    403: ErrorKind.FORBIDDEN,
+    404: ErrorKind.NOT_FOUND,
+    429: ErrorKind.THROTTLED,
+}
+
+
+def _status_kind(status: int) -> ErrorKind:
+    if status in _STATUS_KINDS:
+        return _STATUS_KINDS[status]
+    return ErrorKind.SERVER_ERROR if status >= 500 else ErrorKind.BAD_REQUEST
+
+
+def _status_error(response: httpx.Response, body: bytes, redactor: Redactor) -> RemoteError:
+    """A typed error for a 4xx/5xx, with what the server said about it."""
+    status = response.status_code
+    detail: dict[str, Any] = {
+        "status": status,
+        "content_type": response.headers.get("content-type", ""),
+        "body": redactor.body(body, BODY_SNIPPET),
+    }
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if retry_after is not None:
+        detail["retry_after"] = retry_after
+    message = None
+    summary = _error_body_summary(body, redactor)
+    detail.update(summary)
+    said = summary.get("diagnostics") or [summary.get("oauth_error_description", "")]
+    if said and said[0]:
+        message = f"{_default_message(_status_kind(status))} The server said: {said[0]}"
+    return RemoteError(_status_kind(status), message, detail=detail)
+
+
+def _default_message(kind: ErrorKind) -> str:
+    return RemoteError(kind).message
+
+
+def _error_body_summary(body: bytes, redactor: Redactor) -> dict[str, Any]:
+    """OperationOutcome diagnostics or an OAuth error code, when the body is one."""
+    try:
+        data = jsonlib.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if data.get("resourceType") == "OperationOutcome":
+        lines = []
+        for issue in data.get("issue") or []:
+            if not isinstance(issue, dict):
+                continue
+            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or ""
+            head = f"{issue.get('severity', '?')} {issue.get('code', '?')}"
+            lines.append(redactor.text(f"{head}: {text}" if text else head)[:200])
+        return {"diagnostics": lines[:5]}
+    if isinstance(data.get("error"), str):
+        summary = {"oauth_error": data["error"][:64]}
+        if isinstance(data.get("error_description"), str):
+            summary["oauth_error_description"] = redactor.text(data["error_description"])[:200]
+        return summary
+    return {}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header, in either delta-seconds or HTTP-date form."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _secrets_in(headers: Mapping[str, str] | None, *bodies: Any) -> list[str]:
+    """The credential values this request carries, so errors can scrub them literally."""
+    found: list[str] = []
+    for name, value in (headers or {}).items():
+        if name.lower() in ("authorization", "proxy-authorization", "cookie") or is_secret_name(name):
+            found.append(value)
+            scheme, _, credential = value.partition(" ")
+            found.append(credential)
+            if scheme.lower() == "basic":
+                found.extend(_basic_parts(credential))
+    for body in bodies:
+        if isinstance(body, Mapping):
+            found.extend(str(v) for k, v in body.items() if is_secret_name(str(k)))
+    return [s for s in found if s]
+
+
+def _basic_parts(credential: str) -> list[str]:
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return []
+    return [decoded, decoded.partition(":")[2]]
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+
+
+class GuardedClient:
+    """The only way the portal talks to a hospital; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        policy: OutboundPolicy,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self._policy = policy
+        self._sleep = sleep
+        self._dns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="guarded-dns")
+        backend = _PinnedBackend(policy, resolver or default_resolver, self._dns_pool)
+        self._http = httpx.Client(
+            transport=_transport(policy, backend),
+            trust_env=False,  # no proxies or netrc from the environment
+            follow_redirects=False,  # every hop is re-checked by us
+            timeout=httpx.Timeout(
+                connect=policy.connect_timeout,
+                read=policy.read_timeout,
+                write=policy.read_timeout,
+                pool=policy.connect_timeout,
+            ),
+        )
+
+    @property
+    def policy(self) -> OutboundPolicy:
+        return self._policy
+
+    def __enter__(self) -> GuardedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections and the DNS worker threads."""
+        self._http.close()
+        self._dns_pool.shutdown(wait=False, cancel_futures=True)
+
+    def get_json(self, url: str, **kw: Any) -> Response:
+        """GET a JSON document (the common case for FHIR reads)."""
+        return self.request("GET", url, expect_json=True, **kw)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        json: Any = None,
+        expect_json: bool = True,
+    ) -> Response:
+        """Send one logical request with checks, caps and retries; raise RemoteError on failure.
+
+        With ``expect_json`` the answer must parse as JSON (a web page is NOT_FHIR). The
+        deadline applies to each attempt; ``elapsed_ms`` and ``detail["elapsed_ms"]`` span all
+        attempts including back-off waits, listed in ``detail["waits"]``.
+        """
+        method = method.upper()
+        redactor = Redactor(_secrets_in(headers, data, json))
+        base_detail = {"method": method, "url": redactor.url(url)}
+        started = time.monotonic()
+        waits: list[float] = []
+        attempts = 0
+        while True:
+            attempts += 1
+            error: RemoteError | None = None
+            try:
+                response = self._attempt(method, url, headers, params, data, json, expect_json, redactor)
+            except RemoteError as exc:
+                error = exc
+            elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+            if error is None:
+                self._log(method, redactor.url(url), response.status, elapsed_ms, attempts)
+                return replace(response, elapsed_ms=elapsed_ms, attempts=attempts)
+            error = RemoteError(
+                error.kind,
+                error.message,
+                hint=error.hint,
+                detail={
+                    **base_detail,
+                    **error.detail,
+                    "elapsed_ms": elapsed_ms,
+                    "attempts": attempts,
+                    "waits": list(waits),
+                },
+            )
+            self._log(method, redactor.url(url), error.status, elapsed_ms, attempts, error.kind)
+            wait = self._next_wait(error, attempts)
+            if isinstance(wait, RemoteError):
+                raise wait
+            waits.append(wait)
+            self._sleep(wait)
+
+    def _next_wait(self, error: RemoteError, attempts: int) -> float | RemoteError:
+        """How long to wait before retrying, or the error to give up with."""
+        retryable = error.kind in RETRYABLE_KINDS or error.status in RETRYABLE_STATUSES
+        if not retryable or attempts >= self._policy.max_attempts:
+            return error
+        retry_after = error.detail.get("retry_after")
+        if retry_after is not None:
+            if retry_after > self._policy.max_retry_after:
+                return RemoteError(
+                    ErrorKind.THROTTLED,
+                    f"The hospital's server asked us to wait {retry_after:.0f} seconds before "
+                    f"trying again, longer than the {self._policy.max_retry_after:.0f} seconds we "
+                    "wait.",
+                    detail=error.detail,
+                )
+            return float(retry_after)
+        # Exponential back-off with full jitter, so many workers retrying do not stampede.
+        ceiling = min(self._policy.backoff_max, self._policy.backoff_base * 2 ** (attempts - 1))
+        return random.uniform(0, ceiling)
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, Any] | None,
+        data: Mapping[str, Any] | None,
+        json: Any,
+        expect_json: bool,
+        redactor: Redactor,
+    ) -> Response:
+        """One exchange, following redirects, under one deadline."""
+        attempt = _Attempt(deadline_at=time.monotonic() + self._policy.deadline)
+        token = _CURRENT.set(attempt)
+        try:
+            request_headers = self._headers(headers, expect_json)
+            current = check_url(url, self._policy)
+            for hop in range(self._policy.max_redirects + 1):
+                request = self._http.build_request(
+                    method,
+                    current,
+                    headers=request_headers,
+                    params=params if hop == 0 else None,
+                    data=data,
+                    json=json,
+                )
+                response = self._send(request, attempt)
+                try:
+                    location = response.headers.get("location")
+                    if response.status_code not in REDIRECT_STATUSES or not location:
+                        return self._finish(response, attempt, expect_json, redactor)
+                    target = self._redirect_target(request.url, location, hop, redactor)
+                finally:
+                    response.close()
+                if not _same_origin(request.url, target):
+                    # Credentials were issued for the hospital's host; a redirect elsewhere must
+                    # not carry them along.
+                    request_headers = {
+                        k: v for k, v in request_headers.items() if k.lower() not in ("authorization", "cookie")
+                    }
+                if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                    method, data, json = "GET", None, None
+                current = target
+            raise AssertionError("unreachable: _redirect_target limits hops")
+        finally:
+            _CURRENT.reset(token)
+
+    def _headers(self, headers: Mapping[str, str] | None, expect_json: bool) -> dict[str, str]:
+        merged = {"User-Agent": self._policy.user_agent, "Accept-Encoding": "gzip, deflate"}
+        if expect_json:
+            merged["Accept"] = DEFAULT_ACCEPT
+        merged.update(headers or {})
+        return merged
+
+    def _send(self, request: httpx.Request, attempt: _Attempt) -> httpx.Response:
+        error: RemoteError
+        try:
+            return self._http.send(request, stream=True)
+        except RemoteError as exc:  # raised by the pinned backend (blocked address, DNS)
+            error = exc.with_detail()
+        except httpx.HTTPError as exc:
+            error = _classify_transport_error(exc, attempt)
+        if attempt.connected_to:
+            error.detail["address"] = attempt.connected_to[-1]
+        # Raised outside the except block so the httpx exception, whose request object holds
+        # the Authorization header, is not chained onto the error.
+        raise error
+
+    def _redirect_target(self, current: httpx.URL, location: str, hop: int, redactor: Redactor) -> httpx.URL:
+        if hop >= self._policy.max_redirects:
+            raise RemoteError(
+                ErrorKind.REDIRECT_REFUSED,
+                f"The hospital's server redirected us more than {self._policy.max_redirects} times.",
+                detail={"location": redactor.url(location)},
+            )
+        target = urljoin(str(current), location)
+        if current.scheme == "https" and urlsplit(target).scheme.lower() != "https":
+            raise RemoteError(
+                ErrorKind.REDIRECT_REFUSED,
+                "The hospital's server redirected a secure (https) address to an insecure one.",
+                detail={"location": redactor.url(target)},
+            )
+        try:
+            return check_url(target, self._policy)
+        except RemoteError as exc:
+            error = exc.with_detail(location=redactor.url(target))
+        raise error
+
+    def _finish(self, response: httpx.Response, attempt: _Attempt, expect_json: bool, redactor: Redactor) -> Response:
+        """Read the body of a final (non-redirect) answer, or raise the status error."""
+        error: RemoteError | None = None
+        try:
+            if response.status_code >= 400:
+                body = _read_body(response, attempt, ERROR_BODY_LIMIT, truncate=True)
+                error = _status_error(response, body, redactor)
+            else:
+                content = _read_body(response, attempt, self._policy.max_response_bytes, False)
+        except httpx.HTTPError as exc:
+            error = _classify_transport_error(exc, attempt)
+        if error is not None:
+            raise error
+        result = Response(
+            status=response.status_code,
+            headers=response.headers,
+            url=str(response.url),
+            content=content,
+            elapsed_ms=0.0,
+            attempts=1,
+        )
+        if expect_json:
+            result.json()
+        return result
+
+    @staticmethod
+    def _log(
+        method: str,
+        safe_url: str,
+        status: int | None,
+        elapsed_ms: float,
+        attempts: int,
+        kind: ErrorKind | None = None,
+    ) -> None:
+        # Only the redacted URL is ever logged; headers and bodies never are.
+        logger.info(
+            "outbound %s %s status=%s kind=%s elapsed_ms=%s attempt=%s",
+            method,
+            safe_url,
+            status,
+            kind.value if kind else "ok",
+            elapsed_ms,
+            attempts,
+        )
+
+
+def _transport(policy: OutboundPolicy, backend: _PinnedBackend) -> httpx.HTTPTransport:
+    """An httpx transport whose connection pool uses the pinned backend.
+
+    httpx does not expose httpcore's ``network_backend`` argument, so the pool is replaced after
+    construction; httpx is pinned to 0.28.x in pyproject.toml, and a test connects through a
+    name that only the injected resolver knows, which fails loudly if the pool is not ours.
+    """
+    transport = httpx.HTTPTransport(verify=_ssl_context(policy), trust_env=False, retries=0)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=_ssl_context(policy),
+        max_connections=20,
+        max_keepalive_connections=10,
+        keepalive_expiry=30.0,
+        http1=True,
+        http2=False,
+        retries=0,
+        network_backend=backend,
+    )
+    return transport
+
+
+def _ssl_context(policy: OutboundPolicy) -> ssl.SSLContext:
+    """Certificate and host-name verification always on, TLS 1.2 or newer."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if policy.ca_bundle:
+        context.load_verify_locations(cafile=policy.ca_bundle)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

@@ -1,0 +1,57 @@
+"""`manage.py sandbox`: run one sandbox hospital in the foreground.
+
+The demo starts one of these per vendor, and an engineer can start one by hand to poke at a
+flavour with curl. All the work is in `connections.sandbox`; this only turns arguments into a
+`SandboxHospital` and serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from connections.sandbox import FLAVOURS, SandboxHospital
+from connections.sandbox.server import AUTH_MODES
+
+
+class Command(BaseCommand):
+    help = "Serve a simulated hospital FHIR R4 server (a sandbox hospital) until interrupted."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--flavour", choices=sorted(FLAVOURS), default="generic", help="The EHR vendor to play.")
+        parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+        parser.add_argument("--port", type=int, default=8101, help="Port to bind (0 picks a free one).")
+        parser.add_argument("--seed", type=int, default=1, help="Seed of the synthetic population.")
+        parser.add_argument("--patients", type=int, default=50, help="How many synthetic patients to serve.")
+        parser.add_argument("--auth", choices=AUTH_MODES, default="none", help="How clients must authenticate.")
+        parser.add_argument("--client-id", default="demo-client", help="Client id (basic and client_credentials).")
+        parser.add_argument("--client-secret", default="demo-secret", help="Client secret (basic, client_credentials).")
+        parser.add_argument("--latency-ms", type=int, default=0, help="Fault: delay every FHIR answer by N ms.")
+        parser.add_argument("--rate-429", type=float, default=0.0, help="Fault: share of requests answered 429.")
+        parser.add_argument("--rate-5xx", type=float, default=0.0, help="Fault: share of requests answered 503.")
+        parser.add_argument("--log-requests", action="store_true", help="Log every request to stderr.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # Only faults that were asked for, so the rest keep their defaults.
+        faults = {key: options[key] for key in ("latency_ms", "rate_429", "rate_5xx") if options[key]}
+        try:
+            hospital = SandboxHospital(
+                flavour=options["flavour"],
+                seed=options["seed"],
+                patients=options["patients"],
+                host=options["host"],
+                port=options["port"],
+                auth=options["auth"],
+                client_id=options["client_id"],
+                client_secret=options["client_secret"],
+                faults=faults,
+                log_requests=options["log_requests"],
+            )
+        except (ValueError, OSError) as exc:
+            raise CommandError(f"Cannot start the sandbox: {exc}") from exc
+        self.stdout.write(f"sandbox {hospital.flavour} listening at {hospital.base_url}")
+        self.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a foreground server stops
+            hospital.serve_forever()

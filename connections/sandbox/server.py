@@ -1,0 +1,1286 @@
+"""The sandbox hospital: a FHIR R4 server simulator on loopback.
+
+The portal's pipeline (configure, test, map, validate, load-test) has to be
+demonstrated and tested without a real hospital, so this module plays one. It
+serves a synthetic population (see `data.py`) the way a chosen vendor would
+(see `flavours.py`): the vendor's base path, paging links, mandatory and refused
+search parameters, page-size limit and identifier systems, behind no auth, HTTP
+Basic or an OAuth2 client-credentials token endpoint. Faults (latency, 429s,
+5xx, refused credentials, an HTML login page where FHIR should be, a wrong FHIR
+version) can be switched on at start-up or at runtime, so every failure path of
+the pipeline can be shown on purpose.
+
+It is reached only over HTTP and depends on the standard library alone, so it
+can run in any process (a test, the demo, a load test) without Django.
+Everything a response needs is built once at start-up: each resource is
+serialised to JSON once and searches splice those strings into Bundles.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import random
+import re
+import secrets
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
+
+from .data import AS_OF, Resource, generate_population
+from .flavours import CLINICAL_TYPES, FLAVOURS, RESOURCE_TYPES, Flavour
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+PLAIN_JSON = "application/json; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+AUTH_MODES = ("none", "basic", "client_credentials")
+FHIR_VERSION = "4.0.1"
+MAX_BODY_BYTES = 1 << 20
+LAST_UPDATED = AS_OF.isoformat(timespec="seconds")
+GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
+RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+# Parameters every flavour accepts and none acts on: they only shape the
+# representation, which is always compact JSON here.
+REPRESENTATION_PARAMS = ("_format", "_pretty")
+
+# What a misconfigured reverse proxy answers when it sends API calls to the
+# hospital's single-sign-on page instead of the FHIR server.
+LOGIN_PAGE = b"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Sign in | Hospital Single Sign-On</title></head>
+<body>
+<main>
+<h1>Sign in</h1>
+<form method="post" action="/sso/login">
+<label>User name <input name="username" autocomplete="username"></label>
+<label>Password <input name="password" type="password" autocomplete="current-password"></label>
+<button type="submit">Sign in</button>
+</form>
+</main>
+</body>
+</html>
+"""
+
+
+class Headers(Protocol):
+    """Case-insensitive request headers: `http.server`'s message object, or a dict in a unit test."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
+# --- responses -------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = FHIR_JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_response(status: int, payload: Any, content_type: str = FHIR_JSON, **headers: str) -> Response:
+    return Response(status, json.dumps(payload, separators=(",", ":")).encode(), content_type, dict(headers))
+
+
+def operation_outcome(
+    status: int, code: str, diagnostics: str, *, severity: str = "error", headers: Mapping[str, str] | None = None
+) -> Response:
+    """Every error the sandbox gives is an OperationOutcome, as FHIR servers do."""
+    payload = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+    }
+    return _json_response(status, payload, **dict(headers or {}))
+
+
+class FhirError(Exception):
+    """Raised deep inside request handling; becomes an OperationOutcome."""
+
+    def __init__(self, status: int, code: str, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.status = status
+        self.code = code
+        self.diagnostics = diagnostics
+
+    def response(self) -> Response:
+        return operation_outcome(self.status, self.code, self.diagnostics)
+
+
+def _bad_request(diagnostics: str, code: str = "invalid") -> FhirError:
+    return FhirError(400, code, diagnostics)
+
+
+# --- faults ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _optional_version(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a FHIR version string such as '3.0.2', got {value!r}")
+    return value.strip()
+
+
+def _server_error_status(value: Any) -> int:
+    if value not in (500, 502, 503, 504) or isinstance(value, bool):
+        raise ValueError(f"expected one of 500, 502, 503, 504, got {value!r}")
+    return int(value)
+
+
+# The fault table: adding a fault means adding a row here and, if it acts on
+# every request, a handler in REQUEST_FAULTS below.
+FAULT_SPECS: dict[str, FaultSpec] = {
+    "latency_ms": FaultSpec(0, _non_negative_int, "Sleep this long before every answer under the FHIR base."),
+    "rate_429": FaultSpec(0.0, _probability, "Share of requests answered 429 Too Many Requests."),
+    "retry_after": FaultSpec(1, _non_negative_int, "Retry-After seconds sent with those 429s."),
+    "rate_5xx": FaultSpec(0.0, _probability, "Share of requests answered with a server error."),
+    "status_5xx": FaultSpec(503, _server_error_status, "Which server error rate_5xx answers with."),
+    "reject_credentials": FaultSpec(False, _boolean, "Token endpoint and HTTP Basic refuse even correct credentials."),
+    "not_fhir": FaultSpec(False, _boolean, "Every FHIR path answers 200 with an HTML login page."),
+    "fhir_version": FaultSpec(None, _optional_version, "FHIR version the CapabilityStatement claims."),
+}
+
+
+def parse_faults(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a fault mapping and fill in defaults; ValueError says what is wrong."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ValueError("faults must be a JSON object")
+    values = {name: spec.default for name, spec in FAULT_SPECS.items()}
+    for name, value in (raw or {}).items():
+        spec = FAULT_SPECS.get(name)
+        if spec is None:
+            raise ValueError(f"unknown fault {name!r}; known faults: {', '.join(FAULT_SPECS)}")
+        try:
+            values[name] = spec.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"fault {name!r}: {exc}") from None
+    return values
+
+
+class FaultState:
+    """The active faults plus the seeded generator that decides who gets hit.
+
+    Replacing the faults reseeds the generator, so "the n-th request after
+    faults were set" meets the same fate on every run with the same seed.
+    """
+
+    def __init__(self, seed: int, raw: Mapping[str, Any] | None) -> None:
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._values = parse_faults(raw)
+        self._rng = random.Random(seed)
+
+    def replace(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+        values = parse_faults(raw)
+        with self._lock:
+            self._values = values
+            self._rng = random.Random(self._seed)
+        return dict(values)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        # The dict is replaced whole and never mutated, so handing it out is safe.
+        return self._values
+
+    def hit(self, probability: float) -> bool:
+        if probability <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < probability
+
+
+RequestFault = Callable[[dict[str, Any], FaultState], "Response | None"]
+
+
+def _fault_latency(values: dict[str, Any], state: FaultState) -> Response | None:
+    if values["latency_ms"]:
+        time.sleep(values["latency_ms"] / 1000)
+    return None
+
+
+def _fault_not_fhir(values: dict[str, Any], state: FaultState) -> Response | None:
+    return Response(200, LOGIN_PAGE, HTML) if values["not_fhir"] else None
+
+
+def _fault_429(values: dict[str, Any], state: FaultState) -> Response | None:
+    if not state.hit(values["rate_429"]):
+        return None
+    return operation_outcome(
+        429,
+        "throttled",
+        "Too many requests; slow down and retry after the indicated delay.",
+        headers={"Retry-After": str(values["retry_after"])},
+    )
+
+
+def _fault_5xx(values: dict[str, Any], state: FaultState) -> Response | None:
+    if not state.hit(values["rate_5xx"]):
+        return None
+    status = values["status_5xx"]
+    return operation_outcome(status, "transient", f"Simulated server error {status}; the request may be retried.")
+
+
+# Faults that act on every request under the FHIR base, in the order a real
+# stack would apply them: the network is slow, then a proxy answers instead
+# of the server, then the gateway throttles, then the server fails.
+REQUEST_FAULTS: dict[str, RequestFault] = {
+    "latency_ms": _fault_latency,
+    "not_fhir": _fault_not_fhir,
+    "rate_429": _fault_429,
+    "rate_5xx": _fault_5xx,
+}
+
+
+# --- tokens ----------------------------------------------------------------------
+
+
+class TokenStore:
+    """Issued bearer tokens and when they expire."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}
+
+    def issue(self) -> str:
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            # Forget expired tokens as we go, so a long load test cannot grow this forever.
+            for old in [t for t, exp in self._expiry.items() if exp <= now]:
+                del self._expiry[old]
+            self._expiry[token] = now + self.ttl_s
+        return token
+
+    def valid(self, token: str) -> bool:
+        with self._lock:
+            expiry = self._expiry.get(token)
+        return expiry is not None and expiry > time.monotonic()
+
+
+SUPPORTED_SCOPES = tuple(f"system/{rtype}.{access}" for rtype in ("*", *RESOURCE_TYPES) for access in ("read", "rs"))
+DEFAULT_SCOPE = "system/*.read"
+
+
+# --- search parameters ----------------------------------------------------------
+
+Predicate = Callable[[Resource], bool]
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    type: str  # the FHIR search parameter type, for the CapabilityStatement
+    compile: Callable[[str], Predicate]  # value (commas = OR) -> predicate; raises FhirError
+
+
+def _parse_token(value: str) -> tuple[str | None, str | None]:
+    # FHIR token syntax: "system|code", "|code" (no system), "system|" (any code), "code".
+    if "|" in value:
+        system, _, code = value.partition("|")
+        return system, code or None
+    return None, value
+
+
+def _token_param(extract: Callable[[Resource], list[tuple[str, str]]]) -> Callable[[str], Predicate]:
+    def compile_(value: str) -> Predicate:
+        wanted = [_parse_token(alt) for alt in value.split(",")]
+
+        def predicate(resource: Resource) -> bool:
+            pairs = extract(resource)
+            return any(
+                (system is None or s == system) and (code is None or c == code)
+                for system, code in wanted
+                for s, c in pairs
+            )
+
+        return predicate
+
+    return compile_
+
+
+def _string_param(extract: Callable[[Resource], list[str]]) -> Callable[[str], Predicate]:
+    # FHIR string search: case-insensitive "starts with".
+    def compile_(value: str) -> Predicate:
+        wanted = [alt.strip().lower() for alt in value.split(",") if alt.strip()]
+
+        def predicate(resource: Resource) -> bool:
+            return any(text.lower().startswith(w) for text in extract(resource) for w in wanted)
+
+        return predicate
+
+    return compile_
+
+
+_DATE_VALUE = re.compile(r"(eq|ne|gt|lt|ge|le)?(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
+
+
+def _date_param(extract: Callable[[Resource], str | None]) -> Callable[[str], Predicate]:
+    def compile_(value: str) -> Predicate:
+        ranges = []
+        for alt in value.split(","):
+            match = _DATE_VALUE.fullmatch(alt.strip())
+            if not match:
+                raise _bad_request(f"Invalid date search value {alt!r}; expected [prefix]YYYY[-MM[-DD]].")
+            prefix, year, month, day = match.groups()
+            try:
+                date(int(year), int(month or 1), int(day or 1))
+            except ValueError:
+                raise _bad_request(f"Invalid date search value {alt!r}.") from None
+            low = f"{year}-{month or '01'}-{day or '01'}"
+            high = f"{year}-{month or '12'}-{day or '31'}"  # string comparison makes "-31" a safe upper bound
+            ranges.append((prefix or "eq", low, high))
+
+        def predicate(resource: Resource) -> bool:
+            when = extract(resource)
+            if not when:
+                return False
+            for prefix, low, high in ranges:
+                inside = low <= when <= high
+                if (
+                    (prefix == "eq" and inside)
+                    or (prefix == "ne" and not inside)
+                    or (prefix == "gt" and when > high)
+                    or (prefix == "lt" and when < low)
+                    or (prefix == "ge" and when >= low)
+                    or (prefix == "le" and when <= high)
+                ):
+                    return True
+            return False
+
+        return predicate
+
+    return compile_
+
+
+def _codings(concepts: list[Resource] | Resource | None) -> list[tuple[str, str]]:
+    if concepts is None:
+        return []
+    if isinstance(concepts, dict):
+        concepts = [concepts]
+    return [(c.get("system", ""), c.get("code", "")) for concept in concepts for c in concept.get("coding", [])]
+
+
+def _names(resource: Resource, part: str) -> list[str]:
+    out: list[str] = []
+    for name in resource.get("name", []):
+        if part in ("family", "any") and name.get("family"):
+            out.append(name["family"])
+        if part in ("given", "any"):
+            out.extend(name.get("given", []))
+        if part == "any" and name.get("text"):
+            out.append(name["text"])
+    return out
+
+
+_ID_PARAM = SearchParam("token", _token_param(lambda r: [("", r["id"])]))
+
+SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
+    "Patient": {
+        "_id": _ID_PARAM,
+        "identifier": SearchParam(
+            "token", _token_param(lambda r: [(i.get("system", ""), i.get("value", "")) for i in r["identifier"]])
+        ),
+        "name": SearchParam("string", _string_param(lambda r: _names(r, "any"))),
+        "family": SearchParam("string", _string_param(lambda r: _names(r, "family"))),
+        "given": SearchParam("string", _string_param(lambda r: _names(r, "given"))),
+        "birthdate": SearchParam("date", _date_param(lambda r: r.get("birthDate"))),
+        "gender": SearchParam("token", _token_param(lambda r: [(GENDER_SYSTEM, r.get("gender", ""))])),
+    },
+    "Observation": {
+        "_id": _ID_PARAM,
+        "category": SearchParam("token", _token_param(lambda r: _codings(r.get("category")))),
+        "code": SearchParam("token", _token_param(lambda r: _codings(r.get("code")))),
+    },
+    "Condition": {
+        "_id": _ID_PARAM,
+        "category": SearchParam("token", _token_param(lambda r: _codings(r.get("category")))),
+        "code": SearchParam("token", _token_param(lambda r: _codings(r.get("code")))),
+        "clinical-status": SearchParam("token", _token_param(lambda r: _codings(r.get("clinicalStatus")))),
+    },
+    "Encounter": {
+        "_id": _ID_PARAM,
+        "class": SearchParam("token", _token_param(lambda r: _codings({"coding": [r["class"]]}))),
+    },
+}
+
+
+def _patient_reference(value: str) -> str | None:
+    """The patient id named by `patient=`/`subject=`: "ID", "Patient/ID" or an absolute URL."""
+    parts = value.strip().rstrip("/").split("/")
+    if len(parts) == 1:
+        return parts[0] or None
+    return parts[-1] if parts[-2] == "Patient" else None
+
+
+# --- paging tokens ----------------------------------------------------------------
+
+
+class PageTokens:
+    """Opaque, deterministic, tamper-evident paging tokens.
+
+    A token is the paging state as compact JSON, base64url-encoded, plus a
+    truncated HMAC keyed by flavour and seed: two sandboxes started alike hand
+    out the same tokens, and a client that edits one gets a 400 rather than a
+    silently different page.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = hashlib.sha256(key.encode()).digest()
+
+    def encode(self, payload: dict[str, Any]) -> str:
+        raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+        body = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return f"{body}.{self._sign(raw)}"
+
+    def decode(self, token: str) -> dict[str, Any]:
+        body, _, signature = token.partition(".")
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            payload = json.loads(raw)
+        except (binascii.Error, ValueError):
+            payload = None
+        if not isinstance(payload, dict) or not hmac.compare_digest(signature, self._sign(raw)):
+            raise _bad_request("Invalid or expired paging token.")
+        return payload
+
+    def _sign(self, raw: bytes) -> str:
+        return hmac.new(self._key, raw, hashlib.sha256).hexdigest()[:20]
+
+
+def _query_hash(used: list[tuple[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(used).encode()).hexdigest()[:16]
+
+
+def _query_string(pairs: list[tuple[str, str]]) -> str:
+    return urlencode(pairs, quote_via=quote, safe="/:")
+
+
+# --- the resource store -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    resource: Resource
+    position: int  # global order, so merged candidate lists stay in a stable order
+    patient_id: str
+    body: bytes  # the resource as JSON, for reads
+    entry_tail: str  # a Bundle entry minus '{"fullUrl":"<base>', for searches
+
+
+class ResourceStore:
+    """The population, serialised once and indexed by id and by patient."""
+
+    def __init__(self, by_type: dict[str, list[Resource]]) -> None:
+        self.by_type: dict[str, list[Record]] = {}
+        self.by_id: dict[tuple[str, str], Record] = {}
+        self.by_patient: dict[str, dict[str, list[Record]]] = {}
+        for rtype, resources in by_type.items():
+            records = []
+            per_patient: dict[str, list[Record]] = {}
+            for position, resource in enumerate(resources):
+                text = json.dumps(resource, separators=(",", ":"))
+                patient_id = resource["id"] if rtype == "Patient" else resource["subject"]["reference"].split("/", 1)[1]
+                record = Record(
+                    resource=resource,
+                    position=position,
+                    patient_id=patient_id,
+                    body=text.encode(),
+                    entry_tail=f'/{rtype}/{resource["id"]}","resource":{text},"search":{{"mode":"match"}}}}',
+                )
+                records.append(record)
+                per_patient.setdefault(patient_id, []).append(record)
+                self.by_id[(rtype, resource["id"])] = record
+            self.by_type[rtype] = records
+            self.by_patient[rtype] = per_patient
+
+
+# --- the hospital ----------------------------------------------------------------------
+
+
+class SandboxHospital:
+    """One simulated hospital EHR, served over HTTP on its own port."""
+
+    def __init__(
+        self,
+        flavour: str = "epic",
+        seed: int = 1,
+        patients: int = 50,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        auth: str = "none",
+        client_id: str = "demo-client",
+        client_secret: str = "demo-secret",  # noqa: S107 - the sandbox's public demo credential
+        faults: Mapping[str, Any] | None = None,
+        *,
+        token_ttl_s: int = 300,
+        log_requests: bool = False,
+    ) -> None:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
+        if auth not in AUTH_MODES:
+            raise ValueError(f"unknown auth {auth!r}; choose one of {', '.join(AUTH_MODES)}")
+        if patients < 0:
+            raise ValueError("patients must be zero or more")
+        self.flavour = flavour
+        self.facts: Flavour = FLAVOURS[flavour]
+        self.seed = seed
+        self.auth = auth
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.log_requests = log_requests
+        # Validate faults before binding, so a typo leaks no socket.
+        self._faults = FaultState(seed, faults)
+        self._tokens = TokenStore(token_ttl_s)
+        self._pages = PageTokens(f"sandbox-pages:{flavour}:{seed}")
+
+        population = generate_population(seed=seed, patients=patients, flavour=self.facts)
+        self._store = ResourceStore(population.by_type())
+        self.patient_ids: list[str] = [p["id"] for p in population.patients]
+
+        self._httpd = _Server((host, port), self)
+        self.host = host
+        self.port: int = self._httpd.server_address[1]
+        self.base_url = f"http://{_url_host(host)}:{self.port}{self.facts.base_path}"
+        self._capability = self._build_capability()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + "/oauth2/token"
+
+    @property
+    def mrn_system(self) -> str:
+        return self.facts.mrn_system
+
+    @property
+    def faults(self) -> dict[str, Any]:
+        return dict(self._faults.values)
+
+    def set_faults(self, **faults: Any) -> dict[str, Any]:
+        """Replace every fault (unnamed ones go back to their defaults); ValueError on bad input."""
+        return self._faults.replace(faults)
+
+    def start(self) -> SandboxHospital:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"sandbox-{self.flavour}-{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
+
+    def serve_forever(self) -> None:
+        try:
+            self._httpd.serve_forever(poll_interval=0.5)
+        finally:
+            self._closed = True
+            self._httpd.server_close()
+
+    def __enter__(self) -> SandboxHospital:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<SandboxHospital {self.flavour} {self.base_url}>"
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+        """Answer one HTTP request. Never raises: every failure is a response."""
+        try:
+            return self._route(method, target, headers, body)
+        except FhirError as exc:
+            return exc.response()
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            return operation_outcome(500, "exception", "Internal sandbox error; see the sandbox's stderr.")
+
+    def _route(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
+        split = urlsplit(target)
+        path = split.path
+        query = parse_qsl(split.query, keep_blank_values=True)
+        base_path = self.facts.base_path
+
+        if path.startswith("/_sandbox/"):
+            return self._control(method, path, headers, body)
+        if path != base_path and not path.startswith(base_path + "/"):
+            raise FhirError(404, "not-found", f"No FHIR endpoint at {path}; this sandbox's base is {base_path}.")
+
+        values = self._faults.values
+        for handler in REQUEST_FAULTS.values():
+            faulted = handler(values, self._faults)
+            if faulted is not None:
+                return faulted
+
+        base = self._public_base(headers)
+        relative = path[len(base_path) :].strip("/")
+        if relative == "metadata":
+            self._require_get(method)
+            return self._metadata(base)
+        if relative == ".well-known/smart-configuration":
+            self._require_get(method)
+            return self._smart_configuration(base)
+        if relative == "oauth2/token":
+            return self._token(method, headers, body)
+
+        denied = self._authorize(headers)
+        if denied is not None:
+            return denied
+        self._check_format(query)
+        segments = relative.split("/") if relative else []
+        if not segments:
+            # Only a cursor flavour's `_getpages` link lands on the bare base.
+            self._require_get(method)
+            return self._search(None, query, base)
+        rtype = segments[0]
+        if rtype not in RESOURCE_TYPES:
+            raise FhirError(404, "not-found", f"Resource type {rtype!r} is not supported by this server.")
+        if len(segments) == 1:
+            self._require_get(method)
+            return self._search(rtype, query, base)
+        if len(segments) == 2:
+            self._require_get(method)
+            return self._read(rtype, segments[1])
+        raise FhirError(404, "not-found", f"No FHIR endpoint at {path}.")
+
+    @staticmethod
+    def _require_get(method: str) -> None:
+        if method != "GET":
+            raise FhirError(405, "not-supported", f"{method} is not supported here; this sandbox is read-only.")
+
+    @staticmethod
+    def _check_format(query: list[tuple[str, str]]) -> None:
+        for name, value in query:
+            if name == "_format" and value and "json" not in value.lower():
+                raise FhirError(406, "not-supported", f"_format={value} is not supported; this server speaks JSON.")
+
+    def _public_base(self, headers: Headers) -> str:
+        # Links follow the Host the client used, as HAPI and most servers do, so
+        # a sandbox reached through a container name still pages correctly.
+        host = (headers.get("Host") or "").strip()
+        if host and _HOST_HEADER.fullmatch(host):
+            return f"http://{host}{self.facts.base_path}"
+        return self.base_url
+
+    # -- auth ------------------------------------------------------------------------
+
+    def _authorize(self, headers: Headers) -> Response | None:
+        if self.auth == "none":
+            return None
+        scheme, _, credentials = (headers.get("Authorization") or "").strip().partition(" ")
+        realm = f'realm="{self.facts.software_name} sandbox"'
+        if self.auth == "basic":
+            client = _basic_credentials(credentials) if scheme.lower() == "basic" else None
+            if client is None or self._faults.values["reject_credentials"] or not self._known_client(*client):
+                return operation_outcome(
+                    401,
+                    "login",
+                    "HTTP Basic authentication with valid credentials is required.",
+                    headers={"WWW-Authenticate": f'Basic {realm}, charset="UTF-8"'},
+                )
+            return None
+        token = credentials.strip()
+        if scheme.lower() != "bearer" or not token:
+            return operation_outcome(
+                401, "login", "A bearer access token is required.", headers={"WWW-Authenticate": f"Bearer {realm}"}
+            )
+        if not self._tokens.valid(token):
+            return operation_outcome(
+                401,
+                "login",
+                "The access token is unknown or has expired.",
+                headers={
+                    "WWW-Authenticate": f'Bearer {realm}, error="invalid_token", '
+                    'error_description="The access token is unknown or has expired"'
+                },
+            )
+        return None
+
+    def _known_client(self, client_id: str, client_secret: str) -> bool:
+        # Compare both halves every time, in constant time, as a real server must.
+        id_ok = hmac.compare_digest(client_id.encode(), self.client_id.encode())
+        secret_ok = hmac.compare_digest(client_secret.encode(), self.client_secret.encode())
+        return id_ok and secret_ok
+
+    def _token(self, method: str, headers: Headers, body: bytes) -> Response:
+        if self.auth != "client_credentials":
+            raise FhirError(404, "not-found", "This sandbox issues no OAuth2 tokens (auth is not client_credentials).")
+        if method != "POST":
+            return _oauth_error(405, "invalid_request", "The token endpoint accepts POST only.", Allow="POST")
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            return _oauth_error(400, "invalid_request", "Send the token request as application/x-www-form-urlencoded.")
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+        except (UnicodeDecodeError, ValueError):
+            return _oauth_error(400, "invalid_request", "The request body is not valid form encoding.")
+        form: dict[str, str] = {}
+        for name, value in pairs:
+            if name in form:
+                # RFC 6749 section 3.2: parameters must not be repeated.
+                return _oauth_error(400, "invalid_request", f"Parameter {name} is repeated.")
+            form[name] = value
+
+        grant_type = form.get("grant_type")
+        if not grant_type:
+            return _oauth_error(400, "invalid_request", "grant_type is required.")
+        if grant_type != "client_credentials":
+            return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant_type} is not supported.")
+
+        scheme, _, credentials = (headers.get("Authorization") or "").strip().partition(" ")
+        used_header = scheme.lower() == "basic"
+        in_form = "client_secret" in form
+        challenge = {"WWW-Authenticate": 'Basic realm="token"'} if used_header else {}
+        if used_header and in_form:
+            return _oauth_error(400, "invalid_request", "Use one client authentication method, not two.")
+        if used_header:
+            client = _basic_credentials(credentials, form_encoded=True)
+            if client is None:
+                return _oauth_error(401, "invalid_client", "Malformed HTTP Basic credentials.", **challenge)
+            if form.get("client_id") not in (None, client[0]):
+                return _oauth_error(400, "invalid_request", "client_id in the body does not match the header.")
+        elif in_form:
+            client = (form.get("client_id", ""), form["client_secret"])
+        else:
+            return _oauth_error(
+                401,
+                "invalid_client",
+                "Client authentication is required (client_secret_basic or client_secret_post).",
+                **{"WWW-Authenticate": 'Basic realm="token"'},
+            )
+        if self._faults.values["reject_credentials"] or not self._known_client(*client):
+            return _oauth_error(401, "invalid_client", "Client authentication failed.", **challenge)
+
+        requested = form.get("scope", "").split()
+        unknown = [s for s in requested if s not in SUPPORTED_SCOPES]
+        if unknown:
+            return _oauth_error(400, "invalid_scope", f"Unsupported scope(s): {' '.join(unknown)}.")
+        payload = {
+            "access_token": self._tokens.issue(),
+            "token_type": "Bearer",
+            "expires_in": self._tokens.ttl_s,
+            "scope": " ".join(requested) or DEFAULT_SCOPE,
+        }
+        return _json_response(200, payload, PLAIN_JSON, **{"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    # -- metadata --------------------------------------------------------------------
+
+    def _build_capability(self) -> dict[str, Any]:
+        facts = self.facts
+        resources = []
+        for rtype in RESOURCE_TYPES:
+            search_params = [{"name": name, "type": p.type} for name, p in SEARCH_PARAMS[rtype].items()]
+            if rtype in CLINICAL_TYPES:
+                for name in facts.patient_params:
+                    search_params.append(
+                        {
+                            "name": name,
+                            "type": "reference",
+                            "documentation": "Required." if facts.clinical_requires_patient else "Patient reference.",
+                        }
+                    )
+            for rule in facts.required_for(rtype):
+                existing = next((p for p in search_params if p["name"] == rule.param), None)
+                if existing is None:
+                    existing = {"name": rule.param, "type": "token"}
+                    search_params.append(existing)
+                existing["documentation"] = f"Required. {rule.why}"
+            resources.append(
+                {
+                    "type": rtype,
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": search_params,
+                }
+            )
+        rest: dict[str, Any] = {"mode": "server", "resource": resources}
+        if self.auth == "basic":
+            rest["security"] = {"service": [{"coding": [{"system": RESTFUL_SECURITY_SERVICE, "code": "Basic"}]}]}
+        elif self.auth == "client_credentials":
+            rest["security"] = {
+                "service": [
+                    {
+                        "coding": [
+                            {
+                                "system": RESTFUL_SECURITY_SERVICE,
+                                "code": "SMART-on-FHIR",
+                            }
+                        ]
+                    }
+                ],
+                "extension": [
+                    {
+                        "url": OAUTH_URIS,
+                        "extension": [{"url": "token", "valueUri": "{token_url}"}],
+                    }
+                ],
+            }
+        return {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": AS_OF.date().isoformat(),
+            "publisher": facts.vendor,
+            "kind": "instance",
+            "software": {"name": facts.software_name, "version": facts.software_version},
+            "implementation": {"description": f"{facts.software_name} sandbox (synthetic data)", "url": "{base}"},
+            "fhirVersion": FHIR_VERSION,
+            "format": ["json"],
+            "rest": [rest],
+        }
+
+    def _metadata(self, base: str) -> Response:
+        statement = json.loads(json.dumps(self._capability))  # a private copy to fill in
+        statement["implementation"]["url"] = base
+        statement["fhirVersion"] = self._faults.values["fhir_version"] or FHIR_VERSION
+        for extension in statement["rest"][0].get("security", {}).get("extension", []):
+            extension["extension"][0]["valueUri"] = base + "/oauth2/token"
+        return _json_response(200, statement)
+
+    def _smart_configuration(self, base: str) -> Response:
+        if self.auth != "client_credentials":
+            raise FhirError(404, "not-found", "SMART configuration is only published when auth is client_credentials.")
+        payload = {
+            "token_endpoint": base + "/oauth2/token",
+            "grant_types_supported": ["client_credentials"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": list(SUPPORTED_SCOPES),
+            "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
+        }
+        return _json_response(200, payload, PLAIN_JSON)
+
+    # -- read and search ------------------------------------------------------------
+
+    def _read(self, rtype: str, resource_id: str) -> Response:
+        record = self._store.by_id.get((rtype, resource_id))
+        if record is None:
+            raise FhirError(404, "not-found", f"Resource {rtype}/{resource_id} is not known.")
+        return Response(200, record.body)
+
+    def _search(self, rtype: str | None, query: list[tuple[str, str]], base: str) -> Response:
+        facts = self.facts
+        query = [(name, value) for name, value in query if name not in REPRESENTATION_PARAMS]
+        cursor = self._page_from_cursor(rtype, query) if facts.paging == "cursor" else None
+        if cursor is not None:
+            # The token carries the whole search; anything else on the URL is ignored.
+            rtype, query, offset, count = cursor
+            used, patient_ids, predicates = self._criteria(rtype, query)
+        elif rtype is None:
+            raise FhirError(404, "not-found", "System-level search is not supported; search a resource type.")
+        else:
+            used, patient_ids, predicates = self._criteria(rtype, query)
+            count = self._count(query)
+            offset = self._offset(rtype, query, used, count)
+
+        if patient_ids is None:
+            candidates = self._store.by_type[rtype]
+        else:
+            per_patient = self._store.by_patient[rtype]
+            candidates = [r for pid in patient_ids for r in per_patient.get(pid, [])]
+            candidates.sort(key=lambda r: r.position)
+        matches = [r for r in candidates if all(p(r.resource) for p in predicates)]
+        page = matches[offset : offset + count]
+
+        links = [{"relation": "self", "url": self._page_link(base, rtype, used, offset, count, first=offset == 0)}]
+        if count and offset + count < len(matches):
+            links.append({"relation": "next", "url": self._page_link(base, rtype, used, offset + count, count)})
+        head = {
+            "resourceType": "Bundle",
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, links[0]["url"])),
+            "meta": {"lastUpdated": LAST_UPDATED},
+            "type": "searchset",
+            "total": len(matches),
+            "link": links,
+        }
+        text = json.dumps(head, separators=(",", ":"))
+        if page:
+            # FHIR JSON forbids empty arrays, so "entry" appears only with entries.
+            prefix = '{"fullUrl":"' + base
+            text = text[:-1] + ',"entry":[' + ",".join(prefix + r.entry_tail for r in page) + "]}"
+        return Response(200, text.encode())
+
+    def _criteria(
+        self, rtype: str, query: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], set[str] | None, list[Predicate]]:
+        """Apply the flavour's rules; return the params used, the patient filter and the predicates."""
+        facts = self.facts
+        clinical = rtype in CLINICAL_TYPES
+        params = SEARCH_PARAMS[rtype]
+        rules = facts.required_for(rtype)
+        reference_params = facts.patient_params if clinical else ()
+        control = {"_count", *facts.paging_params}
+        known = {*params, *reference_params, *(r.param for r in rules)}
+
+        used: list[tuple[str, str]] = []
+        patient_ids: set[str] | None = None
+        predicates: list[Predicate] = []
+        for name, value in query:
+            if name in control:
+                continue
+            if clinical and name in facts.refused_params:
+                why = facts.refused_params_why
+                raise _bad_request(f"The {name} parameter is not supported. {why}", "not-supported")
+            if name not in known:
+                if facts.reject_unknown_params:
+                    raise _bad_request(f"Unsupported search parameter {name!r} for {rtype}.", "not-supported")
+                continue  # ignored, and left out of the self link so the client can tell
+            if not value:
+                continue  # FHIR: a parameter with no value is ignored
+            used.append((name, value))
+            if name in reference_params:
+                ids = {pid for pid in (_patient_reference(v) for v in value.split(",")) if pid}
+                patient_ids = ids if patient_ids is None else patient_ids & ids
+            elif name in params:
+                predicates.append(params[name].compile(value))
+
+        for rule in rules:
+            values = [v for n, v in used if n == rule.param]
+            if not values:
+                raise _bad_request(f"{rtype} searches require the {rule.param} parameter. {rule.why}", "required")
+            if rule.allowed_values and any(v not in rule.allowed_values for v in values):
+                raise FhirError(403, "forbidden", f"This client is not provisioned for {rule.param}={values[0]}.")
+        if clinical and facts.clinical_requires_patient and patient_ids is None:
+            names = " or ".join(facts.patient_params)
+            raise _bad_request(f"{rtype} searches require {names}. {facts.clinical_requires_patient_why}", "required")
+        return used, patient_ids, predicates
+
+    def _count(self, query: list[tuple[str, str]]) -> int:
+        raw = next((v for n, v in query if n == "_count"), None)
+        if raw is None or raw == "":
+            return self.facts.default_count
+        if not raw.isdigit():
+            raise _bad_request(f"_count must be a whole number >= 0, got {raw!r}.")
+        return min(int(raw), self.facts.max_count)  # servers clamp rather than refuse
+
+    def _offset(self, rtype: str, query: list[tuple[str, str]], used: list[tuple[str, str]], count: int) -> int:
+        values = dict(reversed(query))  # the first occurrence wins
+        paging = self.facts.paging
+        if paging == "offset":
+            raw = values.get("_offset")
+            if raw is None:
+                return 0
+            if not raw.isdigit():
+                raise _bad_request(f"_offset must be a whole number >= 0, got {raw!r}.")
+            return int(raw)
+        if paging == "relative_page":
+            raw = values.get("page")
+            if raw is None:
+                return 0
+            if not raw.isdigit() or int(raw) < 1:
+                raise _bad_request(f"page must be a whole number >= 1, got {raw!r}.")
+            return (int(raw) - 1) * count
+        if paging == "page_context":
+            token = values.get("-pageContext")
+            if token is None:
+                return 0
+            direction = values.get("-pageDirection", "NEXT")
+            if direction not in ("NEXT", "PREVIOUS"):
+                raise _bad_request(f"-pageDirection must be NEXT or PREVIOUS, got {direction!r}.")
+            state = self._pages.decode(token)
+            if state.get("t") != rtype or state.get("h") != _query_hash(used):
+                raise _bad_request("-pageContext does not belong to this search; repeat the original parameters.")
+            offset = state.get("o")
+            if not isinstance(offset, int) or offset < 0:
+                raise _bad_request("Invalid or expired paging token.")
+            return offset
+        return 0
+
+    def _page_from_cursor(
+        self, rtype: str | None, query: list[tuple[str, str]]
+    ) -> tuple[str, list[tuple[str, str]], int, int] | None:
+        token = next((v for n, v in query if n == "_getpages"), None)
+        if token is None:
+            return None
+        state = self._pages.decode(token)
+        token_type, params, offset, count = state.get("t"), state.get("q"), state.get("o"), state.get("c")
+        if (
+            token_type not in RESOURCE_TYPES
+            or not isinstance(params, list)
+            or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in params)
+            or not isinstance(offset, int)
+            or not isinstance(count, int)
+            or offset < 0
+            or count < 1
+        ):
+            raise _bad_request("Invalid or expired paging token.")
+        if rtype is not None and rtype != token_type:
+            raise _bad_request(f"This paging token belongs to a {token_type} search.")
+        return token_type, [(n, v) for n, v in params], offset, count
+
+    def _page_link(
+        self, base: str, rtype: str, used: list[tuple[str, str]], offset: int, count: int, first: bool = False
+    ) -> str:
+        paging = self.facts.paging
+        search = [*used, ("_count", str(count))]
+        if paging == "cursor":
+            if first:
+                return f"{base}/{rtype}?{_query_string(search)}"
+            token = self._pages.encode({"t": rtype, "q": used, "o": offset, "c": count})
+            return f"{base}?_getpages={token}"
+        if paging == "page_context":
+            if first:
+                return f"{base}/{rtype}?{_query_string(search)}"
+            token = self._pages.encode({"t": rtype, "h": _query_hash(used), "o": offset})
+            return f"{base}/{rtype}?{_query_string([*search, ('-pageContext', token), ('-pageDirection', 'NEXT')])}"
+        if paging == "relative_page":
+            # Relative to the FHIR base: resolve against base_url + "/".
+            page = offset // count + 1 if count else 1
+            return f"{rtype}?{_query_string([*search, ('page', str(page))] if page > 1 else search)}"
+        return f"{base}/{rtype}?{_query_string([*search, ('_offset', str(offset))] if offset else search)}"
+
+    # -- control -----------------------------------------------------------------------
+
+    def info(self, base: str | None = None) -> dict[str, Any]:
+        base = base or self.base_url
+        facts = self.facts
+        return {
+            "flavour": self.flavour,
+            "base_url": base,
+            "token_url": base + "/oauth2/token",
+            "auth": self.auth,
+            "mrn_system": facts.mrn_system,
+            "patient_count": len(self.patient_ids),
+            "patient_ids": self.patient_ids,
+            "faults": self.faults,
+            "seed": self.seed,
+            "software": {"name": facts.software_name, "version": facts.software_version},
+            "paging": facts.paging,
+            "default_count": facts.default_count,
+            "max_count": facts.max_count,
+        }
+
+    def _control(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
+        if path == "/_sandbox/info":
+            self._require_get(method)
+            return _json_response(200, self.info(self._public_base(headers)), PLAIN_JSON)
+        if path != "/_sandbox/faults":
+            raise FhirError(404, "not-found", f"No control endpoint at {path}.")
+        if method == "GET":
+            return _json_response(200, self.faults, PLAIN_JSON)
+        if method == "DELETE":
+            return _json_response(200, self._faults.replace(None), PLAIN_JSON)
+        if method != "PUT":
+            raise FhirError(405, "not-supported", f"{method} is not supported here; use GET, PUT or DELETE.")
+        try:
+            raw = json.loads(body.decode("utf-8")) if body.strip() else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _bad_request(f"The body must be a JSON object of faults: {exc}") from None
+        try:
+            return _json_response(200, self._faults.replace(raw), PLAIN_JSON)
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+_HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def _url_host(host: str) -> str:
+    # A wildcard bind is not an address a client can use; advertise loopback.
+    if host in ("", "0.0.0.0"):  # noqa: S104 - recognising a wildcard bind, not making one
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _basic_credentials(encoded: str, *, form_encoded: bool = False) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        return None
+    if form_encoded:
+        # RFC 6749 section 2.3.1: client_secret_basic form-encodes both halves first.
+        client_id, secret = unquote_plus(client_id), unquote_plus(secret)
+    return client_id, secret
+
+
+def _oauth_error(status: int, error: str, description: str, **headers: str) -> Response:
+    return _json_response(
+        status,
+        {"error": error, "error_description": description},
+        PLAIN_JSON,
+        **{"Cache-Control": "no-store", "Pragma": "no-cache"},
+        **headers,
+    )
+
+
+# --- HTTP plumbing --------------------------------------------------------------------
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so load tests measure the server, not TCP set-up
+    timeout = 60  # idle keep-alive connections are dropped eventually
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def _dispatch(self) -> None:
+        hospital = self.server.hospital
+        try:
+            body = self._read_body()
+        except _BodyError as exc:
+            self.close_connection = True
+            response = operation_outcome(exc.status, "invalid", str(exc))
+        else:
+            method = "GET" if self.command == "HEAD" else self.command
+            response = hospital.handle(method, self.path, self.headers, body)
+        self._write(response)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return self._read_chunked()
+        raw_length = self.headers.get("Content-Length")
+        if not raw_length:
+            return b""
+        if not raw_length.strip().isdigit():
+            raise _BodyError(400, "Invalid Content-Length.")
+        length = int(raw_length)
+        if length > MAX_BODY_BYTES:
+            raise _BodyError(413, "Request body too large.")
+        return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BodyError(400, "Malformed chunked body.") from None
+            if size == 0:
+                while self.rfile.readline(1024).strip():  # trailers
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise _BodyError(413, "Request body too large.")
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(8)  # the CRLF after each chunk
+
+    def _write(self, response: Response) -> None:
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client left; nothing to answer
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The base class answers protocol errors with an HTML page; a FHIR client
+        # deserves an OperationOutcome even for a malformed request line.
+        self.close_connection = True
+        try:
+            short = HTTPStatus(code).phrase
+        except ValueError:
+            short = "Error"
+        issue_code = "not-supported" if code in (405, 501) else ("exception" if code >= 500 else "invalid")
+        self._write(operation_outcome(code, issue_code, message or short))
+
+    def version_string(self) -> str:
+        return f"sandbox-{self.server.hospital.flavour}"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.hospital.log_requests:
+            super().log_message(format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # never let a slow client keep the process alive
+    request_queue_size = 128  # load tests open many connections at once
+
+    def __init__(self, address: tuple[str, int], hospital: SandboxHospital) -> None:
+        self.hospital = hospital
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall for
+        # seconds on a machine with slow DNS; loopback needs no name.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return  # clients hanging up is normal under load
+        super().handle_error(request, client_address)

@@ -1,0 +1,27 @@
+"""The API's URL map (v1), its OpenAPI schema and docs served from local assets."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from connections.api import ConnectionViewSet
+from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
+from portal.api import TenantViewSet
+
+router = DefaultRouter()
+router.register("tenants", TenantViewSet, basename="tenant")
+router.register("connections", ConnectionViewSet, basename="connection")
+router.register("onboardings", OnboardingViewSet, basename="onboarding")
+router.register("runs", StepRunViewSet, basename="steprun")
+
+urlpatterns = [
+    path("v1/", include(router.urls)),
+    path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),
+    path("v1/auth/token/", obtain_auth_token, name="api_token"),
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+]

@@ -1,0 +1,68 @@
+"""Demo data: one user per role, demo hospitals, and the sandbox hospitals the demo starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+
+from portal.models import Tenant
+from portal.roles import CUSTOMER_SUCCESS, ENGINEERS
+from portal.services import grant_hospital_it
+
+
+@dataclass(frozen=True)
+class DemoSandbox:
+    flavour: str
+    port: int
+    auth: str
+    client_id: str = ""
+    client_secret: str = ""
+    base_path: str = ""
+
+
+# The demo's hospitals. Ports match the embedded default OUTBOUND_ALLOWLIST.
+SANDBOXES = (
+    DemoSandbox("epic", 8101, "client_credentials", "demo-epic-client", "demo-epic-secret"),
+    DemoSandbox("oracle_health", 8102, "none"),
+    DemoSandbox("meditech", 8103, "basic", "demo-meditech-user", "demo-meditech-password"),
+)
+
+DEMO_PASSWORD = "onboard-demo-2026"
+USERS = (
+    ("cs", "Casey Success", CUSTOMER_SUCCESS, None),
+    ("engineer", "Eli Engineer", ENGINEERS, None),
+    ("it-riverside", "Riley Riverside IT", None, "Riverside Regional Medical Center (demo)"),
+    ("it-lakeside", "Lee Lakeside IT", None, "Lakeside Community Hospital (demo)"),
+)
+TENANTS = (
+    ("Riverside Regional Medical Center (demo)", "America/Chicago", "Riley Riverside IT", "it@riverside.example.org"),
+    ("Lakeside Community Hospital (demo)", "America/New_York", "Lee Lakeside IT", "it@lakeside.example.org"),
+)
+
+
+@transaction.atomic
+def seed() -> list[tuple[str, str]]:
+    """Create the demo users and hospitals if missing; return (username, role) pairs."""
+    tenants = {}
+    for name, zone, contact, email in TENANTS:
+        tenants[name], _ = Tenant.objects.get_or_create(
+            name=name, defaults={"timezone": zone, "contact_name": contact, "contact_email": email}
+        )
+    User = get_user_model()
+    made = []
+    for username, full_name, group, tenant_name in USERS:
+        first, _, last = full_name.partition(" ")
+        user, created = User.objects.get_or_create(username=username, defaults={"first_name": first, "last_name": last})
+        if created:
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        if group:
+            user.groups.add(Group.objects.get(name=group))
+            made.append((username, group))
+        if tenant_name:
+            grant_hospital_it(tenant=tenants[tenant_name], member=user)
+            made.append((username, f"Hospital IT of {tenant_name}"))
+    return made

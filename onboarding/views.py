@@ -1,0 +1,156 @@
+"""Pipeline pages: the dashboard, a hospital, a connection's pipeline, a step run with live progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+
+from connections.models import Vendor
+from connections.selectors import get_connection_for_user
+from onboarding import selectors, services
+from onboarding.models import Onboarding, StepRun
+from onboarding.steps import PIPELINE
+from portal.access import get_tenant_for_user
+
+DASHBOARD_PAGE_SIZE = 25
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    search = request.GET.get("q", "").strip()[:100]
+    vendor = request.GET.get("vendor", "")
+    vendor = vendor if vendor in Vendor.values else ""
+    state = request.GET.get("state", "")
+    state = state if state in selectors.DASHBOARD_FILTERS else ""
+    tenants = selectors.dashboard_tenants(request.user, search=search, vendor=vendor, state=state)
+    page = Paginator(tenants, DASHBOARD_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [_tenant_row(tenant) for tenant in page.object_list]
+    context = {
+        "page": page,
+        "rows": rows,
+        "search": search,
+        "vendor": vendor,
+        "state": state,
+        "vendors": Vendor.choices,
+        "states": selectors.DASHBOARD_FILTERS,
+        "steps": PIPELINE,
+    }
+    template = "onboarding/dashboard.html#tenant-table" if request.htmx else "onboarding/dashboard.html"
+    return render(request, template, context)
+
+
+def _tenant_row(tenant: Any) -> dict[str, Any]:
+    """A tenant with each connection's six step cells, from prefetched rows only (no queries)."""
+    runs_by_connection = {ob.connection_id: list(ob.runs.all()) for ob in tenant.onboardings.all()}
+    return {
+        "tenant": tenant,
+        "connections": [
+            {"connection": c, "cells": selectors.step_cells(runs_by_connection.get(c.id, []))}
+            for c in tenant.connections.all()
+        ],
+    }
+
+
+@login_required
+@require_GET
+def tenant_detail(request: HttpRequest, code: str) -> HttpResponse:
+    tenant = get_tenant_for_user(request.user, code)
+    connections = []
+    for connection in tenant.connections.select_related("onboarding").order_by("name"):
+        onboarding = getattr(connection, "onboarding", None)
+        runs = list(onboarding.runs.all()) if onboarding is not None else []
+        connections.append({"connection": connection, "cells": selectors.step_cells(runs)})
+    recent = (
+        StepRun.objects.filter(onboarding__tenant=tenant)
+        .select_related("onboarding__connection", "requested_by")
+        .order_by("-queued_at")[:20]
+    )
+    return render(
+        request,
+        "onboarding/tenant_detail.html",
+        {"tenant": tenant, "connections": connections, "recent_runs": recent},
+    )
+
+
+@login_required
+@require_GET
+def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
+    connection = get_connection_for_user(request.user, code)
+    onboarding = getattr(connection, "onboarding", None)
+    runs = list(onboarding.runs.select_related("requested_by").order_by("-queued_at")) if onboarding else []
+    return render(
+        request,
+        "onboarding/connection_detail.html",
+        {
+            "connection": connection,
+            "tenant": connection.tenant,
+            "onboarding": onboarding,
+            "cells": selectors.step_cells(runs),
+            "runs": runs,
+            "can_run": request.user.has_perm("onboarding.run_step"),
+            "can_edit": request.user.has_perm("connections.change_ehrconnection"),
+        },
+    )
+
+
+@login_required
+@require_POST
+def start_step(request: HttpRequest, code: str, step: str) -> HttpResponse:
+    connection = get_connection_for_user(request.user, code)
+    onboarding: Onboarding = services.ensure_onboarding(connection)
+    try:
+        run = services.start_step(user=request.user, onboarding=onboarding, step=step, request=request)
+    except services.StepError as exc:
+        messages.error(request, str(exc))
+        return redirect("connection_detail", code=connection.code)
+    messages.success(request, f"{run.get_step_display()} attempt {run.attempt} is queued.")
+    if request.htmx:
+        return HttpResponseClientRedirect(run_url(run))
+    return redirect("run_detail", code=run.code)
+
+
+def run_url(run: StepRun) -> str:
+    from django.urls import reverse
+
+    return reverse("run_detail", kwargs={"code": run.code})
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, code: str) -> HttpResponse:
+    run = selectors.get_run_for_user(request.user, code)
+    context = {
+        "run": run,
+        "connection": run.onboarding.connection,
+        "tenant": run.onboarding.tenant,
+        "can_cancel": request.user.has_perm("onboarding.cancel_step"),
+        "can_run": request.user.has_perm("onboarding.run_step"),
+    }
+    if request.htmx:
+        response = render(request, "onboarding/run_detail.html#progress", context)
+        if not run.is_active:
+            # Swap in the final state once, then tell htmx to stop polling.
+            response.status_code = HttpResponseStopPolling.status_code
+        return response
+    return render(request, "onboarding/run_detail.html", context)
+
+
+@login_required
+@require_POST
+def cancel_run(request: HttpRequest, code: str) -> HttpResponse:
+    run = selectors.get_run_for_user(request.user, code)
+    try:
+        services.cancel_run(user=request.user, run=run, request=request)
+    except services.StepError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "The run was cancelled.")
+    return redirect("run_detail", code=run.code)

@@ -1,0 +1,153 @@
+"""Shared fixtures: personas, sandbox hospitals on loopback, and a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from portal.roles import CUSTOMER_SUCCESS, ENGINEERS
+from portal.services import grant_hospital_it
+from tests.factories import DEFAULT_PASSWORD, TenantFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- Personas ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenant_a(db: None) -> Any:
+    return TenantFactory(name="Alpha Medical Center")
+
+
+@pytest.fixture
+def tenant_b(db: None) -> Any:
+    return TenantFactory(name="Beta Health System")
+
+
+@pytest.fixture
+def cs_user(db: None) -> Any:
+    return UserFactory(username="cs", groups=[CUSTOMER_SUCCESS])
+
+
+@pytest.fixture
+def engineer(db: None) -> Any:
+    return UserFactory(username="engineer", groups=[ENGINEERS])
+
+
+@pytest.fixture
+def it_a(tenant_a: Any) -> Any:
+    user = UserFactory(username="it-alpha")
+    grant_hospital_it(tenant=tenant_a, member=user)
+    return user
+
+
+@pytest.fixture
+def it_b(tenant_b: Any) -> Any:
+    user = UserFactory(username="it-beta")
+    grant_hospital_it(tenant=tenant_b, member=user)
+    return user
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    assert client.login(username=user.username, password=DEFAULT_PASSWORD)
+    return client
+
+
+# --- Sandbox hospitals ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sandboxes() -> Iterator[dict[str, Any]]:
+    """One running sandbox per flavour, plus an authenticated one, on loopback ports."""
+    from connections.sandbox import SandboxHospital
+
+    running = {
+        "generic": SandboxHospital(flavour="generic", seed=7, patients=30).start(),
+        "epic": SandboxHospital(
+            flavour="epic", seed=7, patients=30, auth="client_credentials",
+            client_id="portal-test", client_secret="s3cret-sandbox-value",
+        ).start(),
+        "meditech": SandboxHospital(
+            flavour="meditech", seed=7, patients=30, auth="basic",
+            client_id="portal-basic", client_secret="basic-s3cret-value",
+        ).start(),
+    }
+    yield running
+    for hospital in running.values():
+        hospital.stop()
+
+
+@pytest.fixture
+def sandbox_allowlist(settings: Any, sandboxes: dict[str, Any]) -> str:
+    """Let the guarded client reach the sandboxes (and only them) in this process."""
+    entries = ",".join(f"127.0.0.1:{h.port}" for h in sandboxes.values())
+    settings.OUTBOUND_ALLOWLIST = entries.split(",")
+    return entries
+
+
+@pytest.fixture
+def clean_faults(sandboxes: dict[str, Any]) -> Iterator[None]:
+    for hospital in sandboxes.values():
+        hospital.set_faults()
+    yield
+    for hospital in sandboxes.values():
+        hospital.set_faults()
+
+
+# --- A real Celery worker -------------------------------------------------------------------------
+
+
+def _flush_test_broker() -> None:
+    import redis
+
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(
+    django_db_setup: None, django_db_blocker: Any, sandboxes: dict[str, Any], tmp_path_factory: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A `celery worker` subprocess on the test database and the Redis broker, as production runs it."""
+    _flush_test_broker()
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        OUTBOUND_ALLOWLIST=",".join(f"127.0.0.1:{h.port}" for h in sandboxes.values()),
+        STEP_HEARTBEAT_TIMEOUT="60",
+    )
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed after the process ends
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "portal", "worker",
+            "-Q", "steps,maintenance", "-c", "2", "-l", "info",
+            "--without-mingle", "--without-gossip",
+        ],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while b"ready." not in log_path.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("The Celery worker did not start:\n" + log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()

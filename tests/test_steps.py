@@ -1,0 +1,254 @@
+"""Configure and test against sandbox hospitals on loopback, and every bad-input case.
+
+Each failure must end the run failed with a typed error a person can act on, and change nothing
+but that run (and its audit events).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.forms.models import model_to_dict
+
+from connections.models import EHRConnection
+from onboarding import services
+from onboarding.models import RunStatus, StepRun
+from portal.models import AuditEvent
+from tests.factories import ConnectionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def run_now(connection: EHRConnection, step: str, user: Any) -> StepRun:
+    """Start a step and execute it in this process, as a worker would."""
+    onboarding = services.ensure_onboarding(connection)
+    run = services.start_step(user=user, onboarding=onboarding, step=step)
+    services.execute_run(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def sandbox_connection(tenant: Any, hospital: Any, **extra: Any) -> EHRConnection:
+    fields = {"tenant": tenant, "vendor": hospital.flavour, "base_url": hospital.base_url, "auth_method": "none"}
+    fields.update(extra)
+    return ConnectionFactory(**fields)
+
+
+@pytest.fixture
+def ready(sandbox_allowlist: str, clean_faults: None, tenant_a: Any, cs_user: Any) -> dict[str, Any]:
+    return {"tenant": tenant_a, "user": cs_user}
+
+
+# --- Happy paths -----------------------------------------------------------------------------------
+
+
+def test_configure_and_test_pass_on_an_open_endpoint(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    configure = run_now(conn, "configure", ready["user"])
+    assert configure.status == RunStatus.PASSED, (configure.error_kind, configure.error_message)
+    assert configure.result["fhir_version"].startswith("4.0.")
+    assert configure.result["missing"] == []
+    assert {"Patient", "Observation", "Condition", "Encounter"} <= set(configure.result["resources"])
+    test = run_now(conn, "test", ready["user"])
+    assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+    outcomes = {check["id"]: check["outcome"] for check in test.result["checks"]}
+    assert outcomes == {
+        "auth": "passed", "patient_search": "passed", "patient_read": "passed", "observation_search": "passed",
+    }
+    assert all(check["latency_ms"] >= 0 for check in test.result["checks"])
+    assert test.progress_done == test.progress_total == 4
+    assert any("passed" in line["message"] for line in test.log)
+
+
+def test_client_credentials_with_a_discovered_token_url(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    epic = sandboxes["epic"]
+    conn = sandbox_connection(
+        ready["tenant"], epic, auth_method="client_credentials", client_id="portal-test",
+        secret="s3cret-sandbox-value", token_url="",
+    )
+    assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
+    test = run_now(conn, "test", ready["user"])
+    assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+    assert test.result["credential"]["expires_in"] > 0
+    assert "s3cret-sandbox-value" not in json.dumps(test.result) + json.dumps(test.log)
+
+
+def test_http_basic_auth(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    conn = sandbox_connection(
+        ready["tenant"], sandboxes["meditech"], auth_method="basic", client_id="portal-basic",
+        secret="basic-s3cret-value",
+    )
+    assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
+    test = run_now(conn, "test", ready["user"])
+    assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+
+
+# --- Bad input: each ends failed with its kind, and nothing else changes --------------------------------
+
+
+def snapshot(conn: EHRConnection) -> dict[str, Any]:
+    conn.refresh_from_db()
+    return {
+        "connection": model_to_dict(conn),
+        "updated_at": conn.updated_at,
+        "other_runs": list(StepRun.objects.order_by("pk").values_list("pk", "status", "result")),
+        "other_audit": list(AuditEvent.objects.exclude(action__startswith="step.").values_list("pk", flat=True)),
+    }
+
+
+def assert_failed_cleanly(conn: EHRConnection, step: str, user: Any, kind: str) -> StepRun:
+    before = snapshot(conn)
+    run = run_now(conn, step, user)
+    assert run.status == RunStatus.FAILED
+    assert run.error_kind == kind, (run.error_kind, run.error_message)
+    assert run.error_message and run.finished_at is not None
+    after = snapshot(conn)
+    assert after["connection"] == before["connection"]
+    assert after["updated_at"] == before["updated_at"]
+    assert after["other_runs"] == before["other_runs"] + [(run.pk, RunStatus.FAILED, run.result)]
+    assert after["other_audit"] == before["other_audit"]
+    assert list(AuditEvent.objects.filter(object_id=str(run.code)).values_list("action", flat=True)) == [
+        "step.failed", "step.start",
+    ]
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def odd_server(settings: Any) -> Iterator[dict[str, Any]]:
+    """A loopback HTTP server that answers whatever body the test sets, to play broken hospitals."""
+    state: dict[str, Any] = {"status": 200, "type": "application/json", "body": b"{}"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(state["status"])
+            self.send_header("Content-Type", state["type"])
+            self.send_header("Content-Length", str(len(state["body"])))
+            self.end_headers()
+            self.wfile.write(state["body"])
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    settings.OUTBOUND_ALLOWLIST = [*settings.OUTBOUND_ALLOWLIST, f"127.0.0.1:{port}"]
+    state["url"] = f"http://127.0.0.1:{port}/fhir"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def test_unreachable_host(ready: dict[str, Any], settings: Any) -> None:
+    port = free_port()
+    settings.OUTBOUND_ALLOWLIST = [*settings.OUTBOUND_ALLOWLIST, f"127.0.0.1:{port}"]
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=f"http://127.0.0.1:{port}/fhir")
+    assert_failed_cleanly(conn, "configure", ready["user"], "connect")
+
+
+def test_dns_failure(ready: dict[str, Any]) -> None:
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url="https://no-such-hospital.invalid/fhir")
+    run = assert_failed_cleanly(conn, "configure", ready["user"], "dns")
+    assert "host name" in run.error_message.lower() or "could not be found" in run.error_message.lower()
+
+
+def test_tls_failure(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    plain = sandboxes["generic"]
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=plain.base_url.replace("http://", "https://"))
+    assert_failed_cleanly(conn, "configure", ready["user"], "tls")
+
+
+def test_private_address_is_blocked(ready: dict[str, Any]) -> None:
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url="http://10.1.2.3/fhir")
+    assert_failed_cleanly(conn, "configure", ready["user"], "blocked_address")
+
+
+def test_html_login_page_instead_of_fhir(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    sandboxes["generic"].set_faults(not_fhir=True)
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "not_fhir")
+
+
+def test_json_that_is_not_fhir(ready: dict[str, Any], odd_server: dict[str, Any]) -> None:
+    odd_server["body"] = b'{"status": "ok", "service": "billing"}'
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=odd_server["url"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "not_fhir")
+
+
+def test_non_json_answer(ready: dict[str, Any], odd_server: dict[str, Any]) -> None:
+    odd_server.update(type="text/plain", body=b"Service Unavailable - Maintenance")
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=odd_server["url"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "not_fhir")
+
+
+def test_truncated_json(ready: dict[str, Any], odd_server: dict[str, Any]) -> None:
+    odd_server.update(type="application/fhir+json", body=b'{"resourceType": "CapabilityStatement", "fhirVer')
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=odd_server["url"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "bad_payload")
+
+
+def test_wrong_fhir_version(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    sandboxes["generic"].set_faults(fhir_version="3.0.2")
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    run = assert_failed_cleanly(conn, "configure", ready["user"], "wrong_version")
+    assert "3.0.2" in run.error_message
+
+
+def test_wrong_credentials(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
+    epic = sandboxes["epic"]
+    conn = sandbox_connection(
+        ready["tenant"], epic, auth_method="client_credentials", client_id="portal-test",
+        secret="not-the-right-secret", token_url=epic.token_url,
+    )
+    assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
+    run = assert_failed_cleanly(conn, "test", ready["user"], "auth")
+    assert run.result["checks"][0]["outcome"] == "failed"
+    assert {c["outcome"] for c in run.result["checks"][1:]} == {"skipped"}
+    assert "not-the-right-secret" not in json.dumps([run.result, run.log, run.error_detail, run.error_message])
+
+
+def test_timeout(ready: dict[str, Any], sandboxes: dict[str, Any], settings: Any) -> None:
+    settings.OUTBOUND_READ_TIMEOUT = 0.3
+    settings.OUTBOUND_MAX_ATTEMPTS = 1
+    sandboxes["generic"].set_faults(latency_ms=1500)
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "timeout")
+
+
+def test_throttled(ready: dict[str, Any], sandboxes: dict[str, Any], settings: Any) -> None:
+    settings.OUTBOUND_MAX_ATTEMPTS = 2
+    sandboxes["generic"].set_faults(rate_429=1.0, retry_after=1)
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "throttled")
+
+
+def test_server_error(ready: dict[str, Any], sandboxes: dict[str, Any], settings: Any) -> None:
+    settings.OUTBOUND_MAX_ATTEMPTS = 2
+    sandboxes["generic"].set_faults(rate_5xx=1.0)
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "server_error")
+
+
+def test_a_bug_in_a_step_fails_the_run_instead_of_crashing(
+    ready: dict[str, Any], sandboxes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onboarding.steps.configure import ConfigureStep
+
+    def broken(self: Any, ctx: Any) -> Any:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(ConfigureStep, "run", broken)
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "internal")
