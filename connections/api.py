@@ -36,6 +36,7 @@ class ConnectionOutput(serializers.ModelSerializer):
             "token_auth_method",
             "scope",
             "mrn_system",
+            "extra_search_params",
             "has_secret",
             "secret_updated_at",
             "created_at",
@@ -47,7 +48,11 @@ class ConnectionOutput(serializers.ModelSerializer):
 class ConnectionInput(serializers.ModelSerializer):
     tenant = serializers.UUIDField(write_only=True, help_text="The tenant's code.")
     secret = serializers.CharField(
-        write_only=True, required=False, allow_blank=True, trim_whitespace=False, default="",
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        default="",
         help_text="Client secret or password. Write-only; blank on update keeps the stored one.",
     )
 
@@ -65,6 +70,11 @@ class ConnectionInput(serializers.ModelSerializer):
                 attrs["base_url"] = forms.check_fhir_base_url(attrs["base_url"], environment=environment)
             except DjangoValidationError as exc:
                 raise serializers.ValidationError({"base_url": exc.messages}) from None
+        if "extra_search_params" in attrs:
+            try:
+                attrs["extra_search_params"] = forms.check_extra_search_params(attrs["extra_search_params"])
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"extra_search_params": exc.messages}) from None
         method = attrs.get("auth_method", instance.auth_method if instance else AuthMethod.NONE)
         if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS}:
             client_id = attrs.get("client_id", instance.client_id if instance else "")
@@ -81,7 +91,10 @@ class ConnectionUpdateInput(ConnectionInput):
 
 
 class ConnectionViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
     viewsets.GenericViewSet,
 ):
     """EHR connections of the tenants the caller may see."""

@@ -28,6 +28,18 @@ def check_fhir_base_url(url: str, *, environment: str) -> str:
     return url.rstrip("/")
 
 
+def check_extra_search_params(value: str) -> str:
+    """Accept `name=value&name=value`; say which part is malformed otherwise."""
+    value = value.strip().lstrip("?")
+    if not value:
+        return ""
+    for part in value.split("&"):
+        name, sep, param = part.partition("=")
+        if not sep or not name.strip() or not param.strip():
+            raise forms.ValidationError(f"“{part}” is not name=value. Join pairs with &.")
+    return value
+
+
 class ConnectionForm(forms.ModelForm):
     base_url = forms.URLField(
         label="FHIR base URL",
@@ -63,13 +75,19 @@ class ConnectionForm(forms.ModelForm):
             "token_auth_method",
             "scope",
             "mrn_system",
+            "extra_search_params",
         ]
 
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tenant = tenant
         if self.instance.pk and self.instance.has_secret:
-            self.fields["secret"].help_text = "A secret is stored. Leave blank to keep it; type a new one to replace it."
+            self.fields[
+                "secret"
+            ].help_text = "A secret is stored. Leave blank to keep it; type a new one to replace it."
+
+    def clean_extra_search_params(self) -> str:
+        return check_extra_search_params(self.cleaned_data["extra_search_params"])
 
     def clean_name(self) -> str:
         name = " ".join(self.cleaned_data["name"].split())

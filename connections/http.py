@@ -412,6 +412,7 @@ class _BoundedDecoder:
         self._parts: list[bytes] = []
         self._size = 0
         self.full = False
+        self._raw_deflate_fallback = encoding.strip().lower() == "deflate"
         encoding = encoding.strip().lower()
         if encoding in ("", "identity"):
             self._inflater = None
@@ -432,14 +433,22 @@ class _BoundedDecoder:
             return
         data = chunk
         while data and not self.full:
-            try:
-                out = self._inflater.decompress(data, self._limit - self._size + 1)
-            except zlib.error:
-                raise RemoteError(
-                    ErrorKind.BAD_PAYLOAD, "The hospital's server sent a corrupt compressed answer."
-                ) from None
+            out = self._inflate(data)
             self._append(out)
             data = self._inflater.unconsumed_tail
+
+    def _inflate(self, data: bytes) -> bytes:
+        assert self._inflater is not None
+        try:
+            return self._inflater.decompress(data, self._limit - self._size + 1)
+        except zlib.error:
+            pass
+        if self._raw_deflate_fallback and self._size == 0:
+            # "deflate" should be zlib-wrapped (RFC 9110) but some servers send raw deflate.
+            self._raw_deflate_fallback = False
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._inflate(data)
+        raise RemoteError(ErrorKind.BAD_PAYLOAD, "The hospital's server sent a corrupt compressed answer.")
 
     def _append(self, data: bytes) -> None:
         room = self._limit - self._size
@@ -666,6 +675,36 @@ def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
     return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
+@dataclass(frozen=True)
+class _Hop:
+    """One request of a redirect chain."""
+
+    method: str
+    url: httpx.URL
+    headers: dict[str, str]
+    data: Mapping[str, Any] | None
+    json: Any
+
+
+def _redirected(hop: _Hop, status: int, source: httpx.URL, target: httpx.URL, redactor: Redactor) -> _Hop:
+    """The request to send after a redirect, as browsers and RFC 9110 rewrite it."""
+    headers = hop.headers
+    if not _same_origin(source, target):
+        if status in (307, 308) and (hop.data is not None or hop.json is not None):
+            # A 307/308 would re-send the body (a token request's client secret, say) to a host
+            # nobody configured.
+            raise RemoteError(
+                ErrorKind.REDIRECT_REFUSED,
+                "The hospital's server redirected a request with a body to another server.",
+                detail={"location": redactor.url(str(target))},
+            )
+        # Credentials were issued for the hospital's host; a redirect elsewhere must not carry them.
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
+    if status == 303 or (status in (301, 302) and hop.method == "POST"):
+        return _Hop("GET", target, headers, None, None)
+    return _Hop(hop.method, target, headers, hop.data, hop.json)
+
+
 # --------------------------------------------------------------------------------------------
 # The client
 
@@ -803,34 +842,25 @@ class GuardedClient:
         attempt = _Attempt(deadline_at=time.monotonic() + self._policy.deadline)
         token = _CURRENT.set(attempt)
         try:
-            request_headers = self._headers(headers, expect_json)
-            current = check_url(url, self._policy)
-            for hop in range(self._policy.max_redirects + 1):
+            hop = _Hop(method, check_url(url, self._policy), self._headers(headers, expect_json), data, json)
+            for count in range(self._policy.max_redirects + 1):
                 request = self._http.build_request(
-                    method,
-                    current,
-                    headers=request_headers,
-                    params=params if hop == 0 else None,
-                    data=data,
-                    json=json,
+                    hop.method,
+                    hop.url,
+                    headers=hop.headers,
+                    params=params if count == 0 else None,
+                    data=hop.data,
+                    json=hop.json,
                 )
                 response = self._send(request, attempt)
                 try:
                     location = response.headers.get("location")
                     if response.status_code not in REDIRECT_STATUSES or not location:
                         return self._finish(response, attempt, expect_json, redactor)
-                    target = self._redirect_target(request.url, location, hop, redactor)
+                    target = self._redirect_target(request.url, location, count, redactor)
                 finally:
                     response.close()
-                if not _same_origin(request.url, target):
-                    # Credentials were issued for the hospital's host; a redirect elsewhere must
-                    # not carry them along.
-                    request_headers = {
-                        k: v for k, v in request_headers.items() if k.lower() not in ("authorization", "cookie")
-                    }
-                if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
-                    method, data, json = "GET", None, None
-                current = target
+                hop = _redirected(hop, response.status_code, request.url, target, redactor)
             raise AssertionError("unreachable: _redirect_target limits hops")
         finally:
             _CURRENT.reset(token)
@@ -910,8 +940,10 @@ class GuardedClient:
         attempts: int,
         kind: ErrorKind | None = None,
     ) -> None:
-        # Only the redacted URL is ever logged; headers and bodies never are.
-        logger.info(
+        # Only the redacted URL is ever logged; headers and bodies never are. Successes are
+        # debug-level: a load test makes thousands of them.
+        logger.log(
+            logging.DEBUG if kind is None else logging.INFO,
             "outbound %s %s status=%s kind=%s elapsed_ms=%s attempt=%s",
             method,
             safe_url,
@@ -929,9 +961,10 @@ def _transport(policy: OutboundPolicy, backend: _PinnedBackend) -> httpx.HTTPTra
     construction; httpx is pinned to 0.28.x in pyproject.toml, and a test connects through a
     name that only the injected resolver knows, which fails loudly if the pool is not ours.
     """
-    transport = httpx.HTTPTransport(verify=_ssl_context(policy), trust_env=False, retries=0)
+    context = _ssl_context(policy)
+    transport = httpx.HTTPTransport(verify=context, trust_env=False, retries=0)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=_ssl_context(policy),
+        ssl_context=context,
         max_connections=20,
         max_keepalive_connections=10,
         keepalive_expiry=30.0,

@@ -57,6 +57,13 @@ class EHRConnection(models.Model):
     mrn_system = models.CharField(
         max_length=300, blank=True, help_text="Identifier system of the MRN; blank uses the vendor's default."
     )
+    extra_search_params = models.CharField(
+        max_length=500,
+        blank=True,
+        verbose_name="extra search parameters",
+        help_text="Sent on every search, as name=value pairs joined by &, e.g. athenahealth's "
+        "ah-practice=Organization/a-1.Practice-195900.",
+    )
     secret_updated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

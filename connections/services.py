@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
+from urllib.parse import parse_qsl
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -17,7 +16,7 @@ from connections.auth import AuthConfig
 from connections.http import GuardedClient, OutboundPolicy
 from connections.models import AuthMethod, EHRConnection
 from portal import audit
-from portal.access import require_perm
+from portal.access import User, require_perm
 from portal.models import Tenant
 
 # Fields a person may set; the secret is handled apart so a blank never overwrites it.
@@ -32,6 +31,7 @@ EDITABLE_FIELDS = (
     "token_auth_method",
     "scope",
     "mrn_system",
+    "extra_search_params",
 )
 
 
@@ -53,6 +53,7 @@ def connection_config(connection: EHRConnection) -> ConnectionConfig:
         vendor=connection.vendor,
         base_url=connection.base_url,
         mrn_system=connection.mrn_system,
+        extra_params=tuple(parse_qsl(connection.extra_search_params)),
         auth=AuthConfig(
             method=connection.auth_method,  # type: ignore[arg-type]
             client_id=connection.client_id,
@@ -84,7 +85,7 @@ def build_adapter(connection: EHRConnection) -> FHIRAdapter:
 @transaction.atomic
 def create_connection(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User,
     tenant: Tenant,
     fields: dict[str, Any],
     secret: str,
@@ -115,7 +116,7 @@ def create_connection(
 @transaction.atomic
 def update_connection(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User,
     connection: EHRConnection,
     fields: dict[str, Any],
     secret: str,

@@ -26,10 +26,24 @@ class StepRunOutput(serializers.ModelSerializer):
     class Meta:
         model = StepRun
         fields = [
-            "code", "tenant", "connection", "onboarding", "step", "attempt", "status",
-            "queued_at", "started_at", "finished_at", "heartbeat_at",
-            "progress_done", "progress_total", "progress_percent", "progress_message",
-            "log", "result", "error",
+            "code",
+            "tenant",
+            "connection",
+            "onboarding",
+            "step",
+            "attempt",
+            "status",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "heartbeat_at",
+            "progress_done",
+            "progress_total",
+            "progress_percent",
+            "progress_message",
+            "log",
+            "result",
+            "error",
         ]
         read_only_fields = fields
 
@@ -41,7 +55,8 @@ class StepRunOutput(serializers.ModelSerializer):
 
 class StepCellOutput(serializers.Serializer):
     key = serializers.CharField()
-    label = serializers.CharField()
+    # Not "label": that name is a Field attribute every serializer already has.
+    title = serializers.CharField(source="label")
     available = serializers.BooleanField()
     state = serializers.CharField(help_text="unavailable, not_started, queued, running, passed, failed or cancelled")
     run = serializers.SerializerMethodField()

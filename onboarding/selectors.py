@@ -109,7 +109,10 @@ def dashboard_tenants(user: User, *, search: str = "", vendor: str = "", state: 
     )
     return tenants.order_by("name").prefetch_related(
         Prefetch("connections", queryset=connections),
-        Prefetch("onboardings", queryset=Onboarding.objects.only("id", "tenant_id", "connection_id").prefetch_related(
-            Prefetch("runs", queryset=runs)
-        )),
+        Prefetch(
+            "onboardings",
+            queryset=Onboarding.objects.only("id", "tenant_id", "connection_id").prefetch_related(
+                Prefetch("runs", queryset=runs)
+            ),
+        ),
     )

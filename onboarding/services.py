@@ -7,14 +7,13 @@ event in the same transaction. Tasks are sent only after the transaction commits
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
 from django.http import HttpRequest
@@ -27,7 +26,7 @@ from onboarding.models import ACTIVE_STATUSES, Onboarding, RunStatus, StepRun
 from onboarding.steps import get_step
 from onboarding.steps.base import StepContext, StepOutcome
 from portal import audit
-from portal.access import require_perm
+from portal.access import AuthUser, User, require_perm
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def latest_runs(onboarding: Onboarding) -> dict[str, StepRun]:
 
 def start_step(
     *,
-    user: AbstractBaseUser | AnonymousUser,
+    user: User,
     onboarding: Onboarding,
     step: str,
     request: HttpRequest | None = None,
@@ -122,7 +121,7 @@ def send_run(run_id: int) -> bool:
 
     StepRun.objects.filter(pk=run_id).update(last_sent_at=timezone.now())
     try:
-        run_step.apply_async(args=[run_id])
+        run_step.apply_async(args=(run_id,))
     except Exception:  # any broker/transport failure; the database row is the source of truth
         logger.warning("Could not publish step run %s; the sweep will re-send it", run_id, exc_info=True)
         return False
@@ -215,7 +214,7 @@ def fail_run(
     return True
 
 
-def cancel_run(*, user: AbstractBaseUser | AnonymousUser, run: StepRun, request: HttpRequest | None = None) -> None:
+def cancel_run(*, user: User, run: StepRun, request: HttpRequest | None = None) -> None:
     """Cancel a queued or running attempt. A running step notices at its next progress report."""
     tenant = run.onboarding.tenant
     require_perm(user, "onboarding.cancel_step", tenant)
@@ -275,10 +274,9 @@ def execute_run(run_id: int) -> None:
 
 
 def _flush_quietly(ctx: StepContext) -> None:
-    try:
+    # A cancel that lands while we record a failure just means the run is already final.
+    with contextlib.suppress(RunCancelled):
         ctx.flush()
-    except RunCancelled:
-        pass
 
 
 def reap_stale_runs() -> int:
@@ -315,5 +313,5 @@ def resend_queued_runs() -> int:
     return sent
 
 
-def _user_or_none(user: AbstractBaseUser | AnonymousUser) -> AbstractBaseUser | None:
-    return user if user.is_authenticated and isinstance(user, AbstractBaseUser) else None
+def _user_or_none(user: User) -> AuthUser | None:
+    return user if user.is_authenticated and isinstance(user, AuthUser) else None

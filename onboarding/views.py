@@ -18,13 +18,14 @@ from onboarding import selectors, services
 from onboarding.models import Onboarding, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import get_tenant_for_user
+from portal.types import HtmxHttpRequest
 
 DASHBOARD_PAGE_SIZE = 25
 
 
 @login_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     search = request.GET.get("q", "").strip()[:100]
     vendor = request.GET.get("vendor", "")
     vendor = vendor if vendor in Vendor.values else ""
@@ -103,7 +104,7 @@ def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def start_step(request: HttpRequest, code: str, step: str) -> HttpResponse:
+def start_step(request: HtmxHttpRequest, code: str, step: str) -> HttpResponse:
     connection = get_connection_for_user(request.user, code)
     onboarding: Onboarding = services.ensure_onboarding(connection)
     try:
@@ -125,7 +126,7 @@ def run_url(run: StepRun) -> str:
 
 @login_required
 @require_GET
-def run_detail(request: HttpRequest, code: str) -> HttpResponse:
+def run_detail(request: HtmxHttpRequest, code: str) -> HttpResponse:
     run = selectors.get_run_for_user(request.user, code)
     context = {
         "run": run,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import User as AuthUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404
@@ -17,7 +17,8 @@ from guardian.shortcuts import get_objects_for_user
 
 from portal.models import Tenant
 
-User = AbstractBaseUser | AnonymousUser
+# Everyone a request can carry: a signed-in user or an anonymous visitor.
+User = AuthUser | AnonymousUser
 
 
 def tenants_for(user: User) -> QuerySet[Tenant]:

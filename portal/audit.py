@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from django.db import models
 from django.http import HttpRequest
 
+from portal.access import User
 from portal.models import AuditEvent, Tenant
 
 
@@ -22,7 +21,7 @@ def client_ip(request: HttpRequest | None) -> str | None:
 def record(
     *,
     action: str,
-    actor: AbstractBaseUser | AnonymousUser | None = None,
+    actor: User | None = None,
     tenant: Tenant | None = None,
     obj: models.Model | None = None,
     request: HttpRequest | None = None,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser, Group, Permission
+from django.contrib.auth.models import Group, Permission
+
+from portal.access import User
 
 CUSTOMER_SUCCESS = "Customer success"
 ENGINEERS = "Engineers"
@@ -53,17 +54,17 @@ def sync_role_groups(**_: Any) -> None:
         group.permissions.set(wanted)
 
 
-def role_label(user: AbstractBaseUser | AnonymousUser) -> str:
+def role_label(user: User) -> str:
     """A short name for the user's role, for the page header."""
     if not user.is_authenticated:
         return ""
-    names = set(user.groups.values_list("name", flat=True))  # type: ignore[attr-defined]
+    names = set(user.groups.values_list("name", flat=True))
     for name in (CUSTOMER_SUCCESS, ENGINEERS, HOSPITAL_IT):
         if name in names:
             return name
     return "Administrator" if getattr(user, "is_superuser", False) else "No role"
 
 
-def is_vendor_staff(user: AbstractBaseUser | AnonymousUser) -> bool:
+def is_vendor_staff(user: User) -> bool:
     """Vendor staff see across tenants; hospital IT never do."""
     return user.is_authenticated and user.has_perm("portal.view_all_tenants")

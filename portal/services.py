@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser, Group
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.http import HttpRequest
 from guardian.shortcuts import assign_perm
 
 from portal import audit
-from portal.access import require_perm
+from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
 from portal.roles import HOSPITAL_IT, HOSPITAL_IT_TENANT_PERMS
 
@@ -19,9 +18,7 @@ TENANT_FIELDS = ("name", "timezone", "contact_name", "contact_email")
 
 
 @transaction.atomic
-def create_tenant(
-    *, user: AbstractBaseUser | AnonymousUser, fields: dict[str, Any], request: HttpRequest | None = None
-) -> Tenant:
+def create_tenant(*, user: User, fields: dict[str, Any], request: HttpRequest | None = None) -> Tenant:
     """Create a hospital tenant."""
     require_perm(user, "portal.add_tenant")
     tenant = Tenant(created_by=user if user.is_authenticated else None)
@@ -39,25 +36,41 @@ def create_tenant(
 
 @transaction.atomic
 def grant_hospital_it(
-    *, tenant: Tenant, member: AbstractBaseUser, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None
+    *,
+    tenant: Tenant,
+    member: AuthUser,
+    actor: AuthUser | None = None,
+    request: HttpRequest | None = None,
 ) -> None:
     """Make a user hospital IT of this tenant (and only this one)."""
-    member.groups.add(Group.objects.get(name=HOSPITAL_IT))  # type: ignore[attr-defined]
+    member.groups.add(Group.objects.get(name=HOSPITAL_IT))
     for perm in HOSPITAL_IT_TENANT_PERMS:
         assign_perm(perm, member, tenant)
     audit.record(
-        action="role.grant", actor=actor, tenant=tenant, obj=tenant, request=request,
+        action="role.grant",
+        actor=actor,
+        tenant=tenant,
+        obj=tenant,
+        request=request,
         detail={"user": member.get_username(), "role": HOSPITAL_IT},
     )
 
 
 @transaction.atomic
 def assign_staff_to_tenant(
-    *, tenant: Tenant, member: AbstractBaseUser, actor: AbstractBaseUser | None = None, request: HttpRequest | None = None
+    *,
+    tenant: Tenant,
+    member: AuthUser,
+    actor: AuthUser | None = None,
+    request: HttpRequest | None = None,
 ) -> None:
     """Let a vendor staff member without the global permission see this tenant."""
     assign_perm("portal.access_tenant", member, tenant)
     audit.record(
-        action="role.assign", actor=actor, tenant=tenant, obj=tenant, request=request,
+        action="role.assign",
+        actor=actor,
+        tenant=tenant,
+        obj=tenant,
+        request=request,
         detail={"user": member.get_username()},
     )

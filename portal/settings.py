@@ -214,16 +214,15 @@ STEP_TIME_LIMIT = env_int("STEP_TIME_LIMIT", STEP_SOFT_TIME_LIMIT + 60, minimum=
 CELERY_TASK_SOFT_TIME_LIMIT = STEP_SOFT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = STEP_TIME_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # Redis: a task not acknowledged within this many seconds is given to another worker.
-    # It must exceed the hard time limit, or a long step would be delivered twice.
-    "visibility_timeout": STEP_TIME_LIMIT + 120,
-    # Publishing while the broker is down fails fast; the database sweep re-sends later.
-    "max_retries": 2,
-    "interval_start": 0,
-    "interval_step": 0.5,
-    "interval_max": 1,
-}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A task not acknowledged within this many seconds is given to another worker.
+        # It must exceed the hard time limit, or a long step would be delivered twice.
+        "visibility_timeout": STEP_TIME_LIMIT + 120,
+    }
+else:
+    # kombu's SQLAlchemy transport hands these options to create_engine, which takes none of ours.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
 # Publishing gives up quickly when the broker is down; the row stays queued and the sweep re-sends,
 # so a person clicking "Start" never waits on a dead broker.
 CELERY_TASK_PUBLISH_RETRY = True
@@ -249,7 +248,9 @@ STEP_MAX_DELIVERIES = env_int("STEP_MAX_DELIVERIES", 5, minimum=1)
 
 # --- Outbound HTTP to hospitals ---------------------------------------------------------------
 # host:port pairs that may be reached although loopback/private: the sandbox hospitals only.
-OUTBOUND_ALLOWLIST = env_list("OUTBOUND_ALLOWLIST", "" if PRODUCTION else "127.0.0.1:8101,127.0.0.1:8102,127.0.0.1:8103")
+OUTBOUND_ALLOWLIST = env_list(
+    "OUTBOUND_ALLOWLIST", "" if PRODUCTION else "127.0.0.1:8101,127.0.0.1:8102,127.0.0.1:8103"
+)
 OUTBOUND_CONNECT_TIMEOUT = env_float("OUTBOUND_CONNECT_TIMEOUT", 5.0)
 OUTBOUND_READ_TIMEOUT = env_float("OUTBOUND_READ_TIMEOUT", 15.0)
 OUTBOUND_DEADLINE = env_float("OUTBOUND_DEADLINE", 30.0)

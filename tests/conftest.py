@@ -75,13 +75,23 @@ def sandboxes() -> Iterator[dict[str, Any]]:
     running = {
         "generic": SandboxHospital(flavour="generic", seed=7, patients=30).start(),
         "epic": SandboxHospital(
-            flavour="epic", seed=7, patients=30, auth="client_credentials",
-            client_id="portal-test", client_secret="s3cret-sandbox-value",
+            flavour="epic",
+            seed=7,
+            patients=30,
+            auth="client_credentials",
+            client_id="portal-test",
+            client_secret="s3cret-sandbox-value",
         ).start(),
         "meditech": SandboxHospital(
-            flavour="meditech", seed=7, patients=30, auth="basic",
-            client_id="portal-basic", client_secret="basic-s3cret-value",
+            flavour="meditech",
+            seed=7,
+            patients=30,
+            auth="basic",
+            client_id="portal-basic",
+            client_secret="basic-s3cret-value",
         ).start(),
+        "oracle_health": SandboxHospital(flavour="oracle_health", seed=7, patients=30).start(),
+        "athenahealth": SandboxHospital(flavour="athenahealth", seed=7, patients=30).start(),
     }
     yield running
     for hospital in running.values():
@@ -132,11 +142,25 @@ def celery_worker_process(
     log = open(log_path, "wb")  # noqa: SIM115 - closed after the process ends
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "portal", "worker",
-            "-Q", "steps,maintenance", "-c", "2", "-l", "info",
-            "--without-mingle", "--without-gossip",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "portal",
+            "worker",
+            "-Q",
+            "steps,maintenance",
+            "-c",
+            "2",
+            "-l",
+            "info",
+            "--without-mingle",
+            "--without-gossip",
         ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 60
     while b"ready." not in log_path.read_bytes():

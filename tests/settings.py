@@ -18,6 +18,6 @@ os.environ.setdefault("PORTAL_VAR_DIR", os.path.join(tempfile.gettempdir(), "por
 # still synchronous, so Django's guard against async misuse would be a false alarm there.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-from portal.settings import *  # noqa: E402,F403
+from portal.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests only

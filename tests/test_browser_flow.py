@@ -25,8 +25,12 @@ def browser() -> Iterator[Browser]:
 
 
 def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
-    browser: Browser, live_server: Any, celery_worker_process: Any, sandboxes: dict[str, Any],
-    clean_faults: None, cs_user: Any,
+    browser: Browser,
+    live_server: Any,
+    celery_worker_process: Any,
+    sandboxes: dict[str, Any],
+    clean_faults: None,
+    cs_user: Any,
 ) -> None:
     sandbox = sandboxes["generic"]
     page = browser.new_page()

@@ -135,7 +135,9 @@ def test_cancel_of_a_finished_run_is_refused(onboarding: Any, cs_user: Any) -> N
 def test_reaper_fails_runs_whose_heartbeat_stopped(onboarding: Any, cs_user: Any, settings: Any) -> None:
     run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
     services.claim_run(run.pk)
-    fresh = services.start_step(user=cs_user, onboarding=services.ensure_onboarding(ConnectionFactory()), step="configure")
+    fresh = services.start_step(
+        user=cs_user, onboarding=services.ensure_onboarding(ConnectionFactory()), step="configure"
+    )
     services.claim_run(fresh.pk)
     StepRun.objects.filter(pk=run.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.STEP_HEARTBEAT_TIMEOUT + 5)

@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -94,7 +95,7 @@ class LoopbackServer:
             self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self.scheme = "https" if tls else "http"
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     def record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
@@ -206,6 +207,16 @@ def resolver() -> TableResolver:
     return TableResolver()
 
 
+_OPEN_CLIENTS: list[GuardedClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
 def make_client(
     *servers: LoopbackServer,
     sleeps: list[float] | None = None,
@@ -214,11 +225,13 @@ def make_client(
     **policy: Any,
 ) -> GuardedClient:
     allow = frozenset(s.key(h) for s in servers for h in hosts)
-    return GuardedClient(
+    client = GuardedClient(
         OutboundPolicy(allowlist=allow, **policy),
         sleep=(sleeps.append if sleeps is not None else lambda _s: None),
         resolver=resolver or TableResolver(),
     )
+    _OPEN_CLIENTS.append(client)
+    return client
 
 
 def raises(call: Callable[[], Any]) -> RemoteError:
@@ -463,6 +476,14 @@ def test_credentials_do_not_follow_a_redirect_to_another_origin(
     assert "Authorization" not in other_server.requests[0]["headers"]
 
 
+def test_a_body_is_never_replayed_to_another_origin(server: LoopbackServer, other_server: LoopbackServer) -> None:
+    server.routes["/token"] = redirect(307, other_server.url("/token"))
+    other_server.routes["/token"] = ok()
+    client = make_client(server, other_server)
+    error = raises(lambda: client.request("POST", server.url("/token"), data={"client_secret": SECRET}))
+    assert error.kind is ErrorKind.REDIRECT_REFUSED and other_server.hits["/token"] == 0
+
+
 # --- Retries --------------------------------------------------------------------------------------
 
 
@@ -641,6 +662,18 @@ def test_gzip_bodies_are_decoded(server: LoopbackServer) -> None:
     body = json.dumps({"resourceType": "Bundle", "entry": []}).encode()
     server.routes["/b"] = lambda h: reply(h, 200, gzip.compress(body), {"Content-Encoding": "gzip"})
     assert make_client(server).get_json(server.url("/b")).content == body
+
+
+def test_deflate_with_and_without_the_zlib_wrapper(server: LoopbackServer) -> None:
+    body = json.dumps({"resourceType": "Patient", "id": "9"}).encode()
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    server.routes["/zlib"] = lambda h: reply(h, 200, zlib.compress(body), {"Content-Encoding": "deflate"})
+    server.routes["/raw"] = lambda h: reply(h, 200, raw.compress(body) + raw.flush(), {"Content-Encoding": "deflate"})
+    server.routes["/br"] = lambda h: reply(h, 200, b"\x1b\x00", {"Content-Encoding": "br"})
+    client = make_client(server)
+    assert client.get_json(server.url("/zlib")).content == body
+    assert client.get_json(server.url("/raw")).content == body
+    assert raises(lambda: client.get_json(server.url("/br"))).kind is ErrorKind.BAD_PAYLOAD
 
 
 def test_retry_after_parsing() -> None:

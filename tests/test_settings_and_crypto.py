@@ -15,9 +15,7 @@ from portal.env import env_bool, env_int, env_list
 from tests.factories import ConnectionFactory
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"), [("true", True), ("1", True), ("no", False), ("", False), ("OFF", False)]
-)
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("no", False), ("", False), ("OFF", False)])
 def test_env_bool_reads_usual_spellings(monkeypatch: pytest.MonkeyPatch, raw: str, expected: bool) -> None:
     monkeypatch.setenv("X_FLAG", raw)
     assert env_bool("X_FLAG", default=not expected) is expected

@@ -59,7 +59,10 @@ def test_configure_and_test_pass_on_an_open_endpoint(ready: dict[str, Any], sand
     assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
     outcomes = {check["id"]: check["outcome"] for check in test.result["checks"]}
     assert outcomes == {
-        "auth": "passed", "patient_search": "passed", "patient_read": "passed", "observation_search": "passed",
+        "auth": "passed",
+        "patient_search": "passed",
+        "patient_read": "passed",
+        "observation_search": "passed",
     }
     assert all(check["latency_ms"] >= 0 for check in test.result["checks"])
     assert test.progress_done == test.progress_total == 4
@@ -69,8 +72,12 @@ def test_configure_and_test_pass_on_an_open_endpoint(ready: dict[str, Any], sand
 def test_client_credentials_with_a_discovered_token_url(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
     epic = sandboxes["epic"]
     conn = sandbox_connection(
-        ready["tenant"], epic, auth_method="client_credentials", client_id="portal-test",
-        secret="s3cret-sandbox-value", token_url="",
+        ready["tenant"],
+        epic,
+        auth_method="client_credentials",
+        client_id="portal-test",
+        secret="s3cret-sandbox-value",
+        token_url="",
     )
     assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
     test = run_now(conn, "test", ready["user"])
@@ -81,12 +88,43 @@ def test_client_credentials_with_a_discovered_token_url(ready: dict[str, Any], s
 
 def test_http_basic_auth(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
     conn = sandbox_connection(
-        ready["tenant"], sandboxes["meditech"], auth_method="basic", client_id="portal-basic",
+        ready["tenant"],
+        sandboxes["meditech"],
+        auth_method="basic",
+        client_id="portal-basic",
         secret="basic-s3cret-value",
     )
     assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
     test = run_now(conn, "test", ready["user"])
     assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+
+
+AUTH_BY_FLAVOUR: dict[str, dict[str, str]] = {
+    "epic": {"auth_method": "client_credentials", "client_id": "portal-test", "secret": "s3cret-sandbox-value"},
+    "meditech": {"auth_method": "basic", "client_id": "portal-basic", "secret": "basic-s3cret-value"},
+    "athenahealth": {"extra_search_params": "ah-practice=Organization/a-1.Practice-195900"},
+}
+
+
+@pytest.mark.parametrize("flavour", ["generic", "epic", "oracle_health", "meditech", "athenahealth"])
+def test_every_vendor_flavour_passes_configure_and_test(
+    ready: dict[str, Any], sandboxes: dict[str, Any], flavour: str
+) -> None:
+    conn = sandbox_connection(ready["tenant"], sandboxes[flavour], **AUTH_BY_FLAVOUR.get(flavour, {}))
+    configure = run_now(conn, "configure", ready["user"])
+    assert configure.status == RunStatus.PASSED, (configure.error_kind, configure.error_message)
+    test = run_now(conn, "test", ready["user"])
+    assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+    assert test.result["checks"][2]["detail"] == "MRN found"
+
+
+def test_athenahealth_without_its_practice_fails_with_a_clear_message(
+    ready: dict[str, Any], sandboxes: dict[str, Any]
+) -> None:
+    conn = sandbox_connection(ready["tenant"], sandboxes["athenahealth"])
+    assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
+    test = assert_failed_cleanly(conn, "test", ready["user"], "bad_request")
+    assert "ah-practice" in test.error_message + test.error_hint
 
 
 # --- Bad input: each ends failed with its kind, and nothing else changes --------------------------------
@@ -114,7 +152,8 @@ def assert_failed_cleanly(conn: EHRConnection, step: str, user: Any, kind: str) 
     assert after["other_runs"] == before["other_runs"] + [(run.pk, RunStatus.FAILED, run.result)]
     assert after["other_audit"] == before["other_audit"]
     assert list(AuditEvent.objects.filter(object_id=str(run.code)).values_list("action", flat=True)) == [
-        "step.failed", "step.start",
+        "step.failed",
+        "step.start",
     ]
     return run
 
@@ -209,8 +248,12 @@ def test_wrong_fhir_version(ready: dict[str, Any], sandboxes: dict[str, Any]) ->
 def test_wrong_credentials(ready: dict[str, Any], sandboxes: dict[str, Any]) -> None:
     epic = sandboxes["epic"]
     conn = sandbox_connection(
-        ready["tenant"], epic, auth_method="client_credentials", client_id="portal-test",
-        secret="not-the-right-secret", token_url=epic.token_url,
+        ready["tenant"],
+        epic,
+        auth_method="client_credentials",
+        client_id="portal-test",
+        secret="not-the-right-secret",
+        token_url=epic.token_url,
     )
     assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
     run = assert_failed_cleanly(conn, "test", ready["user"], "auth")

@@ -31,8 +31,13 @@ def test_worker_runs_configure_then_test_against_a_sandbox(
     assert db_connection.vendor == "postgresql"
     epic = sandboxes["epic"]
     conn = ConnectionFactory(
-        tenant=tenant_a, vendor="epic", base_url=epic.base_url, auth_method="client_credentials",
-        client_id="portal-test", secret="s3cret-sandbox-value", token_url=epic.token_url,
+        tenant=tenant_a,
+        vendor="epic",
+        base_url=epic.base_url,
+        auth_method="client_credentials",
+        client_id="portal-test",
+        secret="s3cret-sandbox-value",
+        token_url=epic.token_url,
     )
     onboarding = services.ensure_onboarding(conn)
     configure = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
@@ -51,7 +56,9 @@ def test_worker_records_a_typed_failure_and_keeps_going(
     generic = sandboxes["generic"]
     generic.set_faults(not_fhir=True)
     broken = ConnectionFactory(tenant=tenant_a, vendor="generic", base_url=generic.base_url)
-    run = wait_for_final(services.start_step(user=cs_user, onboarding=services.ensure_onboarding(broken), step="configure"))
+    run = wait_for_final(
+        services.start_step(user=cs_user, onboarding=services.ensure_onboarding(broken), step="configure")
+    )
     assert (run.status, run.error_kind) == (RunStatus.FAILED, "not_fhir")
     generic.set_faults()
     assert celery_worker_process.poll() is None, "the worker must survive a failing step"

@@ -23,7 +23,7 @@ from fhirclient.models.patient import Patient
 
 from connections.auth import AuthConfig, Authenticator, TokenInfo
 from connections.errors import ErrorKind, RemoteError
-from connections.http import GuardedClient
+from connections.http import DEFAULT_ACCEPT, GuardedClient
 
 SUPPORTED_FHIR_VERSION = "4.0."
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -103,7 +103,9 @@ class FHIRAdapter:
         """Read and check ``/metadata``: a FHIR R4 CapabilityStatement, structurally valid."""
         # Metadata is public on every major EHR; reading it without credentials means a wrong
         # secret cannot make a good endpoint look like a non-FHIR one.
-        response = self.client.request("GET", self._url("metadata"), expect_json=False)
+        response = self.client.request(
+            "GET", self._url("metadata"), headers={"Accept": DEFAULT_ACCEPT}, expect_json=False
+        )
         body = _json_or_not_fhir(response.content, response.headers.get("content-type", ""))
         if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
             found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__

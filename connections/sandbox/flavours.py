@@ -37,7 +37,7 @@ class RequiredParam:
     resource_types: tuple[str, ...]
     why: str
     # When non-empty, the only values accepted (e.g. the practice a client is
-    # provisioned for); anything else is refused like a missing parameter.
+    # provisioned for); any other value is refused with 403, as for a foreign tenant.
     allowed_values: tuple[str, ...] = ()
 
 

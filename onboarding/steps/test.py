@@ -56,7 +56,9 @@ class TestStep(StepModule):
         for index, (check_id, label, action) in enumerate(plan):
             ctx.progress(index, len(plan), label)
             if failure is not None:
-                checks.append({"id": check_id, "label": label, "outcome": "skipped", "detail": "an earlier check failed"})
+                checks.append(
+                    {"id": check_id, "label": label, "outcome": "skipped", "detail": "an earlier check failed"}
+                )
                 continue
             started = time.monotonic()
             try:

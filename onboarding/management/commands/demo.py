@@ -38,17 +38,48 @@ class Command(BaseCommand):
         children: list[subprocess.Popen[bytes]] = []
         try:
             for sandbox in demo.SANDBOXES:
-                command = [sys.executable, manage, "sandbox", "--flavour", sandbox.flavour,
-                           "--port", str(sandbox.port), "--auth", sandbox.auth, "--patients", "60"]
+                command = [
+                    sys.executable,
+                    manage,
+                    "sandbox",
+                    "--flavour",
+                    sandbox.flavour,
+                    "--port",
+                    str(sandbox.port),
+                    "--auth",
+                    sandbox.auth,
+                    "--patients",
+                    "60",
+                ]
                 if sandbox.client_id:
                     command += ["--client-id", sandbox.client_id, "--client-secret", sandbox.client_secret]
                 children.append(subprocess.Popen(command))
             beat_schedule = str(Path(settings.VAR_DIR) / "celerybeat-schedule")
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "portal", "worker", "-B", "-s", beat_schedule,
-                 "-Q", "steps,maintenance", "-c", "2", "-l", "warning"],
-                env={**os.environ, "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "portal.settings")},
-            ))
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "portal",
+                        "worker",
+                        "-B",
+                        "-s",
+                        beat_schedule,
+                        "-Q",
+                        "steps,maintenance",
+                        "-c",
+                        "2",
+                        "-l",
+                        "warning",
+                    ],
+                    env={
+                        **os.environ,
+                        "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "portal.settings"),
+                    },
+                )
+            )
             time.sleep(2)
             self._banner(options["addr"], logins)
             if options["no_web"]:
