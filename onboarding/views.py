@@ -65,7 +65,9 @@ def _tenant_row(tenant: Any) -> dict[str, Any]:
 def tenant_detail(request: HttpRequest, code: str) -> HttpResponse:
     tenant = get_tenant_for_user(request.user, code)
     connections = []
-    for connection in tenant.connections.select_related("onboarding").order_by("name"):
+    for connection in (
+        tenant.connections.select_related("onboarding").prefetch_related("onboarding__runs").order_by("name")
+    ):
         onboarding = getattr(connection, "onboarding", None)
         runs = list(onboarding.runs.all()) if onboarding is not None else []
         connections.append({"connection": connection, "cells": selectors.step_cells(runs)})
