@@ -1,25 +1,38 @@
-"""API for EHR connections. The secret is write-only: accepted on input, never in any output."""
+"""API for EHR connections. The secret is write-only: accepted on input, never in any output.
+
+A SMART Backend Services connection's key pair is made by the portal (``generate-key``); its
+public key set is readable (``jwks``), its private key never leaves the database.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from connections import forms
+from connections.keys import ALGORITHMS
 from connections.models import AuthMethod, EHRConnection, Environment
 from connections.selectors import connections_for
-from connections.services import EDITABLE_FIELDS, create_connection, update_connection
-from portal.access import get_tenant_for_user
+from connections.services import EDITABLE_FIELDS, create_connection, generate_key_pair, update_connection
+from portal.access import get_tenant_for_user, require_perm
 from portal.api import django_errors
+
+
+class JWKSOutput(serializers.Serializer):
+    keys = serializers.ListField(child=serializers.DictField(), help_text="Public JWKs only.")
 
 
 class ConnectionOutput(serializers.ModelSerializer):
     tenant = serializers.UUIDField(source="tenant.code", read_only=True)
     has_secret = serializers.BooleanField(read_only=True)
+    has_key = serializers.BooleanField(read_only=True)
+    jwks = JWKSOutput(read_only=True, help_text="The public key set to register with the hospital.")
 
     class Meta:
         model = EHRConnection
@@ -39,6 +52,11 @@ class ConnectionOutput(serializers.ModelSerializer):
             "extra_search_params",
             "has_secret",
             "secret_updated_at",
+            "has_key",
+            "key_algorithm",
+            "key_id",
+            "key_created_at",
+            "jwks",
             "created_at",
             "updated_at",
         ]
@@ -76,13 +94,25 @@ class ConnectionInput(serializers.ModelSerializer):
             except DjangoValidationError as exc:
                 raise serializers.ValidationError({"extra_search_params": exc.messages}) from None
         method = attrs.get("auth_method", instance.auth_method if instance else AuthMethod.NONE)
-        if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS}:
+        if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS, AuthMethod.SMART_BACKEND}:
             client_id = attrs.get("client_id", instance.client_id if instance else "")
             if not client_id:
                 raise serializers.ValidationError({"client_id": "This authentication method needs a client id."})
-            if not attrs.get("secret") and not (instance and instance.has_secret):
-                raise serializers.ValidationError({"secret": "This authentication method needs a secret."})
+        has_secret = bool(attrs.get("secret")) or bool(instance and instance.has_secret)
+        if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS} and not has_secret:
+            raise serializers.ValidationError({"secret": "This authentication method needs a secret."})
+        if method == AuthMethod.SMART_BACKEND and attrs.get("secret"):
+            raise serializers.ValidationError(
+                {"secret": "SMART Backend Services signs with a key pair made by the portal; send no secret."}
+            )
         return attrs
+
+
+class GenerateKeyInput(serializers.Serializer):
+    algorithm = serializers.ChoiceField(choices=list(ALGORITHMS), default="RS384")
+    replace = serializers.BooleanField(
+        default=False, help_text="Must be true to replace an existing key pair; the old key stops working at once."
+    )
 
 
 class ConnectionUpdateInput(ConnectionInput):
@@ -123,6 +153,32 @@ class ConnectionViewSet(
         try:
             connection = create_connection(
                 user=request.user, tenant=tenant, fields=values, secret=secret, request=request._request
+            )
+        except DjangoValidationError as exc:
+            raise django_errors(exc) from None
+        return Response(ConnectionOutput(connection).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=JWKSOutput)
+    @action(detail=True, methods=["get"])
+    def jwks(self, request: Request, code: str | None = None) -> Response:
+        """The public key set (JWKS) the hospital registers; empty until a key pair is generated."""
+        return Response(self.get_object().jwks)
+
+    @extend_schema(request=GenerateKeyInput, responses={201: ConnectionOutput})
+    @action(detail=True, methods=["post"], url_path="generate-key")
+    def generate_key(self, request: Request, code: str | None = None) -> Response:
+        """Make a SMART Backend Services key pair; the private key is stored encrypted and never returned."""
+        connection = self.get_object()
+        require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
+        data = GenerateKeyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            connection = generate_key_pair(
+                user=request.user,
+                connection=connection,
+                algorithm=data.validated_data["algorithm"],
+                replace_existing=data.validated_data["replace"],
+                request=request._request,
             )
         except DjangoValidationError as exc:
             raise django_errors(exc) from None

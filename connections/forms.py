@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from django import forms
 
-from connections.models import AuthMethod, EHRConnection, Environment
+from connections.keys import ALGORITHMS
+from connections.models import AuthMethod, EHRConnection, Environment, KeyAlgorithm
 from portal.models import Tenant
 
 
@@ -108,13 +109,20 @@ class ConnectionForm(forms.ModelForm):
             except forms.ValidationError as exc:
                 self.add_error("base_url", exc)
         method = cleaned.get("auth_method")
+        needs_client_id = {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS, AuthMethod.SMART_BACKEND}
+        if method in needs_client_id and not cleaned.get("client_id"):
+            self.add_error("client_id", "This authentication method needs a client id (user name for Basic).")
         if method in {AuthMethod.BASIC, AuthMethod.CLIENT_CREDENTIALS}:
-            if not cleaned.get("client_id"):
-                self.add_error("client_id", "This authentication method needs a client id (user name for Basic).")
             has_stored = bool(self.instance.pk and self.instance.has_secret)
             if not cleaned.get("secret") and not has_stored:
                 self.add_error("secret", "This authentication method needs a secret (password for Basic).")
-        if method == AuthMethod.CLIENT_CREDENTIALS and cleaned.get("token_url"):
+        if method == AuthMethod.SMART_BACKEND and cleaned.get("secret"):
+            self.add_error(
+                "secret",
+                "SMART Backend Services signs with a key pair made here, not a secret. Leave this blank; "
+                "generate the key pair on the connection page after saving.",
+            )
+        if method in {AuthMethod.CLIENT_CREDENTIALS, AuthMethod.SMART_BACKEND} and cleaned.get("token_url"):
             token_parts = urlsplit(cleaned["token_url"])
             if cleaned.get("environment") == Environment.PRODUCTION and token_parts.scheme != "https":
                 self.add_error("token_url", "A production token URL must use https://.")
@@ -122,3 +130,36 @@ class ConnectionForm(forms.ModelForm):
 
     def editable_values(self) -> dict[str, Any]:
         return {name: self.cleaned_data[name] for name in self.Meta.fields if name in self.cleaned_data}
+
+
+class KeyPairForm(forms.Form):
+    """Generate (or replace) a connection's SMART Backend Services key pair."""
+
+    algorithm = forms.ChoiceField(
+        choices=[(a, label) for a, label in KeyAlgorithm.choices if a in ALGORITHMS],
+        initial=KeyAlgorithm.RS384,
+        help_text="Use the algorithm the hospital accepts; RS384 is the most widely supported.",
+    )
+    confirm_replace = forms.BooleanField(
+        required=False,
+        label="Replace the current key pair",
+        help_text="The current key stops working at once: the hospital must register the new public key "
+        "before the next token request.",
+    )
+
+    def __init__(self, *args: Any, connection: EHRConnection, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = connection
+        if not connection.has_key:
+            del self.fields["confirm_replace"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.connection.auth_method != AuthMethod.SMART_BACKEND:
+            raise forms.ValidationError(
+                "This connection does not use SMART Backend Services. Edit the connection and choose that "
+                "authentication method first."
+            )
+        if self.connection.has_key and not cleaned.get("confirm_replace"):
+            self.add_error("confirm_replace", "Tick this box to confirm you want to replace the current key pair.")
+        return cleaned

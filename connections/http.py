@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextvars
 import email.utils
+import functools
 import ipaddress
 import json as jsonlib
 import logging
@@ -25,7 +26,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -213,28 +214,48 @@ def check_url(url: str, policy: OutboundPolicy) -> httpx.URL:
     actually used. Both the standard-library parser and httpx's parser must agree the URL is
     safe, so a parser differential cannot smuggle a host past one of them.
     """
+    return _check_url(url, policy.allowlist)
+
+
+# Verdicts depend only on the URL text and the allowlist (no DNS), so they are cached: a URL a
+# load test repeats is parsed and checked once, and a new URL on a known origin costs only the
+# two parses. Refusals raise and are never cached.
+@functools.lru_cache(maxsize=4096)
+def _check_url(url: str, allowlist: frozenset[str]) -> httpx.URL:
     try:
         parts = urlsplit(url)
     except ValueError:
         raise RemoteError(ErrorKind.BAD_REQUEST, "The URL is not valid.") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise _blocked("Only http and https addresses are allowed.", scheme=parts.scheme)
-    if "@" in parts.netloc or "\\" in parts.netloc:
-        raise _blocked("The address must not contain a user name or password.")
-    if not parts.hostname:
-        raise _blocked("The address has no host name.")
-    _host_literal(parts.hostname)
+    _check_split_origin(parts.scheme, parts.netloc)
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         raise RemoteError(ErrorKind.BAD_REQUEST, "The URL is not valid.") from None
-    if parsed.userinfo:
-        raise _blocked("The address must not contain a user name or password.")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    literal = _host_literal(parsed.host)
-    if literal is not None:
-        _check_literal(literal, _host_key(parsed.host, port), policy.allowlist)
+    _check_parsed_origin(parsed.scheme, parsed.host, parsed.port, parsed.userinfo, allowlist)
     return parsed
+
+
+@functools.lru_cache(maxsize=256)
+def _check_split_origin(scheme: str, netloc: str) -> None:
+    """The standard library's view of the origin: http(s), no userinfo, a sane host."""
+    if scheme.lower() not in ("http", "https"):
+        raise _blocked("Only http and https addresses are allowed.", scheme=scheme)
+    if "@" in netloc or "\\" in netloc:
+        raise _blocked("The address must not contain a user name or password.")
+    hostname = urlsplit(f"//{netloc}").hostname
+    if not hostname:
+        raise _blocked("The address has no host name.")
+    _host_literal(hostname)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_parsed_origin(scheme: str, host: str, port: int | None, userinfo: bytes, allowlist: frozenset[str]) -> None:
+    """httpx's view of the same origin, which is the one actually connected to."""
+    if userinfo:
+        raise _blocked("The address must not contain a user name or password.")
+    literal = _host_literal(host)
+    if literal is not None:
+        _check_literal(literal, _host_key(host, port or (443 if scheme == "https" else 80)), allowlist)
 
 
 def default_resolver(host: str, port: int) -> list[str]:
@@ -591,6 +612,9 @@ def _status_error(response: httpx.Response, body: bytes, redactor: Redactor) -> 
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     if retry_after is not None:
         detail["retry_after"] = retry_after
+    if response.headers.get("date"):
+        # The server's clock, so a refused signed assertion can be blamed on clock skew.
+        detail["server_date"] = response.headers["date"][:64]
     message = None
     summary = _error_body_summary(body, redactor)
     detail.update(summary)
@@ -773,7 +797,6 @@ class GuardedClient:
         """
         method = method.upper()
         redactor = Redactor(_secrets_in(headers, data, json))
-        base_detail = {"method": method, "url": redactor.url(url)}
         started = time.monotonic()
         waits: list[float] = []
         attempts = 0
@@ -786,21 +809,26 @@ class GuardedClient:
                 error = exc
             elapsed_ms = round((time.monotonic() - started) * 1000, 1)
             if error is None:
-                self._log(method, redactor.url(url), response.status, elapsed_ms, attempts)
-                return replace(response, elapsed_ms=elapsed_ms, attempts=attempts)
+                # Redacting and formatting cost as much as the guard itself: only when logged.
+                if logger.isEnabledFor(logging.DEBUG):
+                    self._log(method, redactor.url(url), response.status, elapsed_ms, attempts)
+                response.elapsed_ms, response.attempts = elapsed_ms, attempts
+                return response
+            safe_url = redactor.url(url)
             error = RemoteError(
                 error.kind,
                 error.message,
                 hint=error.hint,
                 detail={
-                    **base_detail,
+                    "method": method,
+                    "url": safe_url,
                     **error.detail,
                     "elapsed_ms": elapsed_ms,
                     "attempts": attempts,
                     "waits": list(waits),
                 },
             )
-            self._log(method, redactor.url(url), error.status, elapsed_ms, attempts, error.kind)
+            self._log(method, safe_url, error.status, elapsed_ms, attempts, error.kind)
             wait = self._next_wait(error, attempts)
             if isinstance(wait, RemoteError):
                 raise wait

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from django.conf import settings
@@ -28,11 +29,17 @@ class AuthMethod(models.TextChoices):
     NONE = "none", "None (open endpoint)"
     BASIC = "basic", "HTTP Basic"
     CLIENT_CREDENTIALS = "client_credentials", "OAuth2 client credentials"
+    SMART_BACKEND = "smart_backend", "SMART Backend Services (signed JWT, key pair made here)"
 
 
 class TokenAuthMethod(models.TextChoices):
     CLIENT_SECRET_BASIC = "client_secret_basic", "client_secret_basic (HTTP Basic header)"
     CLIENT_SECRET_POST = "client_secret_post", "client_secret_post (form fields)"
+
+
+class KeyAlgorithm(models.TextChoices):
+    RS384 = "RS384", "RS384 (RSA)"
+    ES384 = "ES384", "ES384 (elliptic curve P-384)"
 
 
 class EHRConnection(models.Model):
@@ -65,6 +72,13 @@ class EHRConnection(models.Model):
         "ah-practice=Organization/a-1.Practice-195900.",
     )
     secret_updated_at = models.DateTimeField(null=True, blank=True)
+    # SMART Backend Services: the portal makes the key pair. The private key is write-only (never
+    # rendered or serialised); the public JWK is what the hospital registers.
+    private_key = EncryptedTextField(blank=True, verbose_name="private key (PEM)")
+    key_algorithm = models.CharField(max_length=10, choices=KeyAlgorithm.choices, blank=True)
+    key_id = models.CharField(max_length=100, blank=True, verbose_name="key id (kid)")
+    public_jwk = models.JSONField(default=dict, blank=True, verbose_name="public key (JWK)")
+    key_created_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     created_by = models.ForeignKey(
@@ -81,3 +95,17 @@ class EHRConnection(models.Model):
     @property
     def has_secret(self) -> bool:
         return bool(self.secret)
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.key_id and self.public_jwk)
+
+    @property
+    def jwks(self) -> dict[str, list[dict[str, object]]]:
+        """The public key set the hospital registers; empty until a key pair is generated."""
+        return {"keys": [dict(self.public_jwk)] if self.has_key else []}
+
+    @property
+    def jwks_json(self) -> str:
+        """The public key set, pretty-printed for people to copy."""
+        return json.dumps(self.jwks, indent=2)

@@ -7,12 +7,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from connections import keys
 from connections.adapters import ConnectionConfig, FHIRAdapter, get_adapter
-from connections.auth import AuthConfig
+from connections.auth import AuthConfig, with_discovery
 from connections.http import GuardedClient, OutboundPolicy
 from connections.models import AuthMethod, EHRConnection
 from portal import audit
@@ -61,6 +63,9 @@ def connection_config(connection: EHRConnection) -> ConnectionConfig:
             token_url=connection.token_url,
             scope=connection.scope,
             token_auth_method=connection.token_auth_method,  # type: ignore[arg-type]
+            private_key=connection.private_key or "",
+            key_id=connection.key_id,
+            key_algorithm=connection.key_algorithm,
         ),
     )
 
@@ -68,17 +73,18 @@ def connection_config(connection: EHRConnection) -> ConnectionConfig:
 def build_adapter(connection: EHRConnection) -> FHIRAdapter:
     """A vendor adapter over the one guarded client, ready to talk to the hospital.
 
-    A client-credentials connection with no token URL gets the one the server's SMART
-    configuration advertises; with none advertised, authenticating fails with a clear message.
+    A token-based connection with no token URL gets the one the server's SMART configuration
+    advertises; with none advertised, authenticating fails with a clear message. A SMART Backend
+    Services connection always reads the configuration, to check its key algorithm is accepted.
     """
     config = connection_config(connection)
     client = GuardedClient(outbound_policy())
     adapter = get_adapter(config, client)
-    if config.auth.method == AuthMethod.CLIENT_CREDENTIALS and not config.auth.token_url:
-        smart = adapter.smart_configuration() or {}
-        token_url = smart.get("token_endpoint")
-        if isinstance(token_url, str) and token_url:
-            adapter = get_adapter(replace(config, auth=replace(config.auth, token_url=token_url)), client)
+    needs_discovery = config.auth.needs_token and not config.auth.token_url
+    if needs_discovery or config.auth.method == AuthMethod.SMART_BACKEND:
+        auth = with_discovery(config.auth, adapter.smart_configuration())
+        if auth != config.auth:
+            adapter = get_adapter(replace(config, auth=auth), client)
     return adapter
 
 
@@ -132,8 +138,9 @@ def update_connection(
     if secret:
         connection.secret = secret
         connection.secret_updated_at = timezone.now()
-    if connection.auth_method == AuthMethod.NONE and connection.secret:
-        # Switching to an open endpoint drops the secret rather than keeping an unused credential.
+    if connection.auth_method in (AuthMethod.NONE, AuthMethod.SMART_BACKEND) and connection.secret:
+        # Switching to an open endpoint or to a signed-assertion client drops the secret rather
+        # than keeping an unused credential.
         connection.secret = ""
         connection.secret_updated_at = timezone.now()
     connection.full_clean()
@@ -145,5 +152,53 @@ def update_connection(
         obj=connection,
         request=request,
         detail={"changed": changed, "secret_changed": bool(secret)},
+    )
+    return connection
+
+
+@transaction.atomic
+def generate_key_pair(
+    *,
+    user: User,
+    connection: EHRConnection,
+    algorithm: str,
+    replace_existing: bool = False,
+    request: HttpRequest | None = None,
+) -> EHRConnection:
+    """Make a new SMART Backend Services key pair for a connection.
+
+    The private key is stored encrypted and never leaves the portal; the audit event records
+    the algorithm and key ids, never key material. Replacing a key breaks token requests until
+    the hospital registers the new public key, so it needs ``replace_existing``.
+    """
+    require_perm(user, "connections.change_ehrconnection", connection.tenant)
+    if algorithm not in keys.ALGORITHMS:
+        raise ValidationError({"algorithm": f"Choose one of {', '.join(keys.ALGORITHMS)}."})
+    connection = EHRConnection.objects.select_for_update().get(pk=connection.pk)
+    if connection.auth_method != AuthMethod.SMART_BACKEND:
+        raise ValidationError(
+            {"auth_method": "This connection does not use SMART Backend Services; choose that method first."}
+        )
+    if connection.key_id and not replace_existing:
+        raise ValidationError(
+            {"replace": "This connection already has a key pair. Confirm the replacement (replace=true in the API)."}
+        )
+    replaced = connection.key_id
+    pair = keys.generate_key_pair(algorithm)
+    connection.private_key = pair.private_pem
+    connection.key_algorithm = pair.algorithm
+    connection.key_id = pair.key_id
+    connection.public_jwk = pair.public_jwk
+    connection.key_created_at = timezone.now()
+    connection.save(
+        update_fields=["private_key", "key_algorithm", "key_id", "public_jwk", "key_created_at", "updated_at"]
+    )
+    audit.record(
+        action="connection.key_generate",
+        actor=user,
+        tenant=connection.tenant,
+        obj=connection,
+        request=request,
+        detail={"algorithm": pair.algorithm, "key_id": pair.key_id, "replaced_key_id": replaced or None},
     )
     return connection

@@ -1,3 +1,5 @@
+"""The connections app's pages: add and edit a connection, and its SMART Backend Services key pair."""
+
 from __future__ import annotations
 
 from django.urls import path
@@ -7,4 +9,6 @@ from connections import views
 urlpatterns = [
     path("t/<uuid:code>/connections/new/", views.connection_create, name="connection_create"),
     path("c/<uuid:code>/edit/", views.connection_edit, name="connection_edit"),
+    path("c/<uuid:code>/smart-key/", views.smart_key, name="connection_smart_key"),
+    path("c/<uuid:code>/jwks.json", views.jwks_download, name="connection_jwks"),
 ]

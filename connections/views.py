@@ -1,17 +1,20 @@
-"""Pages to add and edit a hospital's EHR connection."""
+"""Pages to add and edit a hospital's EHR connection, and to manage its SMART key pair."""
 
 from __future__ import annotations
+
+import json
+import re
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 
-from connections.forms import ConnectionForm
+from connections.forms import ConnectionForm, KeyPairForm
 from connections.selectors import get_connection_for_user
-from connections.services import create_connection, update_connection
+from connections.services import create_connection, generate_key_pair, update_connection
 from portal.access import get_tenant_for_user, require_perm
 
 
@@ -63,3 +66,42 @@ def connection_edit(request: HttpRequest, code: str) -> HttpResponse:
         "connections/connection_form.html",
         {"form": form, "tenant": connection.tenant, "connection": connection},
     )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def smart_key(request: HttpRequest, code: str) -> HttpResponse:
+    """Generate or replace the SMART Backend Services key pair; the private key is never shown."""
+    connection = get_connection_for_user(request.user, code)
+    require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
+    form = KeyPairForm(request.POST or None, connection=connection)
+    if request.method == "POST" and form.is_valid():
+        connection = generate_key_pair(
+            user=request.user,
+            connection=connection,
+            algorithm=form.cleaned_data["algorithm"],
+            replace_existing=bool(form.cleaned_data.get("confirm_replace")),
+            request=request,
+        )
+        messages.success(
+            request,
+            f"New {connection.key_algorithm} key pair made (key id {connection.key_id}). Send the hospital the "
+            "public key set below to register before the next test run.",
+        )
+        return redirect("connection_detail", code=connection.code)
+    return render(
+        request,
+        "connections/smart_key.html",
+        {"form": form, "connection": connection, "tenant": connection.tenant},
+    )
+
+
+@login_required
+@require_GET
+def jwks_download(request: HttpRequest, code: str) -> HttpResponse:
+    """The public key set as a JSON file, for the hospital to register. Public keys only."""
+    connection = get_connection_for_user(request.user, code)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", connection.name).strip("-").lower() or "connection"
+    response = HttpResponse(json.dumps(connection.jwks, indent=2), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{slug}-jwks.json"'
+    return response

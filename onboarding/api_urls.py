@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from connections.api import ConnectionViewSet
 from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
-from portal.api import TenantViewSet
+from portal.api import TenantViewSet, obtain_token
+from portal.api_docs import RedocView, SwaggerView
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
@@ -20,8 +20,8 @@ router.register("runs", StepRunViewSet, basename="steprun")
 urlpatterns = [
     path("v1/", include(router.urls)),
     path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),
-    path("v1/auth/token/", obtain_auth_token, name="api_token"),
+    path("v1/auth/token/", obtain_token, name="api_token"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api_schema"), name="api_redoc"),
+    path("docs/", SwaggerView.as_view(url_name="api_schema"), name="api_docs"),
+    path("redoc/", RedocView.as_view(url_name="api_schema"), name="api_redoc"),
 ]

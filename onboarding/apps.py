@@ -1,8 +1,18 @@
 """The onboarding pipeline: engine, steps, tasks, pages."""
 
+from __future__ import annotations
+
 from django.apps import AppConfig
 
 
 class OnboardingConfig(AppConfig):
     name = "onboarding"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from onboarding.models import RawResource
+        from portal import retention
+
+        # Raw FHIR resources are PHI: purged by `manage.py purge_raw_payloads` and the beat task
+        # after RAW_PAYLOAD_RETENTION_DAYS, or sooner when their own expiry passes.
+        retention.register(RawResource, age_field="created_at", expires_field="expires_at")

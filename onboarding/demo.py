@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
+from portal import twofactor
 from portal.models import Tenant
 from portal.roles import CUSTOMER_SUCCESS, ENGINEERS
 from portal.services import grant_hospital_it
@@ -66,3 +67,18 @@ def seed() -> list[tuple[str, str]]:
             grant_hospital_it(tenant=tenants[tenant_name], member=user)
             made.append((username, f"Hospital IT of {tenant_name}"))
     return made
+
+
+def backup_codes(count: int = 5) -> dict[str, list[str]]:
+    """Fresh single-use backup codes for each demo user who needs a second factor.
+
+    Vendor staff must pass two-factor authentication; a person trying the demo has no authenticator
+    app set up, so each start prints new codes (the old ones stop working).
+    """
+    User = get_user_model()
+    codes = {}
+    for username, _full_name, group, _tenant in USERS:
+        user = User.objects.filter(username=username).first()
+        if user is not None and group and twofactor.requires_two_factor(user):
+            codes[username] = twofactor.issue_backup_codes(user=user, count=count)
+    return codes

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
 from connections.models import EHRConnection
+from portal.crypto import EncryptedTextField
 from portal.models import Tenant
 
 
@@ -73,6 +75,9 @@ class StepRun(models.Model):
     # How many times a broker handed the task to a worker; the sweep and redeliveries raise it.
     deliveries = models.PositiveIntegerField(default=0)
     last_sent_at = models.DateTimeField(null=True, blank=True)
+    # "host:pid" of the worker process holding a running attempt, so the worker's main process can
+    # put the run back in the queue when that pool process dies, and engineers can find its logs.
+    worker = models.CharField(max_length=200, blank=True)
 
     progress_done = models.PositiveIntegerField(default=0)
     progress_total = models.PositiveIntegerField(default=0)
@@ -110,3 +115,178 @@ class StepRun(models.Model):
         if not self.progress_total:
             return 0
         return min(100, round(100 * self.progress_done / self.progress_total))
+
+
+# --- Mapping, validation findings and their review -------------------------------------------------
+
+
+class ValidationPolicy(models.Model):
+    """A tenant's thresholds for the validate step, and how many patients map and validate pull."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="validation_policy")
+    # The step fails when more than this share of patients has an (unwaived) error, or a warning.
+    max_error_patient_pct = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
+        verbose_name="errors: at most % of patients",
+    )
+    max_warning_patient_pct = models.FloatField(
+        default=100.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
+        verbose_name="warnings: at most % of patients",
+    )
+    map_sample_size = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)], verbose_name="patients sampled by map"
+    )
+    validate_sample_size = models.PositiveIntegerField(
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        verbose_name="patients pulled by validate",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"Validation policy of {self.tenant}"
+
+
+class Mapping(models.Model):
+    """One immutable version of a connection's mapping: MRN system, extension handling, local codes.
+
+    Every change makes a new version, so a sign-off always names exactly what was approved.
+    """
+
+    class Source(models.TextChoices):
+        MAP_STEP = "map_step", "map step"
+        EDITOR = "editor", "editor"
+        CSV_IMPORT = "csv_import", "CSV import"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="mappings")
+    version = models.PositiveIntegerField()
+    source = models.CharField(max_length=20, choices=Source.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    map_run = models.ForeignKey(StepRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    mrn_system = models.CharField(max_length=300, blank=True)
+    # Extension URL -> "use" or "ignore" ("" while undecided); US Core's own extensions are not listed.
+    extension_handling = models.JSONField(default=dict, blank=True)
+    # Rows {element, system, code, display, count, target_system, target_code, target_display}.
+    codes = models.JSONField(default=list, blank=True)
+    content_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["onboarding", "version"], name="one_row_per_mapping_version")]
+
+    def __str__(self) -> str:
+        return f"Mapping v{self.version} of {self.onboarding}"
+
+
+class MappingSignOff(models.Model):
+    """Hospital IT's approval of one exact mapping version; a newer version voids it."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    mapping = models.ForeignKey(Mapping, on_delete=models.CASCADE, related_name="sign_offs")
+    version = models.PositiveIntegerField()
+    content_hash = models.CharField(max_length=64)
+    approver = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # Kept as text too, so the record still says who after a user is deleted.
+    approver_label = models.CharField(max_length=150)
+    approved_at = models.DateTimeField(auto_now_add=True)
+    comment = models.TextField(blank=True)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    voided_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-approved_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Sign-off of mapping v{self.version} by {self.approver_label}"
+
+
+class Severity(models.TextChoices):
+    ERROR = "error", "Error"
+    WARNING = "warning", "Warning"
+    INFO = "info", "Info"
+
+
+class RawResource(models.Model):
+    """A resource that had findings in a failed validation run, encrypted, kept for a few days.
+
+    Shown only in the engineers' audited drill-down; deleted when the run passes and purged after
+    ``RAW_PAYLOAD_RETENTION_DAYS``.
+    """
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    run = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="raw_resources")
+    resource_type = models.CharField(max_length=64)
+    resource_key = models.CharField(max_length=32)
+    patient_key = models.CharField(max_length=32, blank=True)
+    payload = EncryptedTextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "resource_type", "resource_key"], name="one_raw_copy_per_run")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource_type} {self.resource_key}"
+
+
+class Finding(models.Model):
+    """One problem a validation run found. Holds paths, rule ids and pseudonymous keys, never PHI."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    run = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="findings")
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    rule = models.CharField(max_length=64)
+    resource_type = models.CharField(max_length=64)
+    # The element, without list positions, so findings group; location keeps the positions.
+    path = models.CharField(max_length=200)
+    location = models.CharField(max_length=300, blank=True)
+    message = models.CharField(max_length=500)
+    patient_key = models.CharField(max_length=32, blank=True)
+    resource_key = models.CharField(max_length=32, blank=True)
+    # Stable across runs for the same problem on the same resource: what the diff compares.
+    fingerprint = models.CharField(max_length=40)
+    raw = models.ForeignKey(RawResource, null=True, blank=True, on_delete=models.SET_NULL, related_name="findings")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["run", "rule", "path"]),
+            models.Index(fields=["run", "severity"]),
+            models.Index(fields=["run", "fingerprint"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.rule} at {self.path}"
+
+
+class Waiver(models.Model):
+    """An engineer's decision that a rule at a path is acceptable for a tenant, until it expires."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="waivers")
+    rule = models.CharField(max_length=64)
+    path = models.CharField(max_length=200)
+    reason = models.TextField()
+    approver = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    approver_label = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant", "rule", "path"])]
+
+    def __str__(self) -> str:
+        return f"Waiver of {self.rule} at {self.path} for {self.tenant}"

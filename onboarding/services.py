@@ -1,21 +1,35 @@
 """The pipeline engine: every legal move of a step run, and nothing else moves one.
 
-Moves are conditional UPDATEs (or row locks) so that two workers, a double click, a redelivered
+Moves take the row lock or are conditional UPDATEs, so two workers, a double click, a redelivered
 task or the reaper racing a finishing run can never leave two outcomes. Each move writes its audit
 event in the same transaction. Tasks are sent only after the transaction commits.
+
+Execution is at least once, and every run ends passed, failed or cancelled:
+- each claim hands the delivery a lease (its delivery number); a delivery that lost its run (put
+  back in the queue, taken over, cancelled) can no longer write progress or an outcome;
+- a pool process that dies is reported by the worker's main process (onboarding.tasks.StepRequest)
+  and its run goes straight back to the queue;
+- a whole worker that dies stops its run's heartbeat, and the reaper puts the run back in the queue;
+- a task the broker lost leaves its run queued, and the sweep sends it again;
+- a run that keeps losing its worker is declared dead after STEP_MAX_DELIVERIES, with an alert.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import timedelta
-from typing import Any
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import connection as db_connection
+from django.db.models import Max, Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -24,13 +38,25 @@ from connections.models import EHRConnection
 from connections.services import build_adapter
 from onboarding.models import ACTIVE_STATUSES, Onboarding, RunStatus, StepRun
 from onboarding.steps import get_step
-from onboarding.steps.base import StepContext, StepOutcome
+from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from portal import audit
 from portal.access import AuthUser, User, require_perm
 
 logger = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 500
+# A run whose task was never published (the broker was down, or the process died first) is sent by
+# the sweep once it is this old, which leaves the request that queued it time to publish.
+SEND_GRACE = timedelta(seconds=10)
+
+# No time limits in a task's message: the worker's own settings apply, the ones its broker visibility
+# timeout is derived from, whatever the publishing process was configured with.
+WORKER_TIME_LIMITS: dict[str, Any] = {"time_limit": None, "soft_time_limit": None}
+
+T = TypeVar("T")
+LostRunOutcome = Literal["retried", "dead", "unchanged"]
+# Errors that mean the database connection is gone (a killed backend, a restart, a failover).
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
 
 
 class StepError(Exception):
@@ -50,7 +76,7 @@ class StepAlreadyActive(StepError):
 
 
 class RunCancelled(Exception):
-    """Raised inside a running step when someone cancelled it, to stop the work early."""
+    """Raised inside a running step that should stop: it was cancelled, or this delivery lost its lease."""
 
 
 def ensure_onboarding(connection: EHRConnection) -> Onboarding:
@@ -65,6 +91,11 @@ def latest_runs(onboarding: Onboarding) -> dict[str, StepRun]:
     for run in onboarding.runs.order_by("step", "-attempt"):
         latest.setdefault(run.step, run)
     return latest
+
+
+def worker_identity(pid: int | None = None) -> str:
+    """A worker process as "host:pid"; the worker's main process builds the same string for a pool process."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def start_step(
@@ -116,55 +147,105 @@ def start_step(
 
 
 def send_run(run_id: int) -> bool:
-    """Publish the task for a queued run. A broker outage is logged, not raised: the sweep re-sends."""
+    """Publish the task for a queued run. A broker outage is logged, not raised: the sweep re-sends.
+
+    The send time is written only once the broker took the message, so a run whose publish failed
+    (or whose process died before publishing) has none, and the next sweep sends it.
+    """
     from onboarding.tasks import run_step
 
-    StepRun.objects.filter(pk=run_id).update(last_sent_at=timezone.now())
     try:
-        run_step.apply_async(args=(run_id,))
+        run_step.apply_async(args=(run_id,), **WORKER_TIME_LIMITS)
     except Exception:  # any broker/transport failure; the database row is the source of truth
-        logger.warning("Could not publish step run %s; the sweep will re-send it", run_id, exc_info=True)
+        logger.warning("Could not publish step run %s; the sweep will send it", run_id, exc_info=True)
         return False
+    StepRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(last_sent_at=timezone.now())
     return True
 
 
 def claim_run(run_id: int) -> bool:
     """Move a queued run to running. Exactly one delivery wins; the others do nothing."""
+    return claim(run_id) is not None
+
+
+def claim(run_id: int, *, worker: str = "") -> int | None:
+    """Take a run for this delivery; its lease (the delivery number), or None if it is not ours to run.
+
+    A queued run is taken; so is a running one whose heartbeat went stale (its worker died and
+    nothing put it back yet). A run already handed out STEP_MAX_DELIVERIES times is declared dead.
+    """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.STEP_HEARTBEAT_TIMEOUT)
-    claimed = StepRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
-        status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, deliveries=F("deliveries") + 1
-    )
-    if claimed:
-        return True
-    # A run whose worker died (no heartbeat for the timeout) may be taken over by a redelivery.
+    with transaction.atomic():
+        run = _locked(run_id)
+        if run is None:
+            return None
+        taking_over = run.status == RunStatus.RUNNING and (run.heartbeat_at is None or run.heartbeat_at < stale)
+        if run.status != RunStatus.QUEUED and not taking_over:
+            return None
+        if run.deliveries >= settings.STEP_MAX_DELIVERIES:
+            _declare_dead(run, reason="it was delivered again after its last worker was lost")
+            return None
+        if taking_over:
+            run.log = _append_log(
+                run.log,
+                [
+                    _line(
+                        f"Delivery {run.deliveries + 1} takes over from {run.worker or 'a worker'}, "
+                        f"silent for over {settings.STEP_HEARTBEAT_TIMEOUT} s.",
+                        level="warning",
+                    )
+                ],
+            )
+        run.status = RunStatus.RUNNING
+        run.started_at = run.heartbeat_at = now
+        run.deliveries += 1
+        run.worker = worker or worker_identity()
+        run.save(update_fields=["status", "started_at", "heartbeat_at", "deliveries", "worker", "log"])
+        return run.deliveries
+
+
+def heartbeat(run_id: int, *, lease: int) -> bool:
+    """Mark a running attempt alive; False once it is no longer this lease's (ended, cancelled, re-queued)."""
     return bool(
-        StepRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, heartbeat_at__lt=stale).update(
-            started_at=now, heartbeat_at=now, deliveries=F("deliveries") + 1
+        StepRun.objects.filter(pk=run_id, status=RunStatus.RUNNING, deliveries=lease).update(
+            heartbeat_at=timezone.now()
         )
     )
 
 
-def report_progress(run_id: int, done: int, total: int, message: str, lines: list[dict[str, Any]]) -> None:
-    """Heartbeat plus progress and new log lines. Raises RunCancelled if the run was cancelled."""
+def report_progress(
+    run_id: int,
+    done: int,
+    total: int,
+    message: str,
+    lines: list[dict[str, Any]],
+    *,
+    lease: int | None = None,
+) -> None:
+    """Heartbeat plus progress and new log lines. Raises RunCancelled if the run is no longer ours."""
     with transaction.atomic():
-        run = StepRun.objects.select_for_update().only("status", "log").get(pk=run_id)
-        if run.status != RunStatus.RUNNING:
+        run = StepRun.objects.select_for_update().only("status", "log", "deliveries").get(pk=run_id)
+        if run.status != RunStatus.RUNNING or (lease is not None and run.deliveries != lease):
             raise RunCancelled()
         fields: dict[str, Any] = {"heartbeat_at": timezone.now(), "progress_done": done, "progress_total": total}
         if message:
             fields["progress_message"] = message[:300]
         if lines:
-            fields["log"] = (list(run.log) + lines)[-MAX_LOG_LINES:]
+            # Tagged with the delivery, so the log of a retried run shows which attempt said what.
+            tagged = [{**line, "delivery": lease} for line in lines] if lease is not None else lines
+            fields["log"] = _append_log(run.log, tagged)
         StepRun.objects.filter(pk=run_id).update(**fields)
 
 
-def finish_run(run_id: int, outcome: StepOutcome, *, lines: list[dict[str, Any]] | None = None) -> bool:
-    """Record a step's outcome, if the run is still running (a cancel or the reaper may have won)."""
+def finish_run(
+    run_id: int, outcome: StepOutcome, *, lines: list[dict[str, Any]] | None = None, lease: int | None = None
+) -> bool:
+    """Record a step's outcome, if the run is still this delivery's (a cancel or a takeover may have won)."""
     status = RunStatus.PASSED if outcome.passed else RunStatus.FAILED
     with transaction.atomic():
-        run = StepRun.objects.select_for_update().select_related("onboarding__tenant").get(pk=run_id)
-        if run.status != RunStatus.RUNNING:
+        run = _locked(run_id)
+        if run is None or not _holds(run, lease=lease):
             return False
         run.status = status
         run.finished_at = timezone.now()
@@ -175,7 +256,7 @@ def finish_run(run_id: int, outcome: StepOutcome, *, lines: list[dict[str, Any]]
         if outcome.passed:
             run.progress_message = "Passed"
         if lines:
-            run.log = (list(run.log) + lines)[-MAX_LOG_LINES:]
+            run.log = _append_log(run.log, lines)
         run.save()
         audit.record(
             action=f"step.{status}",
@@ -194,23 +275,18 @@ def fail_run(
     hint: str = "",
     detail: dict[str, Any] | None = None,
     from_statuses: tuple[str, ...] = (RunStatus.RUNNING,),
+    lease: int | None = None,
+    worker: str | None = None,
 ) -> bool:
-    """End a run as failed with a typed error, if it is still in one of the given states."""
+    """End a run as failed with a typed error, if it is still in one of the given states.
+
+    With a lease or a worker, only while that delivery or worker process still holds the run.
+    """
     with transaction.atomic():
-        run = StepRun.objects.select_for_update().select_related("onboarding__tenant").get(pk=run_id)
-        if run.status not in from_statuses:
+        run = _locked(run_id)
+        if run is None or not _holds(run, lease=lease, worker=worker, statuses=from_statuses):
             return False
-        run.status = RunStatus.FAILED
-        run.finished_at = timezone.now()
-        run.error_kind, run.error_message, run.error_hint = kind, message, hint
-        run.error_detail = detail or {}
-        run.save()
-        audit.record(
-            action="step.failed",
-            tenant=run.onboarding.tenant,
-            obj=run,
-            detail={"step": run.step, "attempt": run.attempt, "error_kind": kind},
-        )
+        _fail(run, kind=kind, message=message, hint=hint, detail=detail or {}, action="step.failed")
     return True
 
 
@@ -227,50 +303,125 @@ def cancel_run(*, user: User, run: StepRun, request: HttpRequest | None = None) 
         audit.record(action="step.cancel", actor=user, tenant=tenant, obj=run, request=request)
 
 
-def execute_run(run_id: int) -> None:
-    """The body of the run_step task: claim, run the step, record the outcome. Never raises for a step's failure."""
-    if not claim_run(run_id):
-        logger.info("Step run %s was already claimed or finished; this delivery does nothing", run_id)
+def retry_lost_run(
+    run_id: int,
+    *,
+    reason: str,
+    worker: str | None = None,
+    lease: int | None = None,
+    stale_before: datetime | None = None,
+    requeued_by_broker: bool = False,
+) -> LostRunOutcome:
+    """Put a running attempt whose worker was lost back in the queue, or declare it dead at the limit.
+
+    Only the holder named by `worker` or `lease`, or one silent since `stale_before`, is touched, so
+    a late report about an older delivery never disturbs the current one. Unless the broker itself
+    re-queues the message (a pool process died under acks_late), the task is sent again on commit.
+    """
+    with transaction.atomic():
+        run = _locked(run_id)
+        if run is None or not _holds(run, lease=lease, worker=worker):
+            return "unchanged"
+        if stale_before is not None and run.heartbeat_at is not None and run.heartbeat_at >= stale_before:
+            return "unchanged"
+        if run.deliveries >= settings.STEP_MAX_DELIVERIES:
+            _declare_dead(run, reason=reason)
+            return "dead"
+        run.status = RunStatus.QUEUED
+        run.progress_message = f"Queued again: {reason}"[:300]
+        run.log = _append_log(
+            run.log,
+            [
+                _line(
+                    f"Delivery {run.deliveries} ended: {reason}. Queued again "
+                    f"({run.deliveries} of {settings.STEP_MAX_DELIVERIES} deliveries used).",
+                    level="warning",
+                )
+            ],
+        )
+        run.last_sent_at = timezone.now() if requeued_by_broker else None
+        run.save(update_fields=["status", "progress_message", "log", "last_sent_at"])
+        audit.record(
+            action="step.retry",
+            tenant=run.onboarding.tenant,
+            obj=run,
+            detail={"step": run.step, "attempt": run.attempt, "delivery": run.deliveries, "reason": reason},
+        )
+        if not requeued_by_broker:
+            transaction.on_commit(lambda: send_run(run_id))
+    return "retried"
+
+
+def execute_run(run_id: int, *, worker: str = "") -> None:
+    """The body of the run_step task: claim, run the step under a heartbeat, record the outcome.
+
+    Never raises for a step's failure. A lost database connection is retried once on a new
+    connection; if the database stays away, the run is left to the reaper, which re-queues it.
+    """
+    lease = _reconnecting(lambda: claim(run_id, worker=worker))
+    if lease is None:
+        logger.info("Step run %s is held by another delivery or has ended; this delivery does nothing", run_id)
         return
     run = StepRun.objects.select_related("onboarding__connection__tenant").get(pk=run_id)
-    module = get_step(run.step)
     connection = run.onboarding.connection
-    ctx = StepContext(
-        connection=connection,
-        adapter_factory=lambda: build_adapter(connection),
-        report=lambda done, total, message, lines: report_progress(run_id, done, total, message, lines),
-    )
+
+    def report(done: int, total: int, message: str, lines: list[dict[str, Any]]) -> None:
+        _reconnecting(lambda: report_progress(run_id, done, total, message, lines, lease=lease))
+
+    ctx = StepContext(connection=connection, adapter_factory=lambda: build_adapter(connection), report=report)
+    with _Heartbeat(run_id, lease):
+        _run_step(get_step(run.step), ctx, run_id, lease)
+
+
+def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> None:
     try:
         outcome = module.run(ctx)
         ctx.flush()
     except RunCancelled:
-        logger.info("Step run %s was cancelled while running", run_id)
+        logger.info("Step run %s was cancelled or re-queued while delivery %s ran it", run_id, lease)
         return
     except RemoteError as exc:
         ctx.log(exc.message, level="error", error_kind=exc.kind.value)
         _flush_quietly(ctx)
-        fail_run(run_id, kind=exc.kind.value, message=exc.message, hint=exc.hint, detail=exc.detail)
+        error = exc  # a name the lambda may close over: the except clause unbinds exc when it ends
+        _reconnecting(
+            lambda: fail_run(
+                run_id, kind=error.kind.value, message=error.message, hint=error.hint, detail=error.detail, lease=lease
+            )
+        )
         return
     except SoftTimeLimitExceeded:
-        fail_run(
-            run_id,
-            kind="time_limit",
-            message=f"The step ran longer than its {settings.STEP_SOFT_TIME_LIMIT} s limit and was stopped.",
-            hint="Check the hospital endpoint's latency in the test step, then re-run.",
+        _reconnecting(
+            lambda: fail_run(
+                run_id,
+                kind="time_limit",
+                message=f"The step ran longer than its {settings.STEP_SOFT_TIME_LIMIT} s limit and was stopped.",
+                hint="Check the hospital endpoint's latency in the test step, then re-run.",
+                lease=lease,
+            )
         )
+        return
+    except CONNECTION_ERRORS:
+        # Our database went away under the step (not the hospital): run it again.
+        logger.warning("Step run %s lost its database connection; queueing it again", run_id, exc_info=True)
+        _reconnecting(lambda: retry_lost_run(run_id, reason="the database connection was lost", lease=lease))
         return
     except Exception as exc:
         # A bug of ours must still end the run, never leave it "running".
         logger.exception("Step run %s crashed", run_id)
-        fail_run(
-            run_id,
-            kind="internal",
-            message="The step stopped because of an error in the portal. Engineers have the details in the logs.",
-            hint="Re-run the step; if it fails the same way, ask an engineer.",
-            detail={"exception": type(exc).__name__},
+        detail = {"exception": type(exc).__name__}
+        _reconnecting(
+            lambda: fail_run(
+                run_id,
+                kind="internal",
+                message="The step stopped because of an error in the portal. Engineers have the details in the logs.",
+                hint="Re-run the step; if it fails the same way, ask an engineer.",
+                detail=detail,
+                lease=lease,
+            )
         )
         return
-    finish_run(run_id, outcome)
+    _reconnecting(lambda: finish_run(run_id, outcome, lease=lease))
 
 
 def _flush_quietly(ctx: StepContext) -> None:
@@ -280,37 +431,184 @@ def _flush_quietly(ctx: StepContext) -> None:
 
 
 def reap_stale_runs() -> int:
-    """Fail running runs whose heartbeat stopped (their worker died and nothing redelivered them)."""
+    """Re-queue running attempts whose heartbeat stopped (their worker died or froze); bury them at the limit."""
     cutoff = timezone.now() - timedelta(seconds=settings.STEP_HEARTBEAT_TIMEOUT)
-    reaped = 0
-    for run_id in StepRun.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).values_list(
-        "pk", flat=True
-    ):
-        reaped += fail_run(
+    stale = StepRun.objects.filter(status=RunStatus.RUNNING).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)
+    )
+    handled = 0
+    for run_id, worker in stale.values_list("pk", "worker"):
+        outcome = retry_lost_run(
             run_id,
-            kind="stalled",
-            message=f"The worker running this step stopped responding for over {settings.STEP_HEARTBEAT_TIMEOUT} s.",
-            hint="Re-run the step. If it keeps stalling, ask an engineer to check the workers.",
+            reason=f"its worker ({worker or 'unknown'}) sent no heartbeat for over {settings.STEP_HEARTBEAT_TIMEOUT} s",
+            stale_before=cutoff,
         )
-    return reaped
+        handled += outcome != "unchanged"
+    return handled
 
 
-def resend_queued_runs() -> int:
-    """Re-send queued runs whose task was probably lost (crash after commit, broker restart)."""
-    cutoff = timezone.now() - timedelta(seconds=settings.STEP_REQUEUE_AFTER)
-    sent = 0
-    for run in StepRun.objects.filter(status=RunStatus.QUEUED, last_sent_at__lt=cutoff).only("pk", "deliveries"):
-        if run.deliveries >= settings.STEP_MAX_DELIVERIES:
-            fail_run(
-                run.pk,
-                kind="dead",
-                message=f"The step was handed to workers {run.deliveries} times without finishing.",
-                hint="Ask an engineer to check the workers before re-running.",
-                from_statuses=(RunStatus.QUEUED,),
+def resend_queued_runs(*, broker_backlog: int | None = None) -> int:
+    """Send again the queued runs whose task was probably lost; bury those handed out too often.
+
+    Sent again: runs never published (the broker was down), runs sent longer than
+    STEP_REQUEUE_AFTER ago, and, when the broker's queue holds fewer messages than there are runs
+    waiting for one (`broker_backlog`, e.g. after Redis restarted without saving), every waiting
+    run, since which ones were lost cannot be told. A duplicate delivery does nothing.
+    """
+    now = timezone.now()
+    queued = StepRun.objects.filter(status=RunStatus.QUEUED)
+    due = queued.filter(
+        Q(last_sent_at__isnull=True, queued_at__lt=now - SEND_GRACE)
+        | Q(last_sent_at__lt=now - timedelta(seconds=settings.STEP_REQUEUE_AFTER))
+    )
+    if broker_backlog is not None:
+        # Runs sent a while ago should each have a message waiting; recently sent ones may be in flight.
+        waiting = queued.filter(last_sent_at__lt=now - SEND_GRACE)
+        count = waiting.count()
+        if count > broker_backlog:
+            logger.warning(
+                "%s queued step runs but only %s messages in the broker: sending them all again", count, broker_backlog
             )
+            due = due | waiting
+    sent = 0
+    for run in due.only("pk", "deliveries"):
+        if run.deliveries >= settings.STEP_MAX_DELIVERIES:
+            with transaction.atomic():
+                locked = _locked(run.pk)
+                if locked is not None and locked.status == RunStatus.QUEUED:
+                    _declare_dead(locked, reason="it was queued again after its last worker was lost")
             continue
         sent += send_run(run.pk)
     return sent
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+class _Heartbeat:
+    """Refreshes a running attempt's heartbeat from a background thread while its step works.
+
+    A step may wait minutes on one slow hospital request without reporting progress; the thread
+    keeps such a run from looking dead, so only a dead or frozen worker process goes silent. It is
+    not started inside a caller's transaction (a step run in-process by a test): another database
+    connection could neither see that run nor update it without waiting for the transaction.
+    """
+
+    def __init__(self, run_id: int, lease: int) -> None:
+        self._run_id = run_id
+        self._lease = lease
+        self._interval = float(settings.STEP_HEARTBEAT_INTERVAL)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if not db_connection.in_atomic_block:
+            self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{self._run_id}", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            # Bounded: a heartbeat stuck on a hung database must not hold the task's end.
+            self._thread.join(timeout=self._interval)
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    if not heartbeat(self._run_id, lease=self._lease):
+                        return  # ended, cancelled or re-queued: nothing of ours to keep alive
+                except CONNECTION_ERRORS:
+                    logger.warning("Heartbeat of step run %s failed; retrying on a new connection", self._run_id)
+                    db_connection.close()
+        finally:
+            db_connection.close()  # this thread's own connection
+
+
+def _reconnecting(write: Callable[[], T]) -> T:
+    """Run a database call; if the connection was lost, run it once more on a new connection.
+
+    Inside a caller's transaction the call cannot be repeated on its own, so the error stands.
+    """
+    try:
+        return write()
+    except CONNECTION_ERRORS:
+        if db_connection.in_atomic_block:
+            raise
+        logger.warning("Database connection lost; retrying once on a new connection", exc_info=True)
+        db_connection.close()
+        return write()
+
+
+def _locked(run_id: int) -> StepRun | None:
+    return (
+        StepRun.objects.select_for_update(of=("self",)).select_related("onboarding__tenant").filter(pk=run_id).first()
+    )
+
+
+def _holds(
+    run: StepRun,
+    *,
+    lease: int | None = None,
+    worker: str | None = None,
+    statuses: tuple[str, ...] = (RunStatus.RUNNING,),
+) -> bool:
+    """Whether the run is still in a holder's hands: the right state, delivery and worker process."""
+    if run.status not in statuses:
+        return False
+    if lease is not None and run.deliveries != lease:
+        return False
+    return worker is None or run.worker == worker
+
+
+def _fail(run: StepRun, *, kind: str, message: str, hint: str, detail: dict[str, Any], action: str) -> None:
+    run.status = RunStatus.FAILED
+    run.finished_at = timezone.now()
+    run.error_kind, run.error_message, run.error_hint = kind, message, hint
+    run.error_detail = detail
+    run.save()
+    audit.record(
+        action=action,
+        tenant=run.onboarding.tenant,
+        obj=run,
+        detail={"step": run.step, "attempt": run.attempt, "error_kind": kind, "deliveries": run.deliveries},
+    )
+
+
+def _declare_dead(run: StepRun, *, reason: str) -> None:
+    """Fail a run that keeps losing its worker, and raise the alarm once the failure is committed."""
+    last_worker = run.worker
+    _fail(
+        run,
+        kind="dead",
+        message=f"The step was handed to workers {run.deliveries} times and never finished; the last time, {reason}.",
+        hint="The step may be crashing its worker. Ask an engineer to read the worker logs for this run "
+        "before re-running it.",
+        detail={"deliveries": run.deliveries, "last_worker": last_worker, "reason": reason},
+        action="step.dead",
+    )
+    run_id, step, attempt, tenant = run.pk, run.step, run.attempt, run.onboarding.tenant.name
+    transaction.on_commit(
+        lambda: logger.error(
+            "ALERT step run %s (%s attempt %s of %s) is dead after %s deliveries; last worker %s: %s",
+            run_id,
+            step,
+            attempt,
+            tenant,
+            run.deliveries,
+            last_worker or "unknown",
+            reason,
+        )
+    )
+
+
+def _line(message: str, *, level: str = "info") -> dict[str, Any]:
+    return {"at": timezone.now().timestamp(), "level": level, "message": message}
+
+
+def _append_log(log: list[dict[str, Any]], lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return (list(log) + lines)[-MAX_LOG_LINES:]
 
 
 def _user_or_none(user: User) -> AuthUser | None:

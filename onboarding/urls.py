@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from onboarding import views
+from onboarding import evidence_views, mapping_views, review_views, views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -11,4 +11,22 @@ urlpatterns = [
     path("c/<uuid:code>/steps/<slug:step>/start/", views.start_step, name="start_step"),
     path("runs/<uuid:code>/", views.run_detail, name="run_detail"),
     path("runs/<uuid:code>/cancel/", views.cancel_run, name="cancel_run"),
+    path("c/<uuid:code>/mapping/", mapping_views.mapping_page, name="mapping"),
+    path("c/<uuid:code>/mapping/code/", mapping_views.mapping_code, name="mapping_code"),
+    path("c/<uuid:code>/mapping/mrn/", mapping_views.mapping_mrn, name="mapping_mrn"),
+    path("c/<uuid:code>/mapping/extension/", mapping_views.mapping_extension, name="mapping_extension"),
+    path("c/<uuid:code>/mapping/export.csv", mapping_views.mapping_export_csv, name="mapping_export_csv"),
+    path("c/<uuid:code>/mapping/import/", mapping_views.mapping_import_csv, name="mapping_import_csv"),
+    path("c/<uuid:code>/mapping/conceptmap.json", mapping_views.mapping_concept_map, name="mapping_concept_map"),
+    path("c/<uuid:code>/mapping/sign-off/", mapping_views.mapping_sign_off, name="mapping_sign_off"),
+    path("t/<uuid:code>/validation-policy/", mapping_views.validation_policy, name="validation_policy"),
+    path("review/", review_views.review_queue, name="review_queue"),
+    path("review/runs/<uuid:code>/", review_views.review_run, name="review_run"),
+    path("review/runs/<uuid:code>/group/", review_views.review_group, name="review_group"),
+    path("review/runs/<uuid:code>/waive/", review_views.review_waive, name="review_waive"),
+    path("review/runs/<uuid:code>/export.csv", review_views.review_export_csv, name="review_export_csv"),
+    path("review/runs/<uuid:code>/export.json", review_views.review_export_json, name="review_export_json"),
+    path("review/findings/<uuid:code>/raw/", review_views.review_raw, name="review_raw"),
+    path("o/<uuid:code>/evidence/", evidence_views.evidence_pack, name="evidence_pack"),
+    path("o/<uuid:code>/evidence.json", evidence_views.evidence_pack_json, name="evidence_pack_json"),
 ]

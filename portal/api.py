@@ -1,14 +1,21 @@
-"""API for tenants. Input and output serializers are separate so reads never accept writes."""
+"""API for tenants and API tokens. Input and output serializers are separate so reads never accept writes."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from portal import audit, twofactor
 from portal.access import tenants_for
 from portal.models import Tenant, validate_timezone
 from portal.services import create_tenant
@@ -55,3 +62,52 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         except DjangoValidationError as exc:
             raise django_errors(exc) from None
         return Response(TenantOutput(tenant).data, status=status.HTTP_201_CREATED)
+
+
+class TokenRequest(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False, write_only=True)
+    otp_token = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        write_only=True,
+        help_text="Required for vendor staff (and anyone who enrolled two-factor): the current authenticator code.",
+    )
+
+
+class TokenResponse(serializers.Serializer):
+    token = serializers.CharField()
+
+
+@extend_schema(request=TokenRequest, responses={200: TokenResponse}, operation_id="auth_token_create")
+@api_view(["POST"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+def obtain_token(request: Request) -> Response:
+    """Exchange a user name, password (and, for staff, a two-factor code) for an API token.
+
+    Lockout counts these attempts like the login page's; staff cannot skip the second factor here.
+    """
+    data = TokenRequest(data=request.data)
+    data.is_valid(raise_exception=True)
+    values = data.validated_data
+    user = authenticate(request._request, username=values["username"], password=values["password"])
+    if user is None:
+        return Response(
+            {"non_field_errors": ["Unable to log in with the user name and password given."]},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if twofactor.requires_two_factor(user) and not twofactor.verify(
+        request=request._request, user=user, token=values["otp_token"]
+    ):
+        return Response(
+            {"otp_token": ["Give the current code of your authenticator app (or a backup code) as otp_token."]},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    with transaction.atomic():
+        token, _ = Token.objects.get_or_create(user=user)
+        audit.record(
+            action="auth.api_token_issued", actor=user, tenant=audit.home_tenant(user), request=request._request
+        )
+    return Response({"token": token.key})

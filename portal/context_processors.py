@@ -6,10 +6,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from portal import twofactor
 from portal.roles import is_vendor_staff, role_label
 
 
 def roles(request: HttpRequest) -> dict[str, Any]:
-    """The user's role name and whether vendor-only navigation shows."""
+    """The user's role name, whether vendor-only navigation shows, and whether the second factor is still due."""
     user = request.user
-    return {"role_label": role_label(user), "is_vendor_staff": is_vendor_staff(user)}
+    pending = user.is_authenticated and not twofactor.is_verified(user) and twofactor.requires_two_factor(user)
+    return {"role_label": role_label(user), "is_vendor_staff": is_vendor_staff(user), "second_factor_pending": pending}

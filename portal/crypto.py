@@ -18,6 +18,9 @@ class DecryptionError(Exception):
 
 
 def _fernet() -> MultiFernet:
+    if not settings.FIELD_ENCRYPTION_KEYS:
+        # Settings refuse this at start-up; a process that lost its keys since must not carry on.
+        raise DecryptionError("FIELD_ENCRYPTION_KEYS is empty: no key to encrypt or decrypt secrets with.")
     return MultiFernet([Fernet(key) for key in settings.FIELD_ENCRYPTION_KEYS])
 
 

@@ -35,6 +35,7 @@ class Tenant(models.Model):
             ("view_all_tenants", "Can see every tenant (vendor staff)"),
             ("access_tenant", "Can see this tenant's onboarding"),
             ("approve_gates", "Can approve this tenant's gated steps (hospital IT)"),
+            ("view_audit", "Can read this tenant's audit trail and export it"),
         ]
 
     def __str__(self) -> str:

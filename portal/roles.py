@@ -17,7 +17,7 @@ ENGINEERS = "Engineers"
 HOSPITAL_IT = "Hospital IT"
 
 # Object permissions a hospital IT user holds on their tenant.
-HOSPITAL_IT_TENANT_PERMS = ("portal.access_tenant", "portal.approve_gates")
+HOSPITAL_IT_TENANT_PERMS = ("portal.access_tenant", "portal.approve_gates", "portal.view_audit")
 
 # Model permissions per vendor group, as "app_label.codename". Permissions of apps that are not
 # installed yet are skipped, so each app can add its own without this module importing it.
@@ -26,6 +26,7 @@ GROUP_PERMS: dict[str, tuple[str, ...]] = {
         "portal.view_all_tenants",
         "portal.add_tenant",
         "portal.change_tenant",
+        "portal.view_audit",
         "connections.add_ehrconnection",
         "connections.change_ehrconnection",
         "onboarding.run_step",
@@ -33,6 +34,7 @@ GROUP_PERMS: dict[str, tuple[str, ...]] = {
     ),
     ENGINEERS: (
         "portal.view_all_tenants",
+        "portal.view_audit",
         "onboarding.run_step",
         "onboarding.cancel_step",
         "onboarding.review_runs",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from cryptography.fernet import Fernet
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from portal.env import env_bool, env_float, env_int, env_list, env_str
@@ -68,6 +70,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
+    "csp",
     "django_htmx",
     "template_partials",
     "guardian",
@@ -83,13 +90,21 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # django-htmx's request.htmx, plus `Vary: HX-Request` on responses of views that looked at it.
+    "portal.middleware.HtmxVaryMiddleware",
+    "portal.middleware.SessionLimitsMiddleware",
+    "portal.middleware.StaffTwoFactorMiddleware",
+    "portal.middleware.NoStoreMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -130,6 +145,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out account is refused before its password is even checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -170,6 +187,53 @@ SECURE_HSTS_PRELOAD = PRODUCTION
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", PRODUCTION) else None
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=300)
 
+# --- Sessions, sign-in and headers (45 CFR 164.312: automatic logoff, person authentication) ---
+# SESSION_COOKIE_AGE above is the absolute cap: a session ends that long after login, busy or not.
+# SESSION_IDLE_TIMEOUT logs out a session with no request from a person (htmx polling does not count).
+SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 15 * 60, minimum=60)
+SESSION_COOKIE_SAMESITE = "Lax"
+# htmx reads the CSRF token from the page (hx-headers on <body>), so no script needs the cookie.
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+# Raw PHI is shown only to someone who typed their password (and second factor) this recently.
+REAUTH_MAX_AGE = env_int("REAUTH_MAX_AGE", 5 * 60, minimum=30)
+# Tracebacks and error reports never carry secrets, whatever the view forgot to declare.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "portal.reporting.SecretScrubbingFilter"
+
+# Lockout (django-axes): this many wrong passwords for one user name lock that account.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 30.0, minimum=1.0))
+AXES_LOCKOUT_PARAMETERS = ["username"]
+# axes.W006 asks for ip_address too. Locking by address would lock out a whole hospital behind one
+# NAT address after five typos; the lock here is per account, which rotating user agents or cookies
+# (what the warning is about) cannot get around.
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_ON_SUCCESS = True
+# JSON 429 for the API, the lockout page for people.
+AXES_LOCKOUT_CALLABLE = "portal.account_views.lockout_response"
+AXES_VERBOSE = False
+
+# Two-factor (django-otp): required for vendor staff, optional for hospital IT (see portal/twofactor.py).
+OTP_TOTP_ISSUER = "Onboarding portal"
+
+# Content-Security-Policy (django-csp): no inline script or style anywhere, no eval; htmx is
+# configured for it in base.html. The API docs pages widen it for themselves only (portal/api_docs.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -186,12 +250,37 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Tenants, EHR connections, onboardings and step runs. Secrets are write-only.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs pages are for signed-in people and API clients only.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Swagger UI and Redoc from the sidecar package: no CDN, so the docs work on closed networks.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# --- The pipeline ---------------------------------------------------------------------------
+# Defined before the Celery block because the broker and beat settings are derived from them.
+STEP_SOFT_TIME_LIMIT = env_int("STEP_SOFT_TIME_LIMIT", 600, minimum=5)
+STEP_TIME_LIMIT = env_int("STEP_TIME_LIMIT", STEP_SOFT_TIME_LIMIT + 60, minimum=10)
+# A worker thread refreshes a running step's heartbeat this often, even while the step waits on a
+# slow hospital, so only a dead or frozen worker goes silent.
+STEP_HEARTBEAT_INTERVAL = env_int("STEP_HEARTBEAT_INTERVAL", 5, minimum=1)
+# A running step silent for longer lost its worker: the sweep puts it back in the queue (or declares
+# it dead after STEP_MAX_DELIVERIES). Four missed heartbeats, so a busy database is not a dead worker.
+STEP_HEARTBEAT_TIMEOUT = env_int("STEP_HEARTBEAT_TIMEOUT", 20, minimum=10)
+# Beat runs the reaper and the sweep this often; with the timeout above, a run whose whole worker
+# was killed is running again within about 35 s.
+STEP_SWEEP_INTERVAL = env_int("STEP_SWEEP_INTERVAL", 10, minimum=1)
+# A run still queued this long after its task was sent is sent again, in case the message was lost
+# and the sweep could not tell from the broker's queue length (a duplicate delivery does nothing).
+STEP_REQUEUE_AFTER = env_int("STEP_REQUEUE_AFTER", 60, minimum=5)
+# Deliveries (claims by a worker) before a run that keeps losing its worker is declared dead.
+STEP_MAX_DELIVERIES = env_int("STEP_MAX_DELIVERIES", 5, minimum=1)
+if STEP_HEARTBEAT_TIMEOUT < 2 * STEP_HEARTBEAT_INTERVAL:
+    raise ImproperlyConfigured("STEP_HEARTBEAT_TIMEOUT must be at least twice STEP_HEARTBEAT_INTERVAL.")
+if STEP_TIME_LIMIT <= STEP_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("STEP_TIME_LIMIT must be longer than STEP_SOFT_TIME_LIMIT.")
 
 # --- Celery -------------------------------------------------------------------------------
 # The database is the record of every run; results are never stored in the broker.
@@ -209,42 +298,65 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-STEP_SOFT_TIME_LIMIT = env_int("STEP_SOFT_TIME_LIMIT", 600, minimum=5)
-STEP_TIME_LIMIT = env_int("STEP_TIME_LIMIT", STEP_SOFT_TIME_LIMIT + 60, minimum=10)
+# With no result backend there is no late result to wait for: report a killed pool child after
+# 2 s (Celery waits 10 s by default), so its step is put back in the queue at once.
+CELERY_WORKER_LOST_WAIT = 2.0
+# A step keeps running through a broker outage; its outcome goes to the database, and the message
+# Redis may hand out again is a no-op then. Set explicitly because Celery warns about the default.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# Celery's Django fixup closes the database connection around every task, so each step paid for a
+# new PostgreSQL connection; keep it for 100 tasks instead. A connection that died meanwhile is
+# replaced by the engine on first use (onboarding.services._reconnecting).
+CELERY_DB_REUSE_MAX = 100
 CELERY_TASK_SOFT_TIME_LIMIT = STEP_SOFT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = STEP_TIME_LIMIT
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker waits out a Redis outage, however long, instead of exiting after 100 attempts.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # A task not acknowledged within this many seconds is given to another worker.
-        # It must exceed the hard time limit, or a long step would be delivered twice.
+        # A task not acknowledged within this many seconds is given to another worker. It must
+        # exceed the hard time limit, or every long step would be delivered twice. A killed
+        # worker's run does not wait for it: its heartbeat stops and the sweep re-queues it.
         "visibility_timeout": STEP_TIME_LIMIT + 120,
+        # Scan for such messages every 10 s instead of every 100 s (kombu's throttle of 10).
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+        # Bounded waits on Redis: without them a publish to a hung or unreachable Redis blocks the
+        # web request forever. Redis answers in well under a millisecond when it is healthy.
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 0.5,
+        "socket_keepalive": True,
     }
 else:
     # kombu's SQLAlchemy transport hands these options to create_engine, which takes none of ours.
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
-# Publishing gives up quickly when the broker is down; the row stays queued and the sweep re-sends,
-# so a person clicking "Start" never waits on a dead broker.
+# Publishing gives up quickly when the broker is down: two attempts (the second on a fresh
+# connection, for a Redis that restarted) of at most 0.5 s each. The row stays queued and the
+# sweep sends it, so a person clicking "Start" never waits on a dead broker.
 CELERY_TASK_PUBLISH_RETRY = True
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
 CELERY_TASK_DEFAULT_QUEUE = "steps"
 CELERY_TASK_ROUTES = {
     "onboarding.run_step": {"queue": "steps"},
     "onboarding.reap_stale_runs": {"queue": "maintenance"},
     "onboarding.resend_queued_runs": {"queue": "maintenance"},
+    "portal.purge_raw_payloads": {"queue": "maintenance"},
 }
+# A sweep not run within its interval is dropped (expires): the next one does the same work, and
+# a backlog of sweeps after an outage would only repeat it.
+_sweep = {"schedule": float(STEP_SWEEP_INTERVAL), "options": {"expires": float(STEP_SWEEP_INTERVAL)}}
 CELERY_BEAT_SCHEDULE = {
-    "reap-stale-runs": {"task": "onboarding.reap_stale_runs", "schedule": 30.0},
-    "resend-queued-runs": {"task": "onboarding.resend_queued_runs", "schedule": 30.0},
+    "reap-stale-runs": {"task": "onboarding.reap_stale_runs", **_sweep},
+    "resend-queued-runs": {"task": "onboarding.resend_queued_runs", **_sweep},
+    "purge-raw-payloads": {"task": "portal.purge_raw_payloads", "schedule": 3600.0},
 }
 
-# --- The pipeline ---------------------------------------------------------------------------
-# A running step writes a heartbeat at least this often; the reaper fails runs silent for longer.
-STEP_HEARTBEAT_TIMEOUT = env_int("STEP_HEARTBEAT_TIMEOUT", 120, minimum=10)
-# A run still queued after this long was probably never published (crash between commit and send).
-STEP_REQUEUE_AFTER = env_int("STEP_REQUEUE_AFTER", 60, minimum=5)
-STEP_MAX_DELIVERIES = env_int("STEP_MAX_DELIVERIES", 5, minimum=1)
+# --- Validation findings (issue 4) -------------------------------------------------------------
+# Raw resources behind a failed validation run's findings are kept this many days, encrypted,
+# for the engineers' audited drill-down, then purged.
+RAW_PAYLOAD_RETENTION_DAYS = env_int("RAW_PAYLOAD_RETENTION_DAYS", 14, minimum=1)
 
 # --- Outbound HTTP to hospitals ---------------------------------------------------------------
 # host:port pairs that may be reached although loopback/private: the sandbox hospitals only.
@@ -263,5 +375,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    # axes logs every successful login at INFO; the audit trail records logins already.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

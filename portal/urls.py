@@ -5,13 +5,27 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django_otp.admin import OTPAdminSite
 
-from portal import views
+from portal import account_views, views
+
+# The admin asks for the second factor too, whoever is staff there.
+admin.site.__class__ = OTPAdminSite
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("account/", account_views.account_security, name="account_security"),
+    path("account/two-factor/", account_views.two_factor_verify, name="two_factor_verify"),
+    path("account/two-factor/setup/", account_views.two_factor_setup, name="two_factor_setup"),
+    path("account/two-factor/backup-codes/", account_views.backup_codes, name="backup_codes"),
+    path("account/confirm/", account_views.reauthenticate, name="reauthenticate"),
+    path("account/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
     path("tenants/new/", views.tenant_create, name="tenant_create"),
+    path("t/<uuid:code>/audit/", views.tenant_audit, name="tenant_audit"),
+    path("t/<uuid:code>/audit.csv", views.tenant_audit_csv, name="tenant_audit_csv"),
+    path("audit/", views.audit_log, name="audit_log"),
+    path("audit.csv", views.audit_log_csv, name="audit_log_csv"),
     path("", include("connections.urls")),
     path("", include("onboarding.urls")),
     path("api/", include("onboarding.api_urls")),

@@ -36,12 +36,16 @@ def tenant_b(db: None) -> Any:
 
 @pytest.fixture
 def cs_user(db: None) -> Any:
-    return UserFactory(username="cs", groups=[CUSTOMER_SUCCESS])
+    user = UserFactory(username="cs", groups=[CUSTOMER_SUCCESS])
+    authenticator_for(user)
+    return user
 
 
 @pytest.fixture
 def engineer(db: None) -> Any:
-    return UserFactory(username="engineer", groups=[ENGINEERS])
+    user = UserFactory(username="engineer", groups=[ENGINEERS])
+    authenticator_for(user)
+    return user
 
 
 @pytest.fixture
@@ -58,13 +62,58 @@ def it_b(tenant_b: Any) -> Any:
     return user
 
 
+def authenticator_for(user: Any) -> Any:
+    """The user's confirmed TOTP device, made on first need (vendor staff cannot work without one)."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    return device or TOTPDevice.objects.create(user=user, name="Test authenticator", confirmed=True)
+
+
 def client_for(user: Any) -> Client:
+    """A test client logged in as the user with the password; staff also pass the second factor.
+
+    The login goes through every authentication backend (django-axes included, which needs a
+    request). Marking the session verified is what django-otp does after a good code.
+    """
+    from django.test import RequestFactory
+    from django_otp import DEVICE_ID_SESSION_KEY
+
+    from portal import twofactor
+
     client = Client()
-    assert client.login(username=user.username, password=DEFAULT_PASSWORD)
+    assert client.login(request=RequestFactory().get("/login/"), username=user.username, password=DEFAULT_PASSWORD)
+    if twofactor.requires_two_factor(user):
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = authenticator_for(user).persistent_id
+        session.save()
+    return client
+
+
+def reauthenticated(client: Client) -> Client:
+    """Mark the client's session as having just typed its password again, as the re-authentication
+    page does, for views behind portal.reauth.require_recent_auth (raw PHI)."""
+    from portal.reauth import REAUTH_AT
+
+    session = client.session
+    session[REAUTH_AT] = time.time()
+    session.save()
     return client
 
 
 # --- Sandbox hospitals ---------------------------------------------------------------------------
+
+# Rates at which the "defects" sandbox plants each data-quality defect (seed 7 plants every kind).
+DEFECTS: dict[str, Any] = {
+    "duplicate_patient": 0.15,
+    "missing_birth_date": 0.15,
+    "second_identifier": 0.15,
+    "unknown_extension": 0.15,
+    "bad_date": 0.15,
+    "local_lab_code": 0.3,
+    "dangling_reference": 0.15,
+    "bad_structure": 0.15,
+}
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +141,11 @@ def sandboxes() -> Iterator[dict[str, Any]]:
         ).start(),
         "oracle_health": SandboxHospital(flavour="oracle_health", seed=7, patients=30).start(),
         "athenahealth": SandboxHospital(flavour="athenahealth", seed=7, patients=30).start(),
+        # Data-quality defects of every kind planted (see DEFECTS), with all the clinical types
+        # the product reads: for the map and validate steps.
+        "defects": SandboxHospital(
+            flavour="generic", seed=7, patients=30, defects=DEFECTS, extended_clinical=True
+        ).start(),
     }
     yield running
     for hospital in running.values():

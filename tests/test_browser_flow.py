@@ -57,7 +57,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     page.select_option("#id_auth_method", "none")
     page.click("button:has-text('Save connection')")
     expect(page.locator("h1")).to_have_text("Main FHIR endpoint")
-    for step in ("map", "validate", "load_test", "go_live"):
+    for step in ("load_test", "go_live"):
         expect(page.get_by_test_id(f"state-{step}")).to_have_text("not available yet")
         expect(page.get_by_test_id(f"start-{step}")).to_have_count(0)
 
@@ -80,6 +80,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     row = page.locator("tr", has_text="Northwind Children's Hospital")
     expect(row.locator("[data-step=configure]")).to_have_attribute("data-state", "passed")
     expect(row.locator("[data-step=test]")).to_have_attribute("data-state", "passed")
-    expect(row.locator("[data-step=map]")).to_have_attribute("data-state", "unavailable")
+    expect(row.locator("[data-step=map]")).to_have_attribute("data-state", "not_started")
+    expect(row.locator("[data-step=load_test]")).to_have_attribute("data-state", "unavailable")
     assert Tenant.objects.filter(name="Northwind Children's Hospital").exists()
     assert errors == []

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpcore
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,6 +38,7 @@ from connections.errors import ErrorKind, Redactor, RemoteError
 from connections.http import (
     GuardedClient,
     OutboundPolicy,
+    _ssl_context,
     check_url,
     default_resolver,
     is_public_address,
@@ -363,6 +365,43 @@ def test_connection_is_pinned_to_the_checked_address(server: LoopbackServer, res
     assert server.requests[0]["headers"]["Host"] == f"hospital.test:{server.port}"
 
 
+class RebindingResolver:
+    """A DNS-rebinding attacker's name server: a public address first, loopback ever after."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        self.asked += 1
+        return ["93.184.216.34"] if self.asked == 1 else ["127.0.0.1"]
+
+
+def test_dns_rebinding_never_reaches_loopback(server: LoopbackServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address checked is the address connected to: there is no second lookup to rebind.
+
+    The public address is made unreachable (tests never touch the internet), so the first
+    request fails to connect; the point is where it tried. The next connection asks DNS
+    again, gets loopback, and is refused before any socket opens.
+    """
+    server.routes["/x"] = ok()
+    dialled: list[str] = []
+
+    def record_dial(self: Any, host: str, port: int, **kwargs: Any) -> Any:
+        dialled.append(host)
+        raise httpcore.ConnectError("network unreachable in the test")
+
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", record_dial)
+    resolver = RebindingResolver()
+    client = make_client(resolver=resolver, max_attempts=1)
+    url = f"http://rebind.test:{server.port}/x"
+    assert raises(lambda: client.get_json(url)).kind is ErrorKind.CONNECT
+    assert resolver.asked == 1 and dialled == ["93.184.216.34"]
+    error = raises(lambda: client.get_json(url))
+    assert error.kind is ErrorKind.BLOCKED_ADDRESS and error.detail["address"] == "127.0.0.1"
+    assert resolver.asked == 2 and dialled == ["93.184.216.34"]  # loopback was never dialled
+    assert server.hits["/x"] == 0
+
+
 def test_a_name_resolving_to_loopback_is_refused_when_not_allowlisted(
     server: LoopbackServer, resolver: TableResolver
 ) -> None:
@@ -428,6 +467,36 @@ def test_untrusted_certificate_is_a_tls_error(tls_server: LoopbackServer) -> Non
     assert error.kind is ErrorKind.TLS and error.detail["attempts"] == 1
     assert "certificate" in str(error.detail["tls_reason"]).lower()
     assert tls_server.hits["/metadata"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_a_server_that_only_speaks_tls_1_1_is_refused(certificate: tuple[Path, Path]) -> None:
+    """TLS 1.2 is the floor: a server stuck on TLS 1.1 is a TLS error, and nothing is sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 disables TLS 1.0/1.1 above level 0
+    old = LoopbackServer(tls=context)
+    try:
+        old.routes["/metadata"] = ok()
+        # Control: a client willing to speak TLS 1.1 gets through, so the server really offers it.
+        willing = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        willing.load_verify_locations(certificate[0])
+        willing.minimum_version = ssl.TLSVersion.TLSv1
+        willing.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with (
+            socket.create_connection(("127.0.0.1", old.port), timeout=5) as raw,
+            willing.wrap_socket(raw, server_hostname="hospital.test") as tls,
+        ):
+            assert tls.version() == "TLSv1.1"
+        client = make_client(old, ca_bundle=str(certificate[0]))
+        error = raises(lambda: client.get_json(old.url("/metadata", host="hospital.test")))
+        assert error.kind is ErrorKind.TLS and "protocol" in str(error.detail["tls_reason"]).lower()
+        assert old.hits["/metadata"] == 0
+        assert _ssl_context(client.policy).minimum_version is ssl.TLSVersion.TLSv1_2
+    finally:
+        old.stop()
 
 
 def test_https_to_http_redirect_is_refused(

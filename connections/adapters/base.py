@@ -9,6 +9,7 @@ attributes and small overrides in the vendor modules, so this file holds no vend
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import re
@@ -135,8 +136,8 @@ class FHIRAdapter:
         return body
 
     def authenticate(self) -> TokenInfo | None:
-        """Obtain a fresh token (client credentials) and report it; None for none/basic auth."""
-        if self.config.auth.method != "client_credentials":
+        """Obtain a fresh token (client credentials, SMART Backend Services) and report it; None for none/basic."""
+        if not self.config.auth.needs_token:
             return None
         self.auth.invalidate()
         self.auth.headers()
@@ -272,7 +273,7 @@ class FHIRAdapter:
         try:
             return self.client.get_json(url, headers=self.auth.headers(), params=params).json()
         except RemoteError as exc:
-            if exc.kind is not ErrorKind.AUTH or self.config.auth.method != "client_credentials":
+            if exc.kind is not ErrorKind.AUTH or not self.config.auth.needs_token:
                 raise
         self.auth.invalidate()
         return self.client.get_json(url, headers=self.auth.headers(), params=params).json()
@@ -305,12 +306,83 @@ class FHIRAdapter:
                 return url
         return None
 
+    # ---- raw resources, for the map and validate steps ------------------------------------
+    # These read resources exactly as the server sent them and reject nothing structurally odd:
+    # the map step profiles them and the validate step reports each problem as a finding, where
+    # the methods above would stop at the first bad resource.
+
+    def iter_raw_patients(self, *, limit: int, page_size: int = 50) -> Iterator[dict[str, Any]]:
+        """Up to ``limit`` distinct Patient resources as sent, holding one page in memory at a time."""
+        params = self._search_params("Patient", {"_count": str(self._page_size(page_size))})
+        yield from self._iter_search("Patient", params, limit=limit)
+
+    def search_clinical_raw(self, resource_type: str, patient_id: str, *, page_size: int = 100) -> list[dict[str, Any]]:
+        """Every one of a patient's resources of one type, all pages, merged without duplicates."""
+        if not _RESOURCE_TYPE.fullmatch(resource_type):
+            raise RemoteError(ErrorKind.BAD_REQUEST, f"{resource_type!r} is not a resource type.")
+        merged: dict[str, dict[str, Any]] = {}
+        unnamed: list[dict[str, Any]] = []
+        for params in self.clinical_queries(resource_type, _path_id(patient_id), page_size):
+            for resource in self._iter_search(resource_type, params, limit=None):
+                if resource.get("id"):
+                    merged.setdefault(str(resource["id"]), resource)
+                else:
+                    unnamed.append(resource)
+        return [*merged.values(), *unnamed]
+
+    def _iter_search(
+        self, resource_type: str, params: dict[str, str], *, limit: int | None
+    ) -> Iterator[dict[str, Any]]:
+        """Matched resources of one search across its pages, with the paging guards of iter_patients."""
+        url = self._url(resource_type)
+        current: dict[str, str] | None = params
+        # Ids seen, as 64-bit digests: a thousand patients' ids cost a few kilobytes.
+        seen_ids: set[int] = set()
+        seen_links: set[str] = set()
+        yielded = pages = stalled = 0
+        while limit is None or yielded < limit:
+            pages += 1
+            if pages > self.max_pages:
+                raise _paging_error(f"The server kept paging past {self.max_pages} pages.")
+            bundle = self._get_url(url, current)
+            new = 0
+            for resource in self._bundle_resources(bundle, resource_type):
+                resource_id = str(resource.get("id") or "")
+                digest = int.from_bytes(hashlib.blake2b(resource_id.encode(), digest_size=8).digest(), "big")
+                if resource_id and digest in seen_ids:
+                    continue  # offset paging over a changing list can repeat a resource
+                seen_ids.add(digest)
+                new += 1
+                yield resource
+                yielded += 1
+                if limit is not None and yielded >= limit:
+                    return
+            stalled = 0 if new else stalled + 1
+            if stalled >= self.max_pages_without_progress:
+                raise _paging_error(f"The server's {resource_type} pages stopped returning new resources.")
+            next_url = self._next_link(bundle)
+            if next_url is None:
+                return
+            if next_url in seen_links:
+                raise _paging_error("The server's next link repeats an earlier page (a paging loop).")
+            seen_links.add(next_url)
+            url, current = next_url, None
+
 
 # ---- helpers shared by the vendor modules ----------------------------------------------------
 
 
 def parse_resource(model: type, body: Mapping[str, Any], label: str) -> Any:
     """Instantiate a fhirclient model strictly; structural errors become BAD_PAYLOAD with paths."""
+    expected = getattr(model, "resource_type", label)
+    found = body.get("resourceType") if isinstance(body, Mapping) else type(body).__name__
+    if found != expected:
+        # fhirclient raises a bare Exception for this; name both types instead.
+        raise RemoteError(
+            ErrorKind.BAD_PAYLOAD,
+            f"The server answered with a {str(found)[:64] or 'resource without a type'} where a {label} was expected.",
+            detail={"resource_type": label, "found_resource_type": str(found)[:64]},
+        )
     try:
         return model(dict(body), strict=True)
     except FHIRValidationError as exc:

@@ -354,6 +354,61 @@ CONDITION_EFFECTS: dict[str, dict[str, tuple[float, float]]] = {
 }
 NORMAL_BP = {BP_SYSTOLIC[0]: (104, 134), BP_DIASTOLIC[0]: (62, 84)}
 
+# --- extended clinical tables (medications, allergies, procedures, immunizations) ----------------
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CVX = "http://hl7.org/fhir/sid/cvx"
+ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
+ALLERGY_VERIFICATION = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
+MEDICATION_REQUEST_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
+PROFILE_MEDICATION_REQUEST = US_CORE + "us-core-medicationrequest"
+PROFILE_ALLERGY = US_CORE + "us-core-allergyintolerance"
+PROFILE_PROCEDURE = US_CORE + "us-core-procedure"
+PROFILE_IMMUNIZATION = US_CORE + "us-core-immunization"
+
+# The resource types an extended population adds, after the core Encounter/Observation/Condition.
+EXTENDED_CLINICAL_TYPES: tuple[str, ...] = ("MedicationRequest", "AllergyIntolerance", "Procedure", "Immunization")
+
+# (RxNorm code, display, dosage text).
+MEDICATIONS = (
+    ("314076", "lisinopril 10 MG Oral Tablet", "Take 1 tablet by mouth once daily"),
+    (
+        "860975",
+        "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet",
+        "Take 1 tablet with the evening meal",
+    ),
+    ("197361", "amlodipine 5 MG Oral Tablet", "Take 1 tablet by mouth once daily"),
+    ("316672", "simvastatin 10 MG Oral Tablet", "Take 1 tablet at bedtime"),
+    ("313782", "acetaminophen 325 MG Oral Tablet", "Take 2 tablets every 6 hours as needed for pain"),
+    ("562251", "amoxicillin 250 MG / clavulanate 125 MG Oral Tablet", "Take 1 tablet every 8 hours for 7 days"),
+    ("310965", "ibuprofen 200 MG Oral Tablet", "Take 1 tablet every 6 hours as needed"),
+)
+# (SNOMED code, display) of allergies, and of the reactions they cause.
+ALLERGIES = (
+    ("91936005", "Allergy to penicillin (finding)"),
+    ("300913006", "Shellfish allergy (finding)"),
+    ("418689008", "Allergy to grass pollen (finding)"),
+    ("232350006", "House dust mite allergy (finding)"),
+)
+REACTIONS = (
+    ("247472004", "Wheal (finding)"),
+    ("271807003", "Eruption of skin (disorder)"),
+    ("267036007", "Dyspnea (finding)"),
+)
+PROCEDURES = (
+    ("428191000124101", "Documentation of current medications (procedure)"),
+    ("73761001", "Colonoscopy (procedure)"),
+    ("171207006", "Depression screening (procedure)"),
+    ("23426006", "Measurement of respiratory function (procedure)"),
+)
+# (CVX code, display).
+VACCINES = (
+    ("140", "Influenza, seasonal, injectable, preservative free"),
+    ("113", "Td (adult) preservative free"),
+    ("121", "zoster"),
+    ("33", "pneumococcal polysaccharide vaccine, 23 valent"),
+)
+
 
 @dataclass
 class Population:
@@ -364,6 +419,8 @@ class Population:
     encounters: list[Resource] = field(default_factory=list)
     observations: list[Resource] = field(default_factory=list)
     conditions: list[Resource] = field(default_factory=list)
+    # Filled only for an extended population (see EXTENDED_CLINICAL_TYPES), by type name.
+    extended: dict[str, list[Resource]] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, list[Resource]]:
         return {
@@ -371,20 +428,30 @@ class Population:
             "Encounter": self.encounters,
             "Observation": self.observations,
             "Condition": self.conditions,
+            **self.extended,
         }
 
 
-def generate_population(*, seed: int, patients: int, flavour: Flavour) -> Population:
-    """Build `patients` synthetic patients with their encounters, observations and conditions."""
+def generate_population(*, seed: int, patients: int, flavour: Flavour, extended: bool = False) -> Population:
+    """Build `patients` synthetic patients with their encounters, observations and conditions.
+
+    With ``extended``, each patient also gets medication requests, allergies, procedures and
+    immunizations, drawn from a generator of their own so the core resources stay byte-identical.
+    """
     if patients < 0:
         raise ValueError("patients must be zero or more")
     population = Population(seed=seed)
+    if extended:
+        population.extended = {rtype: [] for rtype in EXTENDED_CLINICAL_TYPES}
     for n in range(patients):
         patient, encounters, observations, conditions = _generate_patient(seed, n, flavour)
         population.patients.append(patient)
         population.encounters.extend(encounters)
         population.observations.extend(observations)
         population.conditions.extend(conditions)
+        if extended:
+            for rtype, resources in _extended_clinical(seed, n, patient, encounters).items():
+                population.extended[rtype].extend(resources)
     return population
 
 
@@ -649,6 +716,101 @@ def _observations(
         observations.append(resource)
     observations.sort(key=lambda o: o["effectiveDateTime"])
     return observations
+
+
+def _extended_clinical(seed: int, n: int, patient: Resource, encounters: list[Resource]) -> dict[str, list[Resource]]:
+    """Medication requests, allergies, procedures and immunizations for patient n.
+
+    A generator of their own (not the patient's) keeps the core resources identical whether or
+    not a sandbox serves these types.
+    """
+    rng = random.Random(f"sandbox-extended:{seed}:{n}")
+    subject = {"reference": f"Patient/{patient['id']}"}
+
+    def visit() -> tuple[Resource, str]:
+        encounter = rng.choice(encounters)
+        return {"reference": f"Encounter/{encounter['id']}"}, encounter["period"]["start"]
+
+    found: dict[str, list[Resource]] = {rtype: [] for rtype in EXTENDED_CLINICAL_TYPES}
+    for _ in range(rng.randint(0, 3)):
+        code, display, dosage = rng.choice(MEDICATIONS)
+        encounter, when = visit()
+        found["MedicationRequest"].append(
+            {
+                "resourceType": "MedicationRequest",
+                "id": _uuid(rng),
+                "meta": {"profile": [PROFILE_MEDICATION_REQUEST]},
+                "status": rng.choice(("active", "completed")),
+                "intent": "order",
+                "category": [
+                    {"coding": [{"system": MEDICATION_REQUEST_CATEGORY, "code": "community", "display": "Community"}]}
+                ],
+                "medicationCodeableConcept": {
+                    "coding": [{"system": RXNORM, "code": code, "display": display}],
+                    "text": display,
+                },
+                "subject": subject,
+                "encounter": encounter,
+                "authoredOn": when,
+                "dosageInstruction": [{"text": dosage}],
+            }
+        )
+    for code, display in rng.sample(ALLERGIES, rng.randint(0, 2)):
+        reaction_code, reaction_display = rng.choice(REACTIONS)
+        _encounter, when = visit()
+        found["AllergyIntolerance"].append(
+            {
+                "resourceType": "AllergyIntolerance",
+                "id": _uuid(rng),
+                "meta": {"profile": [PROFILE_ALLERGY]},
+                "clinicalStatus": {"coding": [{"system": ALLERGY_CLINICAL, "code": "active", "display": "Active"}]},
+                "verificationStatus": {
+                    "coding": [{"system": ALLERGY_VERIFICATION, "code": "confirmed", "display": "Confirmed"}]
+                },
+                "code": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display},
+                "patient": subject,
+                "recordedDate": when,
+                "reaction": [
+                    {
+                        "manifestation": [
+                            {"coding": [{"system": SNOMED, "code": reaction_code, "display": reaction_display}]}
+                        ]
+                    }
+                ],
+            }
+        )
+    for _ in range(rng.randint(0, 2)):
+        code, display = rng.choice(PROCEDURES)
+        encounter, when = visit()
+        found["Procedure"].append(
+            {
+                "resourceType": "Procedure",
+                "id": _uuid(rng),
+                "meta": {"profile": [PROFILE_PROCEDURE]},
+                "status": "completed",
+                "code": {"coding": [{"system": SNOMED, "code": code, "display": display}], "text": display},
+                "subject": subject,
+                "encounter": encounter,
+                "performedDateTime": when,
+            }
+        )
+    for _ in range(rng.randint(1, 3)):
+        code, display = rng.choice(VACCINES)
+        encounter, when = visit()
+        found["Immunization"].append(
+            {
+                "resourceType": "Immunization",
+                "id": _uuid(rng),
+                "meta": {"profile": [PROFILE_IMMUNIZATION]},
+                "status": "completed",
+                "vaccineCode": {"coding": [{"system": CVX, "code": code, "display": display}], "text": display},
+                "patient": subject,
+                "encounter": encounter,
+                "occurrenceDateTime": when,
+                "primarySource": True,
+            }
+        )
+    return found
 
 
 # --- small helpers --------------------------------------------------------------

@@ -5,13 +5,17 @@ demonstrated and tested without a real hospital, so this module plays one. It
 serves a synthetic population (see `data.py`) the way a chosen vendor would
 (see `flavours.py`): the vendor's base path, paging links, mandatory and refused
 search parameters, page-size limit and identifier systems, behind no auth, HTTP
-Basic or an OAuth2 client-credentials token endpoint. Faults (latency, 429s,
-5xx, refused credentials, an HTML login page where FHIR should be, a wrong FHIR
-version) can be switched on at start-up or at runtime, so every failure path of
-the pipeline can be shown on purpose.
+Basic, an OAuth2 client-credentials token endpoint, or SMART Backend Services
+(signed assertions verified against a registered JWKS, see `smart.py`). Faults
+(latency, 429s with Retry-After in seconds or as a date, 5xx, refused
+credentials, an HTML login page where FHIR should be, a wrong FHIR version, a
+redirect elsewhere, a slow drip, oversized and gzip-bomb bodies, cut-off JSON, the
+wrong resourceType, a next-link loop, a clock that is off) can be switched on at
+start-up or at runtime, so every failure path of the pipeline can be shown on purpose.
 
-It is reached only over HTTP and depends on the standard library alone, so it
-can run in any process (a test, the demo, a load test) without Django.
+It is reached only over HTTP and depends on the standard library alone (plus
+`cryptography` for SMART signatures), so it can run in any process (a test, the
+demo, a load test) without Django.
 Everything a response needs is built once at start-up: each resource is
 serialised to JSON once and searches splice those strings into Bundles.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
+import functools
 import hashlib
 import hmac
 import json
@@ -33,21 +39,26 @@ import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
-from .data import AS_OF, Resource, generate_population
-from .flavours import CLINICAL_TYPES, FLAVOURS, RESOURCE_TYPES, Flavour
+from .data import AS_OF, EXTENDED_CLINICAL_TYPES, Resource, generate_population
+from .defects import parse_defects, plant_defects
+from .flavours import FLAVOURS, RESOURCE_TYPES, Flavour
+from .smart import ALGORITHMS, JWT_BEARER, AssertionRejected, KeyRegistry, ReplayCache, verify_assertion
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 PLAIN_JSON = "application/json; charset=utf-8"
 HTML = "text/html; charset=utf-8"
-AUTH_MODES = ("none", "basic", "client_credentials")
+AUTH_MODES = ("none", "basic", "client_credentials", "smart_backend")
+# The modes with a token endpoint: a client secret, or a SMART Backend Services signed assertion.
+TOKEN_MODES = ("client_credentials", "smart_backend")
 FHIR_VERSION = "4.0.1"
 MAX_BODY_BYTES = 1 << 20
 LAST_UPDATED = AS_OF.isoformat(timespec="seconds")
@@ -93,6 +104,7 @@ class Response:
     body: bytes
     content_type: str = FHIR_JSON
     headers: dict[str, str] = field(default_factory=dict)
+    drip_bps: int = 0  # the slow-drip fault: send the body at this many bytes per second
 
 
 def _json_response(status: int, payload: Any, content_type: str = FHIR_JSON, **headers: str) -> Response:
@@ -169,6 +181,32 @@ def _server_error_status(value: Any) -> int:
     return int(value)
 
 
+def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _optional_resource_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Za-z]{1,63}", value):
+        raise ValueError(f"expected a resource type name such as 'Practitioner', got {value!r}")
+    return value
+
+
+def _optional_origin(value: Any) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+        raise ValueError(f"expected an origin such as 'http://10.0.0.7:8080', got {value!r}")
+    return value
+
+
 # The fault table: adding a fault means adding a row here and, if it acts on
 # every request, a handler in REQUEST_FAULTS below.
 FAULT_SPECS: dict[str, FaultSpec] = {
@@ -180,6 +218,25 @@ FAULT_SPECS: dict[str, FaultSpec] = {
     "reject_credentials": FaultSpec(False, _boolean, "Token endpoint and HTTP Basic refuse even correct credentials."),
     "not_fhir": FaultSpec(False, _boolean, "Every FHIR path answers 200 with an HTML login page."),
     "fhir_version": FaultSpec(None, _optional_version, "FHIR version the CapabilityStatement claims."),
+    "retry_after_date": FaultSpec(False, _boolean, "Send the 429s' Retry-After as an HTTP-date, not seconds."),
+    "redirect_to": FaultSpec(
+        None, _optional_origin, "Redirect (302) every FHIR path to the same path on this origin, e.g. http://10.0.0.7."
+    ),
+    "slow_drip_bps": FaultSpec(0, _non_negative_int, "Send read and search bodies at this many bytes a second."),
+    "oversized_bytes": FaultSpec(
+        0, _bounded_int(0, 1 << 30), "Answer reads and searches with a valid Bundle of at least this many bytes."
+    ),
+    "gzip_bomb_mib": FaultSpec(
+        0, _bounded_int(0, 1024), "Answer reads and searches with a small gzip body inflating to this many MiB."
+    ),
+    "truncated_json": FaultSpec(False, _boolean, "Cut read and search answers off half-way (invalid JSON)."),
+    "wrong_resource_type": FaultSpec(
+        None, _optional_resource_type, "Claim this resourceType at the top of every read and search answer."
+    ),
+    "next_link_loop": FaultSpec(False, _boolean, "Point each search Bundle's next link back at the page itself."),
+    "clock_offset_s": FaultSpec(
+        0, _bounded_int(-86400, 86400), "Seconds the sandbox's clock is off (Date header, SMART assertion checks)."
+    ),
 }
 
 
@@ -247,11 +304,16 @@ def _fault_not_fhir(values: dict[str, Any], state: FaultState) -> Response | Non
 def _fault_429(values: dict[str, Any], state: FaultState) -> Response | None:
     if not state.hit(values["rate_429"]):
         return None
+    retry_after = str(values["retry_after"])
+    if values["retry_after_date"]:
+        # RFC 9110 allows an HTTP-date; rounded up so the wait is never shorter than asked.
+        when = time.time() + values["clock_offset_s"] + values["retry_after"]
+        retry_after = email.utils.formatdate(int(when) + 1, usegmt=True)
     return operation_outcome(
         429,
         "throttled",
         "Too many requests; slow down and retry after the indicated delay.",
-        headers={"Retry-After": str(values["retry_after"])},
+        headers={"Retry-After": retry_after},
     )
 
 
@@ -271,6 +333,76 @@ REQUEST_FAULTS: dict[str, RequestFault] = {
     "rate_429": _fault_429,
     "rate_5xx": _fault_5xx,
 }
+
+
+# Faults that spoil a successful read or search answer (metadata, SMART configuration and the
+# token endpoint are left alone, so configure passes and the damage shows where data flows).
+ResponseFault = Callable[[Response, Any], Response]
+
+
+def _fault_next_link_loop(response: Response, value: Any) -> Response:
+    if not value:
+        return response
+    bundle = json.loads(response.body)
+    links = {link.get("relation"): link for link in bundle.get("link", [])}
+    if "next" in links and "self" in links:
+        links["next"]["url"] = links["self"]["url"]
+    return replace(response, body=json.dumps(bundle, separators=(",", ":")).encode())
+
+
+def _fault_wrong_resource_type(response: Response, value: Any) -> Response:
+    if not value:
+        return response
+    resource = json.loads(response.body)
+    resource["resourceType"] = value
+    return replace(response, body=json.dumps(resource, separators=(",", ":")).encode())
+
+
+def _fault_truncated_json(response: Response, value: Any) -> Response:
+    return replace(response, body=response.body[: len(response.body) // 2]) if value else response
+
+
+def _fault_oversized(response: Response, value: Any) -> Response:
+    return replace(response, body=_padded_bundle(value)) if value else response
+
+
+def _fault_gzip_bomb(response: Response, value: Any) -> Response:
+    if not value:
+        return response
+    return replace(response, body=_gzip_bomb(value), headers={**response.headers, "Content-Encoding": "gzip"})
+
+
+def _fault_slow_drip(response: Response, value: Any) -> Response:
+    return replace(response, drip_bps=value) if value else response
+
+
+RESPONSE_FAULTS: dict[str, ResponseFault] = {
+    "next_link_loop": _fault_next_link_loop,
+    "wrong_resource_type": _fault_wrong_resource_type,
+    "truncated_json": _fault_truncated_json,
+    "oversized_bytes": _fault_oversized,
+    "gzip_bomb_mib": _fault_gzip_bomb,
+    "slow_drip_bps": _fault_slow_drip,
+}
+
+
+@functools.lru_cache(maxsize=2)
+def _padded_bundle(size: int) -> bytes:
+    """A valid, empty searchset Bundle padded to ``size`` bytes: large, but not malformed."""
+    head = b'{"resourceType":"Bundle","type":"searchset","total":0,"meta":{"source":"#'
+    tail = b'"}}'
+    return head + b"0" * max(0, size - len(head) - len(tail)) + tail
+
+
+@functools.lru_cache(maxsize=2)
+def _gzip_bomb(mib: int) -> bytes:
+    """A gzip body of a few hundred KiB that inflates to ``mib`` MiB of one JSON string."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = b"0" * (1 << 20)
+    parts = [packer.compress(b'{"resourceType":"Bundle","type":"searchset","meta":{"source":"#')]
+    parts.extend(packer.compress(chunk) for _ in range(mib))
+    parts.append(packer.compress(b'"}}') + packer.flush())
+    return b"".join(parts)
 
 
 # --- tokens ----------------------------------------------------------------------
@@ -443,6 +575,21 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         "_id": _ID_PARAM,
         "class": SearchParam("token", _token_param(lambda r: _codings({"coding": [r["class"]]}))),
     },
+    # Served only by a sandbox started with extended_clinical=True.
+    "MedicationRequest": {
+        "_id": _ID_PARAM,
+        "code": SearchParam("token", _token_param(lambda r: _codings(r.get("medicationCodeableConcept")))),
+    },
+    "AllergyIntolerance": {
+        "_id": _ID_PARAM,
+        "code": SearchParam("token", _token_param(lambda r: _codings(r.get("code")))),
+        "clinical-status": SearchParam("token", _token_param(lambda r: _codings(r.get("clinicalStatus")))),
+    },
+    "Procedure": {"_id": _ID_PARAM, "code": SearchParam("token", _token_param(lambda r: _codings(r.get("code"))))},
+    "Immunization": {
+        "_id": _ID_PARAM,
+        "vaccine-code": SearchParam("token", _token_param(lambda r: _codings(r.get("vaccineCode")))),
+    },
 }
 
 
@@ -521,7 +668,8 @@ class ResourceStore:
             per_patient: dict[str, list[Record]] = {}
             for position, resource in enumerate(resources):
                 text = json.dumps(resource, separators=(",", ":"))
-                patient_id = resource["id"] if rtype == "Patient" else resource["subject"]["reference"].split("/", 1)[1]
+                owner = resource.get("subject") or resource.get("patient") or {}
+                patient_id = resource["id"] if rtype == "Patient" else owner["reference"].split("/", 1)[1]
                 record = Record(
                     resource=resource,
                     position=position,
@@ -556,6 +704,9 @@ class SandboxHospital:
         *,
         token_ttl_s: int = 300,
         log_requests: bool = False,
+        defects: Mapping[str, Any] | str | None = None,
+        extended_clinical: bool = False,
+        jwks: Mapping[str, Any] | None = None,
     ) -> None:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
@@ -570,12 +721,19 @@ class SandboxHospital:
         self.client_id = client_id
         self.client_secret = client_secret
         self.log_requests = log_requests
-        # Validate faults before binding, so a typo leaks no socket.
+        # Validate faults and defects before binding, so a typo leaks no socket.
         self._faults = FaultState(seed, faults)
+        self.defects = parse_defects(defects, flavour)
         self._tokens = TokenStore(token_ttl_s)
         self._pages = PageTokens(f"sandbox-pages:{flavour}:{seed}")
+        # SMART Backend Services: the client's registered public keys, and assertion ids seen.
+        self._keys = KeyRegistry(jwks)
+        self._replays = ReplayCache()
 
-        population = generate_population(seed=seed, patients=patients, flavour=self.facts)
+        population = generate_population(seed=seed, patients=patients, flavour=self.facts, extended=extended_clinical)
+        # Exactly what was planted, so tests can check every defect is found and nothing else.
+        self.planted = plant_defects(population, seed=seed, flavour=self.facts, config=self.defects)
+        self.resource_types = RESOURCE_TYPES + (EXTENDED_CLINICAL_TYPES if extended_clinical else ())
         self._store = ResourceStore(population.by_type())
         self.patient_ids: list[str] = [p["id"] for p in population.patients]
 
@@ -604,6 +762,19 @@ class SandboxHospital:
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         """Replace every fault (unnamed ones go back to their defaults); ValueError on bad input."""
         return self._faults.replace(faults)
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        """The public keys registered for SMART Backend Services (auth="smart_backend")."""
+        return self._keys.jwks
+
+    def register_jwks(self, jwks: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Register the client's public key set, as a hospital does once (None clears it)."""
+        return self._keys.replace(jwks)
+
+    def now(self) -> float:
+        """The sandbox's wall clock, shifted by the clock_offset_s fault."""
+        return time.time() + self._faults.values["clock_offset_s"]
 
     def start(self) -> SandboxHospital:
         if self._thread is None:
@@ -646,12 +817,25 @@ class SandboxHospital:
     def handle(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         """Answer one HTTP request. Never raises: every failure is a response."""
         try:
-            return self._route(method, target, headers, body)
+            return self._spoil(target, self._route(method, target, headers, body))
         except FhirError as exc:
             return exc.response()
         except Exception:
             traceback.print_exc(file=sys.stderr)
             return operation_outcome(500, "exception", "Internal sandbox error; see the sandbox's stderr.")
+
+    def _spoil(self, target: str, response: Response) -> Response:
+        """Apply the response faults to a successful read or search answer."""
+        path = urlsplit(target).path
+        base_path = self.facts.base_path
+        if response.status != 200 or response.content_type != FHIR_JSON or not path.startswith(base_path):
+            return response
+        if path[len(base_path) :].strip("/") in ("metadata", ".well-known/smart-configuration"):
+            return response
+        values = self._faults.values
+        for name, fault in RESPONSE_FAULTS.items():
+            response = fault(response, values[name])
+        return response
 
     def _route(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         split = urlsplit(target)
@@ -665,6 +849,9 @@ class SandboxHospital:
             raise FhirError(404, "not-found", f"No FHIR endpoint at {path}; this sandbox's base is {base_path}.")
 
         values = self._faults.values
+        if values["redirect_to"]:
+            # A load balancer or vanity host sending every call elsewhere.
+            return Response(302, b"", PLAIN_JSON, {"Location": values["redirect_to"] + target})
         for handler in REQUEST_FAULTS.values():
             faulted = handler(values, self._faults)
             if faulted is not None:
@@ -691,7 +878,7 @@ class SandboxHospital:
             self._require_get(method)
             return self._search(None, query, base)
         rtype = segments[0]
-        if rtype not in RESOURCE_TYPES:
+        if rtype not in self.resource_types:
             raise FhirError(404, "not-found", f"Resource type {rtype!r} is not supported by this server.")
         if len(segments) == 1:
             self._require_get(method)
@@ -761,8 +948,8 @@ class SandboxHospital:
         return id_ok and secret_ok
 
     def _token(self, method: str, headers: Headers, body: bytes) -> Response:
-        if self.auth != "client_credentials":
-            raise FhirError(404, "not-found", "This sandbox issues no OAuth2 tokens (auth is not client_credentials).")
+        if self.auth not in TOKEN_MODES:
+            raise FhirError(404, "not-found", f"This sandbox issues no OAuth2 tokens (auth is {self.auth}).")
         if method != "POST":
             return _oauth_error(405, "invalid_request", "The token endpoint accepts POST only.", Allow="POST")
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -784,6 +971,8 @@ class SandboxHospital:
             return _oauth_error(400, "invalid_request", "grant_type is required.")
         if grant_type != "client_credentials":
             return _oauth_error(400, "unsupported_grant_type", f"grant_type {grant_type} is not supported.")
+        if self.auth == "smart_backend":
+            return self._check_assertion(form, headers) or self._grant(form)
 
         scheme, _, credentials = (headers.get("Authorization") or "").strip().partition(" ")
         used_header = scheme.lower() == "basic"
@@ -808,7 +997,33 @@ class SandboxHospital:
             )
         if self._faults.values["reject_credentials"] or not self._known_client(*client):
             return _oauth_error(401, "invalid_client", "Client authentication failed.", **challenge)
+        return self._grant(form)
 
+    def _check_assertion(self, form: dict[str, str], headers: Headers) -> Response | None:
+        """SMART Backend Services client authentication: a signed JWT checked against the JWKS."""
+        if (headers.get("Authorization") or "").strip() or "client_secret" in form:
+            return _oauth_error(400, "invalid_request", "This client signs a private_key_jwt; send no secret.")
+        if form.get("client_assertion_type") != JWT_BEARER:
+            return _oauth_error(400, "invalid_request", f"client_assertion_type must be {JWT_BEARER}.")
+        if not form.get("client_assertion"):
+            return _oauth_error(400, "invalid_request", "client_assertion is required.")
+        if form.get("client_id") not in (None, self.client_id) or self._faults.values["reject_credentials"]:
+            return _oauth_error(401, "invalid_client", "Client authentication failed.")
+        try:
+            verify_assertion(
+                form["client_assertion"],
+                registry=self._keys,
+                client_id=self.client_id,
+                audience=self._public_base(headers) + "/oauth2/token",
+                now=self.now(),
+                replays=self._replays,
+            )
+        except AssertionRejected as exc:
+            return _oauth_error(401, "invalid_client", str(exc))
+        return None
+
+    def _grant(self, form: dict[str, str]) -> Response:
+        """Issue a bearer token to an authenticated client for the scopes it asked for."""
         requested = form.get("scope", "").split()
         unknown = [s for s in requested if s not in SUPPORTED_SCOPES]
         if unknown:
@@ -826,9 +1041,9 @@ class SandboxHospital:
     def _build_capability(self) -> dict[str, Any]:
         facts = self.facts
         resources = []
-        for rtype in RESOURCE_TYPES:
+        for rtype in self.resource_types:
             search_params = [{"name": name, "type": p.type} for name, p in SEARCH_PARAMS[rtype].items()]
-            if rtype in CLINICAL_TYPES:
+            if rtype != "Patient":
                 for name in facts.patient_params:
                     search_params.append(
                         {
@@ -853,7 +1068,7 @@ class SandboxHospital:
         rest: dict[str, Any] = {"mode": "server", "resource": resources}
         if self.auth == "basic":
             rest["security"] = {"service": [{"coding": [{"system": RESTFUL_SECURITY_SERVICE, "code": "Basic"}]}]}
-        elif self.auth == "client_credentials":
+        elif self.auth in TOKEN_MODES:
             rest["security"] = {
                 "service": [
                     {
@@ -894,15 +1109,19 @@ class SandboxHospital:
         return _json_response(200, statement)
 
     def _smart_configuration(self, base: str) -> Response:
-        if self.auth != "client_credentials":
-            raise FhirError(404, "not-found", "SMART configuration is only published when auth is client_credentials.")
-        payload = {
+        if self.auth not in TOKEN_MODES:
+            raise FhirError(404, "not-found", "SMART configuration is only published when the sandbox issues tokens.")
+        payload: dict[str, Any] = {
             "token_endpoint": base + "/oauth2/token",
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
             "scopes_supported": list(SUPPORTED_SCOPES),
             "capabilities": ["client-confidential-symmetric", "permission-v1", "permission-v2"],
         }
+        if self.auth == "smart_backend":
+            payload["token_endpoint_auth_methods_supported"] = ["private_key_jwt"]
+            payload["token_endpoint_auth_signing_alg_values_supported"] = list(ALGORITHMS)
+            payload["capabilities"] = ["client-confidential-asymmetric", "permission-v1", "permission-v2"]
         return _json_response(200, payload, PLAIN_JSON)
 
     # -- read and search ------------------------------------------------------------
@@ -960,7 +1179,7 @@ class SandboxHospital:
     ) -> tuple[list[tuple[str, str]], set[str] | None, list[Predicate]]:
         """Apply the flavour's rules; return the params used, the patient filter and the predicates."""
         facts = self.facts
-        clinical = rtype in CLINICAL_TYPES
+        clinical = rtype != "Patient"
         params = SEARCH_PARAMS[rtype]
         rules = facts.required_for(rtype)
         reference_params = facts.patient_params if clinical else ()
@@ -1050,7 +1269,7 @@ class SandboxHospital:
         state = self._pages.decode(token)
         token_type, params, offset, count = state.get("t"), state.get("q"), state.get("o"), state.get("c")
         if (
-            token_type not in RESOURCE_TYPES
+            token_type not in self.resource_types
             or not isinstance(params, list)
             or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in params)
             or not isinstance(offset, int)
@@ -1103,12 +1322,21 @@ class SandboxHospital:
             "paging": facts.paging,
             "default_count": facts.default_count,
             "max_count": facts.max_count,
+            "resource_types": list(self.resource_types),
+            "defects": self.defects.rates,
+            "planted": len(self.planted),
         }
 
     def _control(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
         if path == "/_sandbox/info":
             self._require_get(method)
             return _json_response(200, self.info(self._public_base(headers)), PLAIN_JSON)
+        if path == "/_sandbox/planted":
+            self._require_get(method)
+            planted = [p.as_dict() for p in self.planted]
+            return _json_response(200, {"defects": self.defects.rates, "planted": planted}, PLAIN_JSON)
+        if path == "/_sandbox/jwks":
+            return self._jwks_control(method, body)
         if path != "/_sandbox/faults":
             raise FhirError(404, "not-found", f"No control endpoint at {path}.")
         if method == "GET":
@@ -1125,6 +1353,19 @@ class SandboxHospital:
             return _json_response(200, self._faults.replace(raw), PLAIN_JSON)
         except ValueError as exc:
             raise _bad_request(str(exc)) from None
+
+    def _jwks_control(self, method: str, body: bytes) -> Response:
+        """GET, PUT (register) or DELETE the client's public key set, as a hospital's admin would."""
+        if method == "GET":
+            return _json_response(200, self.jwks, PLAIN_JSON)
+        if method == "DELETE":
+            return _json_response(200, self.register_jwks(None), PLAIN_JSON)
+        if method != "PUT":
+            raise FhirError(405, "not-supported", f"{method} is not supported here; use GET, PUT or DELETE.")
+        try:
+            return _json_response(200, self.register_jwks(json.loads(body.decode("utf-8"))), PLAIN_JSON)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _bad_request(f"The body must be a public JWKS: {exc}") from None
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -1242,9 +1483,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(response.body)
+                self._send_body(response)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client left; nothing to answer
+
+    def _send_body(self, response: Response) -> None:
+        if not response.drip_bps:
+            self.wfile.write(response.body)
+            return
+        # The slow-drip fault: each piece arrives well within any read timeout, so only a
+        # client with a total deadline gets away.
+        step = max(1, response.drip_bps // 10)
+        for start in range(0, len(response.body), step):
+            self.wfile.write(response.body[start : start + step])
+            time.sleep(step / response.drip_bps)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header follows the sandbox's clock, so the clock_offset_s fault shows.
+        return super().date_time_string(self.server.hospital.now() if timestamp is None else timestamp)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # The base class answers protocol errors with an HTML page; a FHIR client

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from onboarding.steps.base import NotAvailableStep, StepModule
 from onboarding.steps.configure import ConfigureStep
+from onboarding.steps.map import MapStep
 from onboarding.steps.test import TestStep
-
-
-class MapStep(NotAvailableStep):
-    key = "map"
-    label = "Map"
-    description = "Find identifier systems, extensions and local codes; map them; hospital IT signs off."
-
-
-class ValidateStep(NotAvailableStep):
-    key = "validate"
-    label = "Validate"
-    description = "Pull patients' data and check structure, US Core must-support, codes and references."
+from onboarding.steps.validate import ValidateStep
 
 
 class LoadTestStep(NotAvailableStep):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
+
+from django.utils import timezone
 
 from connections.errors import RemoteError
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
@@ -29,7 +32,10 @@ class TestStep(StepModule):
                     "open endpoint" if ctx.connection.auth_method == "none" else "HTTP Basic credentials sent"
                 )
             state["token"] = token
-            return f"token granted for {token.expires_in}s, scopes: {' '.join(token.scopes) or 'none listed'}"
+            detail = f"token granted for {token.expires_in}s, scopes: {' '.join(token.scopes) or 'none listed'}"
+            if token.missing_scopes:
+                detail += f"; not granted: {' '.join(token.missing_scopes)}"
+            return detail
 
         def search_patients() -> str:
             patients = ctx.adapter.search_patients(count=5)
@@ -72,10 +78,8 @@ class TestStep(StepModule):
             ctx.log(f"{label}: passed", latency_ms=checks[-1]["latency_ms"])
         ctx.progress(len(plan), len(plan), "Checks finished")
 
-        summary: dict[str, Any] = {"checks": checks}
-        token = state.get("token")
-        if token is not None:
-            summary["credential"] = {"expires_in": token.expires_in, "scopes": list(token.scopes)}
+        credential = credential_health(ctx.connection, state.get("token"))
+        summary: dict[str, Any] = {"checks": checks, "credential": credential}
         if failure is None:
             return StepOutcome(passed=True, summary=summary)
         if isinstance(failure, RemoteError):
@@ -93,6 +97,26 @@ class TestStep(StepModule):
             error_message=str(failure),
             error_hint="Ask the hospital to grant access to test patients for this client.",
         )
+
+
+def credential_health(connection: Any, token: Any) -> dict[str, Any]:
+    """Token lifetime, granted scopes and the key's or secret's age: what says a credential needs care."""
+    health: dict[str, Any] = {"auth_method": connection.auth_method}
+    if token is not None:
+        health.update(expires_in=token.expires_in, scopes=list(token.scopes), missing_scopes=list(token.missing_scopes))
+    if connection.auth_method == "smart_backend" and connection.key_created_at:
+        health.update(
+            key_algorithm=connection.key_algorithm,
+            key_id=connection.key_id,
+            key_age_days=_age_days(connection.key_created_at),
+        )
+    elif connection.has_secret and connection.secret_updated_at:
+        health["secret_age_days"] = _age_days(connection.secret_updated_at)
+    return health
+
+
+def _age_days(since: dt.datetime) -> int:
+    return max(0, (timezone.now() - since).days)
 
 
 class _NoData(Exception):

@@ -34,6 +34,7 @@ class Command(BaseCommand):
             raise CommandError("The demo runs only in the embedded mode (PORTAL_MODE=embedded).")
         call_command("migrate", interactive=False, verbosity=0)
         logins = demo.seed()
+        codes = demo.backup_codes()
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         children: list[subprocess.Popen[bytes]] = []
         try:
@@ -81,7 +82,7 @@ class Command(BaseCommand):
                 )
             )
             time.sleep(2)
-            self._banner(options["addr"], logins)
+            self._banner(options["addr"], logins, codes)
             if options["no_web"]:
                 signal.pause()
             else:
@@ -97,12 +98,19 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     child.kill()
 
-    def _banner(self, addr: str, logins: list[tuple[str, str]]) -> None:
+    def _banner(self, addr: str, logins: list[tuple[str, str]], codes: dict[str, list[str]]) -> None:
         out = self.stdout.write
         out(self.style.SUCCESS(f"\nOnboarding portal demo at http://{addr}/\n"))
         out(f"Logins (password for all: {demo.DEMO_PASSWORD}):")
         for username, role in logins:
             out(f"  {username:<14} {role}")
+        out(
+            "\nVendor staff (cs, engineer) also need a second factor. Type one of these single-use backup "
+            "codes on the\ntwo-factor page (new codes each start), or set up an authenticator app from the "
+            "account page:"
+        )
+        for username, user_codes in codes.items():
+            out(f"  {username:<14} {'  '.join(user_codes)}")
         out("\nSandbox hospitals (use these as the FHIR base URL of a new connection):")
         from connections.sandbox.flavours import FLAVOURS
 

@@ -1,0 +1,319 @@
+"""The validate step, measured side by side on the same 1,000-patient sandbox data.
+
+Three comparisons, in one run:
+
+1. **Our validation against fhir.resources**, in resources per second, on the same resources as
+   JSON bytes: ours is ``json.loads`` plus every check of the validate step (structure against
+   fhirclient's models, US Core, codes after the mapping, references, patients, dates); theirs is
+   ``model_validate_json`` of fhir.resources' R4B models (parse + validate). Goal: ours >= 1.5x.
+2. **The validate step's wall time against just downloading** the same resources with the same
+   client (the adapter's raw methods over the guarded client), one patient at a time, as the step
+   does. Goal: at most 1.5x.
+3. **Peak memory of the validate step at 100 against 1,000 patients**, each in a fresh process:
+   the tracemalloc peak during the step (what the step itself holds) and the process's peak RSS.
+   Goal: at most 1.3x (it streams; it never holds every patient's resources).
+
+The sandbox hospital (generic flavour, every clinical type, its default planted defects) runs in
+a process of its own. The portal runs on a scratch SQLite database in a temporary folder (or the
+database named by BENCH_DATABASE_URL, which must be a scratch database: it is migrated).
+
+Run from the repository root:
+
+    .venv/bin/python -m benchmarks.validation [--patients 1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GOALS = {"speed": 1.5, "wall": 1.5, "memory": 1.3}
+_SERVE = (
+    "import sys\n"
+    "from connections.sandbox import SandboxHospital\n"
+    "hospital = SandboxHospital(flavour='generic', seed=1, patients=int(sys.argv[1]), defects='default',"
+    " extended_clinical=True)\n"
+    "print(hospital.base_url, flush=True)\n"
+    "hospital.serve_forever()\n"
+)
+
+
+@contextmanager
+def sandbox(patients: int) -> Iterator[str]:
+    """A sandbox hospital in its own process (its work must not share our GIL or our memory)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, str(patients)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def setup_django(var_dir: str, port: int) -> None:
+    """Settings for a scratch portal that may reach the sandbox, then django.setup() and migrate."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ["PORTAL_VAR_DIR"] = var_dir
+    os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{var_dir}/bench.sqlite3"
+    os.environ["CELERY_BROKER_URL"] = "memory://"
+    os.environ["OUTBOUND_ALLOWLIST"] = f"127.0.0.1:{port}"
+    os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["DJANGO_DEBUG"] = "false"  # as in production: no SQL log growing with the run
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def prepare(base_url: str, patients: int) -> tuple[Any, Any]:
+    """A tenant and connection with a signed-off mapping (codes mapped), ready for validate."""
+    from django.contrib.auth import get_user_model
+
+    from connections.models import EHRConnection
+    from connections.sandbox.defects import LOCAL_LAB_CODES, LOCAL_LAB_SYSTEMS
+    from onboarding import mapping as mappings
+    from onboarding import services
+    from onboarding.models import StepRun
+    from portal.models import Tenant
+
+    user = get_user_model().objects.filter(username="bench").first() or get_user_model().objects.create_superuser(
+        "bench", "bench@example.org", "bench-password-not-secret"
+    )
+    tenant = Tenant.objects.create(name=f"Benchmark hospital {time.time_ns()}")
+    connection = EHRConnection.objects.create(tenant=tenant, name="bench", vendor="generic", base_url=base_url)
+    onboarding = services.ensure_onboarding(connection)
+    policy = mappings.policy_for(tenant)
+    policy.validate_sample_size = patients
+    policy.max_error_patient_pct = 100.0
+    policy.save()
+    local = [
+        {"system": LOCAL_LAB_SYSTEMS["generic"], "code": code, "display": display, "count": 1}
+        for code, display in LOCAL_LAB_CODES.values()
+    ]
+    profile = {
+        "elements": [{"element": "Observation.code", "local_codes": local}],
+        "extensions": [],
+        "suggested_mrn_system": "http://hospital.example.org/mrn",
+    }
+    for step in ("configure", "test", "map"):
+        StepRun.objects.create(onboarding=onboarding, step=step, attempt=1, status="passed")
+    mapping = mappings.record_map_result(onboarding=onboarding, profile=profile, run=None)
+    loinc_of = {code: loinc for loinc, (code, _) in LOCAL_LAB_CODES.items()}
+    for row in list(mapping.codes):
+        mapping = mappings.update_code(
+            user=user,
+            mapping=mapping,
+            key=mappings.row_key(row),
+            target_system="LOINC",
+            target_code=loinc_of[row["code"]],
+            target_display=row["display"],
+        )
+    mappings.sign_off(
+        user=user, mapping=mapping, version=mapping.version, content_hash=mapping.content_hash, comment=""
+    )
+    return user, connection
+
+
+def run_validate(user: Any, connection: Any) -> tuple[float, Any]:
+    from onboarding import services
+
+    run = services.start_step(user=user, onboarding=connection.onboarding, step="validate")
+    started = time.perf_counter()
+    services.execute_run(run.pk)
+    elapsed = time.perf_counter() - started
+    run.refresh_from_db()
+    assert not run.is_active and run.result.get("patients"), (run.status, run.error_message)
+    return elapsed, run
+
+
+def download(connection: Any, patients: int) -> tuple[float, list[list[bytes]]]:
+    """Pull what the step pulls with the same adapter and client, validating nothing; per patient, JSON bytes."""
+    from connections.services import build_adapter
+    from onboarding.steps.map import PATIENT_PAGE_SIZE
+
+    adapter = build_adapter(connection)
+    types = [
+        t
+        for t in (
+            "Encounter",
+            "Observation",
+            "Condition",
+            "MedicationRequest",
+            "AllergyIntolerance",
+            "Procedure",
+            "Immunization",
+        )
+        if adapter.capability().supports(t)
+    ]
+    pulled: list[list[dict[str, Any]]] = []
+    started = time.perf_counter()
+    for patient in adapter.iter_raw_patients(limit=patients, page_size=PATIENT_PAGE_SIZE):
+        group = [patient]
+        for resource_type in types:
+            group.extend(adapter.search_clinical_raw(resource_type, str(patient["id"])))
+        pulled.append(group)
+    elapsed = time.perf_counter() - started
+    return elapsed, [[json.dumps(r).encode() for r in group] for group in pulled]
+
+
+def ours(groups: list[list[bytes]], connection: Any) -> int:
+    """The validate step's checks over JSON bytes, patient by patient, as the step runs them."""
+    from django.utils import timezone
+
+    from onboarding import mapping as mappings
+    from onboarding.steps.validate import MappingRules, Validator
+
+    mapping = mappings.signed_mapping(connection.onboarding)
+    assert mapping is not None
+    validator = Validator(rules=MappingRules.from_mapping(mapping), today=timezone.localdate())
+    findings = 0
+    for group in groups:
+        patient = json.loads(group[0])
+        findings += len(validator.check_patient(patient))
+        encounter_ids: set[str] = set()
+        birth = patient.get("birthDate")
+        for body in group[1:]:
+            resource = json.loads(body)
+            if resource["resourceType"] == "Encounter":
+                encounter_ids.add(resource["id"])
+            findings += len(
+                validator.check_resource(
+                    resource, patient_id=patient["id"], encounter_ids=encounter_ids, birth_date=birth
+                )
+            )
+    return findings
+
+
+def theirs(groups: list[list[bytes]]) -> int:
+    """fhir.resources (R4B models): parse and validate every resource; invalid ones are counted."""
+    import importlib
+
+    from pydantic import ValidationError
+
+    models: dict[str, Any] = {}
+    invalid = 0
+    for group in groups:
+        for body in group:
+            resource_type = json.loads(body[: body.index(b",")] + b"}")["resourceType"]
+            model = models.get(resource_type)
+            if model is None:
+                module = importlib.import_module(f"fhir.resources.R4B.{resource_type.lower()}")
+                model = models[resource_type] = getattr(module, resource_type)
+            try:
+                model.model_validate_json(body)
+            except ValidationError:
+                invalid += 1
+    return invalid
+
+
+def speed(label: str, work: Any, resources: int, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    rate = resources / statistics.median(times)
+    print(f"  {label:<44} {rate:>10,.0f} resources/s (median of {rounds})")
+    return rate
+
+
+def memory_child(patients: int, base_url: str, var_dir: str) -> None:
+    """In a fresh process: the validate step over ``patients`` patients; prints peaks as JSON."""
+    setup_django(var_dir, int(base_url.split(":")[2].split("/")[0]))
+    user, connection = prepare(base_url, patients)
+    tracemalloc.start()
+    elapsed, run = run_validate(user, connection)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"patients": run.result["patients"], "traced_peak": peak, "rss_kib": rss_kib, "elapsed": elapsed}))
+
+
+def memory(sizes: tuple[int, int], base_url: str, var_dir: str) -> dict[int, dict[str, Any]]:
+    found = {}
+    for size in sizes:
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.validation", "--memory-child", str(size), base_url, var_dir],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found[size] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory-child", nargs=3, metavar=("PATIENTS", "BASE_URL", "VAR_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(int(args.memory_child[0]), args.memory_child[1], args.memory_child[2])
+        return
+    small = max(1, args.patients // 10)
+    with tempfile.TemporaryDirectory(prefix="bench-validation-") as var_dir, sandbox(args.patients) as base_url:
+        setup_django(var_dir, int(base_url.split(":")[2].split("/")[0]))
+        user, connection = prepare(base_url, args.patients)
+        download(connection, min(args.patients, 50))  # warm-up: connections, imports, caches
+
+        walls, downloads = [], []
+        groups: list[list[bytes]] = []
+        run = None
+        for _ in range(args.rounds):
+            elapsed, groups = download(connection, args.patients)
+            downloads.append(elapsed)
+            elapsed, run = run_validate(user, connection)
+            walls.append(elapsed)
+        assert run is not None
+        resources = sum(len(g) for g in groups)
+        print(f"\nValidation benchmark: {len(groups)} patients, {resources} resources, generic sandbox with defects")
+        print(f"  findings of the last validate run: {run.findings.count()}; status {run.status}")
+
+        print("\n1. Our validation against parse + validate with fhir.resources (R4B), same resources, CPU only")
+        ours(groups[:20], connection)
+        theirs(groups[:20])
+        our_rate = speed(
+            "ours (json.loads + all validate-step checks)", lambda: ours(groups, connection), resources, args.rounds
+        )
+        their_rate = speed("fhir.resources R4B model_validate_json", lambda: theirs(groups), resources, args.rounds)
+        print(f"  ratio ours / fhir.resources: {our_rate / their_rate:.2f}x (goal >= {GOALS['speed']}x)")
+
+        wall, plain = statistics.median(walls), statistics.median(downloads)
+        print("\n2. Validate step wall time against just downloading the same resources with the same client")
+        print(f"  download only (adapter raw methods)         {plain:>8.2f} s (median of {args.rounds})")
+        print(f"  validate step (execute_run)                 {wall:>8.2f} s (median of {args.rounds})")
+        print(f"  ratio step / download: {wall / plain:.2f}x (goal <= {GOALS['wall']}x)")
+
+        print(f"\n3. Peak memory of the validate step, {small} against {args.patients} patients (fresh processes)")
+        peaks = memory((small, args.patients), base_url, var_dir)
+        for size, peak in peaks.items():
+            print(
+                f"  {size:>5} patients: traced peak {peak['traced_peak'] / 2**20:7.2f} MiB, "
+                f"process peak RSS {peak['rss_kib'] / 1024:7.1f} MiB, step {peak['elapsed']:.1f} s"
+            )
+        traced = peaks[args.patients]["traced_peak"] / peaks[small]["traced_peak"]
+        rss = peaks[args.patients]["rss_kib"] / peaks[small]["rss_kib"]
+        print(f"  ratio {args.patients}/{small}: traced {traced:.2f}x, RSS {rss:.2f}x (goal <= {GOALS['memory']}x)")
+
+
+if __name__ == "__main__":
+    main()

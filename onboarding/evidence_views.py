@@ -1,0 +1,65 @@
+"""The evidence pack pages: printable HTML, a standalone HTML download and JSON.
+
+Whoever may read a hospital's audit trail may download its evidence packs (its hospital IT and
+vendor staff); another hospital's pack is a 404 like any other object. Each download is itself
+an audit event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from onboarding import evidence
+from onboarding.models import Onboarding
+from onboarding.selectors import get_onboarding_for_user
+from portal import audit
+from portal.access import require_perm
+
+
+@login_required
+@require_GET
+def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
+    """The pack as a page to read and print; `?download=1` gives a standalone file to keep."""
+    onboarding, pack = _pack_for(request, code, fmt="html")
+    download = request.GET.get("download") == "1"
+    context = {"pack": pack, "onboarding": onboarding, "connection": onboarding.connection, "standalone": download}
+    response = render(request, "onboarding/evidence.html", context)
+    if download:
+        response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.html"'
+    return response
+
+
+@login_required
+@require_GET
+def evidence_pack_json(request: HttpRequest, code: str) -> HttpResponse:
+    onboarding, pack = _pack_for(request, code, fmt="json")
+    response = HttpResponse(json.dumps(pack, indent=2, ensure_ascii=False), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.json"'
+    return response
+
+
+def _pack_for(request: HttpRequest, code: str, *, fmt: str) -> tuple[Onboarding, dict[str, Any]]:
+    onboarding = get_onboarding_for_user(request.user, code)
+    require_perm(request.user, "portal.view_audit", onboarding.tenant)
+    with transaction.atomic():
+        audit.record(
+            action="evidence.export",
+            actor=request.user,
+            tenant=onboarding.tenant,
+            obj=onboarding,
+            request=request,
+            detail={"format": fmt},
+        )
+    return onboarding, evidence.build_pack(onboarding, generated_by=request.user.get_username())
+
+
+def _filename(onboarding: Onboarding) -> str:
+    return f"evidence-{onboarding.code}-{timezone.now():%Y%m%d}"

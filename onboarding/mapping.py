@@ -1,0 +1,649 @@
+"""Mappings: reads and writes of a connection's versioned mapping, its CSV and ConceptMap forms, and sign-off.
+
+A mapping says which identifier system carries the MRN, what to do with extensions the product
+does not know, and which standard code each local code means. Versions are immutable: every
+change (the map step, an edit in the browser, a CSV import) writes a new version, which voids
+any sign-off of an earlier one. Hospital IT sign off one exact version, and only once the map
+step has passed and every local code and the MRN system are covered.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from onboarding.models import Mapping, MappingSignOff, Onboarding, RunStatus, Step, StepRun, ValidationPolicy
+from onboarding.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
+from portal import audit
+from portal.access import AuthUser, User, require_perm
+from portal.models import Tenant
+
+# Whoever drives the pipeline edits its mapping; hospital IT approve it.
+EDIT_PERM = "onboarding.run_step"
+SIGN_OFF_PERM = "portal.approve_gates"
+EXTENSION_CHOICES = {"use": "Use it", "ignore": "Ignore it", "": "Not decided"}
+CSV_COLUMNS = (
+    "element",
+    "source_system",
+    "source_code",
+    "source_display",
+    "count",
+    "target_system",
+    "target_code",
+    "target_display",
+)
+REQUIRED_CSV_COLUMNS = ("element", "source_system", "source_code", "target_system", "target_code", "target_display")
+MAX_CSV_BYTES = 1024 * 1024
+MAX_CSV_ROWS = 5000
+_TARGETS = ("target_system", "target_code", "target_display")
+
+
+class MappingError(Exception):
+    """A change the mapping refuses; the message says what to fix."""
+
+
+class MappingConflict(MappingError):
+    """The mapping changed since the person loaded it."""
+
+
+# --- reads --------------------------------------------------------------------------------------------
+
+
+def latest_mapping(onboarding: Onboarding) -> Mapping | None:
+    """The newest version: the one people edit and hospital IT sign."""
+    return onboarding.mappings.order_by("-version").first()
+
+
+def latest_map_run(onboarding: Onboarding) -> StepRun | None:
+    """The newest attempt of the map step, whose profile the mapping page shows."""
+    return onboarding.runs.filter(step=Step.MAP).order_by("-attempt").first()
+
+
+def active_sign_off(mapping: Mapping) -> MappingSignOff | None:
+    """The sign-off of exactly this version, unless a newer version voided it."""
+    return mapping.sign_offs.filter(voided_at__isnull=True, content_hash=mapping.content_hash).first()
+
+
+def signed_mapping(onboarding: Onboarding) -> Mapping | None:
+    """The latest version if hospital IT signed it off; None when the latest is unsigned."""
+    mapping = latest_mapping(onboarding)
+    if mapping is None or active_sign_off(mapping) is None:
+        return None
+    return mapping
+
+
+def policy_for(tenant: Tenant) -> ValidationPolicy:
+    """The tenant's validation policy, with the defaults until someone changes it."""
+    policy, _ = ValidationPolicy.objects.get_or_create(tenant=tenant)
+    return policy
+
+
+def update_policy(
+    *, user: User, policy: ValidationPolicy, form: Any, request: HttpRequest | None = None
+) -> ValidationPolicy:
+    """Save a validated policy form and record what changed."""
+    require_perm(user, EDIT_PERM, policy.tenant)
+    with transaction.atomic():
+        policy = form.save(commit=False)
+        policy.updated_by = user if isinstance(user, AuthUser) else None
+        policy.save()
+        audit.record(
+            action="validation_policy.update",
+            actor=user,
+            tenant=policy.tenant,
+            obj=policy,
+            request=request,
+            detail={"changed": sorted(form.changed_data)},
+        )
+    return policy
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Whether a mapping covers what the product needs: the MRN system and every local code."""
+
+    mrn_system_set: bool
+    unmapped: list[dict[str, Any]]
+    undecided_extensions: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return self.mrn_system_set and not self.unmapped
+
+    def summary(self) -> str:
+        if self.complete:
+            return "Every required element is covered."
+        parts = []
+        if not self.mrn_system_set:
+            parts.append("choose the MRN identifier system")
+        if self.unmapped:
+            parts.append(f"map {len(self.unmapped)} local code{'s' if len(self.unmapped) != 1 else ''}")
+        return "To finish the mapping: " + " and ".join(parts) + "."
+
+
+def coverage(mapping: Mapping) -> Coverage:
+    """What the mapping still lacks before the map step can pass."""
+    return Coverage(
+        mrn_system_set=bool(mapping.mrn_system),
+        unmapped=[row for row in mapping.codes if not all(row.get(k) for k in _TARGETS)],
+        undecided_extensions=sorted(url for url, handling in mapping.extension_handling.items() if not handling),
+    )
+
+
+def sign_off_state(mapping: Mapping | None) -> tuple[bool, str]:
+    """Whether this version may be signed off now, and a sentence saying why (not)."""
+    if mapping is None:
+        return False, "There is no mapping yet: run the map step first."
+    if active_sign_off(mapping) is not None:
+        return False, f"Version {mapping.version} is signed off."
+    latest = latest_mapping(mapping.onboarding)
+    if latest is not None and latest.pk != mapping.pk:
+        return False, f"Version {mapping.version} was replaced by version {latest.version}."
+    cover = coverage(mapping)
+    if not cover.complete:
+        return False, cover.summary()
+    run = latest_map_run(mapping.onboarding)
+    if run is None or run.status != RunStatus.PASSED:
+        return False, "The map step must pass before hospital IT can sign the mapping off: re-run map."
+    return True, f"Version {mapping.version} is ready for hospital IT to sign off."
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """The identity of a code row across versions: element, local system and local code."""
+    return f"{row['element']}|{row['system']}|{row['code']}"
+
+
+# --- the map step's version ---------------------------------------------------------------------------
+
+
+def record_map_result(*, onboarding: Onboarding, profile: dict[str, Any], run: StepRun | None) -> Mapping:
+    """Make the version a map run produces: the previous decisions, with this sample's codes and counts.
+
+    Re-running map always makes a new version, so a sign-off of an earlier one is void.
+    """
+    with transaction.atomic():
+        Onboarding.objects.select_for_update().get(pk=onboarding.pk)
+        previous = latest_mapping(onboarding)
+        old_rows = {row_key(row): row for row in previous.codes} if previous else {}
+        rows: dict[str, dict[str, Any]] = {key: {**row, "count": 0} for key, row in old_rows.items()}
+        for element in profile["elements"]:
+            for local in element["local_codes"]:
+                row = {"element": element["element"], "system": local["system"], "code": local["code"]}
+                key = row_key(row)
+                kept = old_rows.get(key, {})
+                rows[key] = {
+                    **row,
+                    "display": local["display"] or kept.get("display", ""),
+                    "count": local["count"],
+                    **{k: kept.get(k, "") for k in _TARGETS},
+                }
+        handling = dict(previous.extension_handling) if previous else {}
+        for extension in profile["extensions"]:
+            if not extension["known"]:
+                handling.setdefault(extension["url"], "")
+        return _write_version(
+            onboarding,
+            previous,
+            user=None,
+            source=Mapping.Source.MAP_STEP,
+            mrn_system=(previous.mrn_system if previous else "") or profile["suggested_mrn_system"],
+            extension_handling=handling,
+            codes=_sorted_rows(rows.values()),
+            run=run,
+        )
+
+
+# --- edits ----------------------------------------------------------------------------------------------
+
+
+def update_code(
+    *,
+    user: User,
+    mapping: Mapping,
+    key: str,
+    target_system: str,
+    target_code: str,
+    target_display: str,
+    request: HttpRequest | None = None,
+) -> Mapping:
+    """Map one local code (or clear its mapping with three blanks) in the latest version.
+
+    ``mapping`` is the version the person was looking at: if someone changed this code's mapping
+    since, the edit is refused rather than silently overwriting theirs. Other rows may have changed.
+    """
+    require_perm(user, EDIT_PERM, mapping.onboarding.tenant)
+    seen = {row_key(row): row for row in mapping.codes}.get(key)
+    if seen is None:
+        raise MappingError("That local code is not in this mapping. Reload the page.")
+    target = _clean_target(seen["element"], target_system, target_code, target_display)
+
+    def change(latest: Mapping) -> dict[str, Any]:
+        rows = {row_key(row): dict(row) for row in latest.codes}
+        now = rows.get(key)
+        if now is None:
+            raise MappingConflict("That local code was removed from the mapping meanwhile. Reload the page.")
+        if _target(now) != _target(seen):
+            shown = now.get("target_code") or "unmapped"
+            raise MappingConflict(
+                f"Someone changed the mapping of {seen['code']} while you were editing (it is now {shown}). "
+                "Reload the page and make your change again."
+            )
+        now.update(target)
+        return _content(latest, codes=_sorted_rows(rows.values()))
+
+    return _apply(mapping.onboarding, user=user, request=request, what=f"code {key}", change=change)
+
+
+def set_mrn_system(*, user: User, mapping: Mapping, system: str, request: HttpRequest | None = None) -> Mapping:
+    """Choose the identifier system that carries the MRN."""
+    require_perm(user, EDIT_PERM, mapping.onboarding.tenant)
+    system = system.strip()
+    if not system:
+        raise MappingError("Choose the identifier system that carries the MRN.")
+    if len(system) > 300 or any(ch.isspace() for ch in system):
+        raise MappingError("An identifier system is a URI without spaces, up to 300 characters.")
+
+    def change(latest: Mapping) -> dict[str, Any]:
+        if latest.mrn_system != mapping.mrn_system:
+            raise MappingConflict(
+                f"Someone changed the MRN system while you were editing (it is now {latest.mrn_system}). "
+                "Reload the page and choose again."
+            )
+        return _content(latest, mrn_system=system)
+
+    return _apply(mapping.onboarding, user=user, request=request, what="MRN system", change=change)
+
+
+def set_extension_handling(
+    *, user: User, mapping: Mapping, url: str, handling: str, request: HttpRequest | None = None
+) -> Mapping:
+    """Decide what the product does with an extension it does not know: use it or ignore it."""
+    require_perm(user, EDIT_PERM, mapping.onboarding.tenant)
+    if url not in mapping.extension_handling:
+        raise MappingError("That extension is not in this mapping. Reload the page.")
+    if handling not in EXTENSION_CHOICES:
+        raise MappingError("Choose “use it”, “ignore it” or “not decided”.")
+
+    def change(latest: Mapping) -> dict[str, Any]:
+        if latest.extension_handling.get(url) != mapping.extension_handling[url]:
+            raise MappingConflict("Someone decided about this extension while you were editing. Reload the page.")
+        return _content(latest, extension_handling={**latest.extension_handling, url: handling})
+
+    return _apply(mapping.onboarding, user=user, request=request, what=f"extension {url}", change=change)
+
+
+def _target(row: dict[str, Any]) -> tuple[str, str, str]:
+    return (row.get("target_system", ""), row.get("target_code", ""), row.get("target_display", ""))
+
+
+def _content(latest: Mapping, **changes: Any) -> dict[str, Any]:
+    return {
+        "mrn_system": changes.get("mrn_system", latest.mrn_system),
+        "extension_handling": changes.get("extension_handling", latest.extension_handling),
+        "codes": changes.get("codes", latest.codes),
+    }
+
+
+def _apply(
+    onboarding: Onboarding,
+    *,
+    user: User,
+    request: HttpRequest | None,
+    what: str,
+    change: Callable[[Mapping], dict[str, Any]],
+    source: str = "editor",
+    detail: dict[str, Any] | None = None,
+) -> Mapping:
+    """Apply a change to the latest version under the pipeline's lock; no version if nothing changed."""
+    with transaction.atomic():
+        Onboarding.objects.select_for_update().get(pk=onboarding.pk)
+        latest = latest_mapping(onboarding)
+        if latest is None:
+            raise MappingError("There is no mapping yet: run the map step first.")
+        content = change(latest)
+        if _content_hash(**content) == latest.content_hash:
+            return latest  # nothing changed: no new version, no voided sign-off
+        return _write_version(
+            onboarding,
+            latest,
+            user=user,
+            source=source,
+            request=request,
+            detail={"changed": what, **(detail or {})},
+            **content,
+        )
+
+
+def _clean_target(element_key: str, system: str, code: str, display: str) -> dict[str, str]:
+    """Check a mapping target; blanks everywhere clear the mapping. MappingError says what to fix."""
+    system, code, display = resolve_system(system.strip()), code.strip(), display.strip()
+    if not (system or code or display):
+        return {"target_system": "", "target_code": "", "target_display": ""}
+    element = ELEMENTS_BY_KEY.get(element_key)
+    if element is None:
+        raise MappingError(f"{element_key} is not an element the product maps.")
+    if system not in element.accepted:
+        raise MappingError(f"{element.key} must be mapped to {element.accepted_labels}.")
+    pattern, shape = CODE_FORMATS[system]
+    if not pattern.fullmatch(code):
+        raise MappingError(f"“{code or '(blank)'}” is not a {SYSTEM_LABELS[system]} code: expected {shape}.")
+    if not display:
+        raise MappingError("Give the display of the standard code, as the code system writes it.")
+    if len(display) > 300:
+        raise MappingError("The display is longer than 300 characters.")
+    return {"target_system": system, "target_code": code, "target_display": display}
+
+
+def resolve_system(value: str) -> str:
+    """A standard system's URI from its URI or its label (``LOINC``, ``SNOMED CT``...), case-insensitive."""
+    for uri, label in SYSTEM_LABELS.items():
+        if value.lower() in (uri.lower(), label.lower()):
+            return uri
+    return value
+
+
+# --- CSV ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    """A CSV import: the new version, or row-level errors and nothing saved."""
+
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    mapping: Mapping | None = None
+    changed: int = 0
+
+
+def export_csv(mapping: Mapping) -> str:
+    """The mapping's code rows as CSV, in the columns the import reads back."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in mapping.codes:
+        writer.writerow(
+            [
+                row["element"],
+                row["system"],
+                row["code"],
+                row.get("display", ""),
+                row.get("count", 0),
+                row.get("target_system", ""),
+                row.get("target_code", ""),
+                row.get("target_display", ""),
+            ]
+        )
+    return out.getvalue()
+
+
+def import_csv(*, user: User, mapping: Mapping, data: bytes, request: HttpRequest | None = None) -> ImportResult:
+    """Apply a CSV of code mappings to the version the person was looking at.
+
+    Any bad row means nothing is saved and every error is listed with its line. A file is a bulk
+    change, so it is refused if the mapping changed at all since that version.
+    """
+    require_perm(user, EDIT_PERM, mapping.onboarding.tenant)
+    result = ImportResult()
+    parsed = _parse_csv(data, result)
+    if any(line <= 1 for line, _ in result.errors):
+        return result  # the file itself is unreadable: row checks would only add noise
+    bad_lines = {line for line, _ in result.errors}
+    rows = {row_key(row): dict(row) for row in mapping.codes}
+    for line, row in parsed:
+        if line in bad_lines:
+            continue
+        try:
+            target = _clean_target(row["element"], row["target_system"], row["target_code"], row["target_display"])
+        except MappingError as exc:
+            result.errors.append((line, str(exc)))
+            continue
+        key = row_key({"element": row["element"], "system": row["source_system"], "code": row["source_code"]})
+        existing = rows.setdefault(
+            key,
+            {
+                "element": row["element"],
+                "system": row["source_system"],
+                "code": row["source_code"],
+                "display": row.get("source_display", ""),
+                "count": 0,
+            },
+        )
+        if _target(existing) != (target["target_system"], target["target_code"], target["target_display"]):
+            result.changed += 1
+        existing.update(target)
+    if result.errors:
+        result.errors.sort()
+        return result
+
+    def change(latest: Mapping) -> dict[str, Any]:
+        if latest.version != mapping.version:
+            raise MappingConflict(
+                f"The mapping changed after you opened it (it is now version {latest.version}). "
+                "Export it again, redo your changes in the new file and import that."
+            )
+        return _content(latest, codes=_sorted_rows(rows.values()))
+
+    result.mapping = _apply(
+        mapping.onboarding,
+        user=user,
+        request=request,
+        what="CSV import",
+        change=change,
+        source=Mapping.Source.CSV_IMPORT,
+        detail={"rows": len(parsed), "changed_rows": result.changed},
+    )
+    return result
+
+
+def _parse_csv(data: bytes, result: ImportResult) -> list[tuple[int, dict[str, str]]]:
+    """Rows with their line numbers; file-level and row-level errors go to result.errors."""
+    if len(data) > MAX_CSV_BYTES:
+        result.errors.append((0, f"The file is larger than {MAX_CSV_BYTES // 1024} KB."))
+        return []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        result.errors.append((0, "The file is not UTF-8 text. Save it as CSV UTF-8 and try again."))
+        return []
+    reader = csv.DictReader(io.StringIO(text))
+    header = [name.strip() for name in reader.fieldnames or []]
+    missing = [column for column in REQUIRED_CSV_COLUMNS if column not in header]
+    if missing:
+        result.errors.append((1, f"The header row lacks {', '.join(missing)}. Start from an exported file."))
+        return []
+    reader.fieldnames = header
+    parsed: list[tuple[int, dict[str, str]]] = []
+    seen: dict[str, int] = {}
+    try:
+        for row in reader:
+            line = reader.line_num
+            if len(parsed) >= MAX_CSV_ROWS:
+                result.errors.append((line, f"The file has more than {MAX_CSV_ROWS} rows."))
+                break
+            if None in row:
+                result.errors.append((line, "This row has more cells than the header."))
+                continue
+            values = {k: (v or "").strip() for k, v in row.items() if k}
+            if not any(values.values()):
+                continue
+            _check_source(line, values, seen, result)
+            parsed.append((line, values))
+    except csv.Error as exc:
+        result.errors.append((reader.line_num, f"The file is not valid CSV: {exc}."))
+    return parsed
+
+
+def _check_source(line: int, values: dict[str, str], seen: dict[str, int], result: ImportResult) -> None:
+    if values["element"] not in ELEMENTS_BY_KEY:
+        known = ", ".join(ELEMENTS_BY_KEY)
+        result.errors.append((line, f"element “{values['element']}” is not one the product maps ({known})."))
+        return
+    if not values["source_code"]:
+        result.errors.append((line, "source_code is empty: every row maps one local code."))
+        return
+    key = f"{values['element']}|{values['source_system']}|{values['source_code']}"
+    if key in seen:
+        result.errors.append((line, f"This local code is already mapped on line {seen[key]}."))
+        return
+    seen[key] = line
+
+
+# --- FHIR ConceptMap ------------------------------------------------------------------------------------
+
+
+def concept_map(mapping: Mapping) -> dict[str, Any]:
+    """The code mappings as a FHIR R4 ConceptMap, one group per (local system, standard system)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in mapping.codes:
+        if not row.get("target_code"):
+            continue
+        element: dict[str, Any] = {
+            "code": row["code"],
+            "target": [{"code": row["target_code"], "display": row["target_display"], "equivalence": "equivalent"}],
+        }
+        if row.get("display"):
+            element["display"] = row["display"]
+        groups.setdefault((row["system"], row["target_system"]), []).append(element)
+    signed = active_sign_off(mapping) is not None
+    resource: dict[str, Any] = {
+        "resourceType": "ConceptMap",
+        "id": str(mapping.code),
+        "url": f"urn:uuid:{mapping.code}",
+        "version": str(mapping.version),
+        "name": "LocalCodeMapping",
+        "title": f"Local codes of {mapping.onboarding.connection.name}, version {mapping.version}",
+        "status": "active" if signed else "draft",
+        "date": mapping.created_at.isoformat(timespec="seconds"),
+    }
+    if groups:
+        resource["group"] = [
+            {"source": source, "target": target, "element": elements}
+            for (source, target), elements in sorted(groups.items())
+        ]
+    return resource
+
+
+# --- sign-off -------------------------------------------------------------------------------------------
+
+
+def sign_off(
+    *,
+    user: User,
+    mapping: Mapping,
+    version: int,
+    content_hash: str,
+    comment: str,
+    request: HttpRequest | None = None,
+) -> MappingSignOff:
+    """Hospital IT approve the exact version they looked at."""
+    tenant = mapping.onboarding.tenant
+    require_perm(user, SIGN_OFF_PERM, tenant)
+    if len(comment) > 2000:
+        raise MappingError("Keep the comment under 2,000 characters.")
+    with transaction.atomic():
+        Onboarding.objects.select_for_update().get(pk=mapping.onboarding_id)
+        latest = latest_mapping(mapping.onboarding)
+        if latest is None or latest.version != version or latest.content_hash != content_hash:
+            raise MappingConflict(
+                f"The mapping changed after you opened it (it is now version {latest.version if latest else '?'}). "
+                "Reload the page, review it and sign again."
+            )
+        allowed, why = sign_off_state(latest)
+        if not allowed:
+            raise MappingError(why)
+        approver = user if isinstance(user, AuthUser) else None
+        signed = MappingSignOff.objects.create(
+            mapping=latest,
+            version=latest.version,
+            content_hash=latest.content_hash,
+            approver=approver,
+            approver_label=user.get_username(),
+            comment=comment.strip(),
+        )
+        audit.record(
+            action="mapping.sign_off",
+            actor=user,
+            tenant=tenant,
+            obj=latest,
+            request=request,
+            detail={"version": latest.version, "content_hash": latest.content_hash},
+        )
+    return signed
+
+
+# --- versions -------------------------------------------------------------------------------------------
+
+
+def _write_version(
+    onboarding: Onboarding,
+    latest: Mapping | None,
+    *,
+    user: User | None,
+    source: str,
+    mrn_system: str,
+    extension_handling: dict[str, str],
+    codes: list[dict[str, Any]],
+    run: StepRun | None = None,
+    request: HttpRequest | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Mapping:
+    """Write the version after ``latest`` and void sign-offs of earlier ones (the caller holds the lock)."""
+    version = (latest.version if latest else 0) + 1
+    mapping = Mapping.objects.create(
+        onboarding=onboarding,
+        version=version,
+        source=source,
+        created_by=user if isinstance(user, AuthUser) else None,
+        map_run=run,
+        mrn_system=mrn_system,
+        extension_handling=extension_handling,
+        codes=codes,
+        content_hash=_content_hash(mrn_system, extension_handling, codes),
+    )
+    voided = MappingSignOff.objects.filter(mapping__onboarding=onboarding, voided_at__isnull=True).exclude(
+        mapping=mapping
+    )
+    for old in voided.select_related("mapping"):
+        old.voided_at = timezone.now()
+        old.voided_reason = f"Version {version} ({mapping.get_source_display()}) replaced version {old.version}."
+        old.save(update_fields=["voided_at", "voided_reason"])
+        audit.record(
+            action="mapping.sign_off_void",
+            actor=user,
+            tenant=onboarding.tenant,
+            obj=old.mapping,
+            request=request,
+            detail={"version": old.version, "replaced_by": version},
+        )
+    audit.record(
+        action="mapping.version",
+        actor=user,
+        tenant=onboarding.tenant,
+        obj=mapping,
+        request=request,
+        detail={"version": version, "source": source, **(detail or {})},
+    )
+    return mapping
+
+
+def _sorted_rows(rows: Any) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r["element"], -int(r.get("count") or 0), r["system"], r["code"]))
+
+
+def _content_hash(mrn_system: str, extension_handling: dict[str, str], codes: list[dict[str, Any]]) -> str:
+    # Counts are facts about a sample, not decisions: they do not change what is signed.
+    decisions = [{k: v for k, v in row.items() if k != "count"} for row in codes]
+    canonical = json.dumps(
+        {"mrn_system": mrn_system, "extension_handling": extension_handling, "codes": decisions},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

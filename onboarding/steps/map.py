@@ -1,0 +1,102 @@
+"""Map: profile a sample of the hospital's data and turn it into a mapping people finish and sign off.
+
+The step pulls N patients (the tenant's policy, default 10, at most 1,000) and their clinical
+resources through the adapter, one patient at a time, counting what it sees (identifier systems,
+extensions, code systems and local codes). It stores the profile on the run and writes the next
+mapping version: earlier decisions kept, this sample's local codes added with their counts. It
+passes when the mapping covers the required elements; the version is then offered to hospital IT.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from onboarding import mapping as mappings
+from onboarding.profile import CLINICAL_TYPES, ProfileBuilder
+from onboarding.review import active_run_of
+from onboarding.steps.base import StepContext, StepModule, StepOutcome
+
+PATIENT_PAGE_SIZE = 50
+# Progress (also the heartbeat and the cancel check) is written at most this often: once per
+# patient would cost a database write for every patient of a thousand.
+PROGRESS_EVERY_S = 0.5
+
+
+class Progress:
+    """Reports progress through the context, throttled, and always for the last patient."""
+
+    def __init__(self, ctx: StepContext, total: int, verb: str) -> None:
+        self.ctx, self.total, self.verb = ctx, total, verb
+        self._last = 0.0
+
+    def __call__(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or done >= self.total or now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            self.ctx.progress(done, self.total, f"{self.verb} {done} of {self.total} patients")
+
+
+def readable_types(ctx: StepContext) -> tuple[list[str], list[str]]:
+    """The clinical types the server lets us search, and those it does not offer (skipped, and said so)."""
+    offered = ctx.adapter.capability()
+    searchable = [t for t in CLINICAL_TYPES if offered.supports(t, "search-type")]
+    return searchable, [t for t in CLINICAL_TYPES if t not in searchable]
+
+
+class MapStep(StepModule):
+    """Profile a sample, write the next mapping version, pass when it is complete."""
+
+    key = "map"
+    label = "Map"
+    description = "Find identifier systems, extensions and local codes; map them; hospital IT signs off."
+    requires = ("test",)
+
+    def run(self, ctx: StepContext) -> StepOutcome:
+        """Pull, profile, record the mapping version and judge its coverage."""
+        run = active_run_of(ctx.connection.pk, self.key)
+        onboarding = run.onboarding
+        size = mappings.policy_for(onboarding.tenant).map_sample_size
+        ctx.progress(0, size, "Reading which resource types the server offers")
+        types, skipped = readable_types(ctx)
+        if skipped:
+            ctx.log("Not offered by the server, so not profiled: " + ", ".join(skipped), level="warning")
+        builder = ProfileBuilder(vendor_mrn_systems=ctx.adapter.mrn_systems())
+        progress = Progress(ctx, size, "Profiled")
+        for done, patient in enumerate(ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE), 1):
+            builder.add(patient)
+            patient_id = str(patient.get("id") or "")
+            for resource_type in types if patient_id else ():
+                for resource in ctx.adapter.search_clinical_raw(resource_type, patient_id):
+                    builder.add(resource)
+            progress(done)
+        if builder.patients < size:
+            progress(builder.patients, final=True)  # the server had fewer patients than asked
+        profile = builder.result()
+        summary: dict[str, Any] = {"profile": profile, "types_skipped": skipped}
+        if not builder.patients:
+            return StepOutcome(
+                passed=False,
+                summary=summary,
+                error_kind="no_data",
+                error_message="The Patient search returned no patients, so there is nothing to profile.",
+                error_hint="Ask the hospital to grant this client access to (test) patients, then re-run map.",
+            )
+        mapping = mappings.record_map_result(onboarding=onboarding, profile=profile, run=run)
+        cover = mappings.coverage(mapping)
+        summary["mapping"] = {
+            "version": mapping.version,
+            "mrn_system": mapping.mrn_system,
+            "unmapped_codes": len(cover.unmapped),
+            "undecided_extensions": len(cover.undecided_extensions),
+        }
+        ctx.log(f"Mapping version {mapping.version} written; {cover.summary()}")
+        if cover.complete:
+            return StepOutcome(passed=True, summary=summary)
+        return StepOutcome(
+            passed=False,
+            summary=summary,
+            error_kind="mapping_incomplete",
+            error_message=cover.summary(),
+            error_hint="Open the connection's mapping, map the local codes (inline or by CSV), then re-run map.",
+        )

@@ -1,0 +1,542 @@
+"""Validate: pull N patients with their clinical resources and check them against the signed mapping.
+
+One patient at a time (never the whole pull in memory), every resource is checked for:
+- structure, against fhirclient's models (through the adapters package);
+- US Core 6.1.0 mandatory elements, required categories and fixed codes (``onboarding.uscore``);
+- code systems after the mapping: each coded element carries a system the product accepts, or a
+  local code the mapping maps; an unmapped local code is an error;
+- references: ``subject``/``patient`` point at the patient pulled, ``encounter`` at one of its
+  Encounters;
+- patients: the mapped MRN is present and unique, a second MRN-typed system is flagged, likely
+  duplicates (same normalised name, birth date and gender under another id) and implausible dates too.
+
+Findings carry pseudonymous keys, element paths and rule ids only. The step fails when more
+patients than the tenant's thresholds allow have unwaived errors (or warnings); a failed run keeps
+the offending raw resources, encrypted and for a limited time, for the engineers' review.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping as MappingType
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from connections.adapters.structure import element_path, structure_problems
+from connections.errors import ErrorKind, RemoteError
+from onboarding import mapping as mappings
+from onboarding import review, uscore
+from onboarding.models import Mapping, Severity, StepRun
+from onboarding.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
+from onboarding.review import NewFinding
+from onboarding.steps.base import StepContext, StepModule, StepOutcome
+from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, readable_types
+
+ERROR, WARNING = Severity.ERROR.value, Severity.WARNING.value
+EARLIEST_PLAUSIBLE = "1900-01-01"
+# Clinical date elements checked for plausibility (top level, or inside the named element).
+DATE_ELEMENTS = (
+    "effectiveDateTime",
+    "issued",
+    "onsetDateTime",
+    "abatementDateTime",
+    "recordedDate",
+    "authoredOn",
+    "occurrenceDateTime",
+    "performedDateTime",
+)
+PERIOD_ELEMENTS = ("period", "effectivePeriod", "performedPeriod")
+REFERENCE_OWNERS = ("subject", "patient")
+_NOT_LETTERS = re.compile(r"[^a-z]")
+
+
+@dataclass(frozen=True)
+class MappingRules:
+    """What the validator needs from a signed mapping."""
+
+    version: int
+    mrn_system: str
+    mapped_codes: frozenset[tuple[str, str, str]]  # (element, local system, local code) with a target
+    decided_extensions: frozenset[str]
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> MappingRules:
+        """The decisions of one signed mapping version."""
+        return cls(
+            version=mapping.version,
+            mrn_system=mapping.mrn_system,
+            mapped_codes=frozenset(
+                (row["element"], row["system"], row["code"]) for row in mapping.codes if row.get("target_code")
+            ),
+            decided_extensions=frozenset(url for url, how in mapping.extension_handling.items() if how),
+        )
+
+
+@dataclass
+class Validator:
+    """The checks, over plain dicts. Remembers across patients only what uniqueness checks need."""
+
+    rules: MappingRules
+    today: date
+    patients: int = 0
+    resources: Counter[str] = field(default_factory=Counter)
+    # Hashed MRN, and hashed name + birth date + gender, -> hashed patient id: small ints, so a
+    # thousand patients cost little memory and no MRN or name is held.
+    _mrns: dict[int, int] = field(default_factory=dict)
+    _people: dict[int, int] = field(default_factory=dict)
+    _must_support: dict[str, set[str]] = field(default_factory=dict)  # profile -> elements not seen yet
+    _profile_counts: Counter[str] = field(default_factory=Counter)
+
+    # -- patients ------------------------------------------------------------------------------
+
+    def check_patient(self, patient: MappingType[str, Any]) -> list[NewFinding]:
+        """Findings on one Patient resource, including those against patients seen before."""
+        self.patients += 1
+        found = self._common(patient)
+        patient_id = str(patient.get("id") or "")
+        me = _hash(patient_id)
+        identifiers = [i for i in patient.get("identifier") or () if isinstance(i, dict)]
+        mrns = [i for i in identifiers if i.get("system") == self.rules.mrn_system and i.get("value")]
+        if not mrns:
+            found.append(_f(ERROR, "patient.mrn-missing", "Patient", "Patient.identifier", _mrn_missing(self.rules)))
+        for identifier in mrns:
+            key = _hash(self.rules.mrn_system, str(identifier["value"]))
+            if self._mrns.setdefault(key, me) != me:
+                found.append(
+                    _f(ERROR, "patient.mrn-duplicate", "Patient", "Patient.identifier", _MRN_DUPLICATE, "identifier")
+                )
+        for system in sorted({str(i.get("system")) for i in identifiers if is_mrn_typed(i)} - {self.rules.mrn_system}):
+            found.append(
+                _f(
+                    WARNING,
+                    "patient.second-mrn-system",
+                    "Patient",
+                    "Patient.identifier",
+                    f"An MRN-type identifier in {system} besides the mapped MRN system: matching on the wrong one "
+                    "would link records to the wrong patient.",
+                    "identifier",
+                    discriminator=system,
+                )
+            )
+        birth = patient.get("birthDate")
+        if not birth:
+            found.append(
+                _f(
+                    WARNING,
+                    "patient.birth-date-missing",
+                    "Patient",
+                    "Patient.birthDate",
+                    "No birth date: the product cannot match this patient safely.",
+                )
+            )
+        elif isinstance(birth, str):
+            found.extend(self._implausible("Patient", "birthDate", birth, None))
+        person = _person_key(patient)
+        if person is not None and self._people.setdefault(person, me) != me:
+            found.append(
+                _f(
+                    WARNING,
+                    "patient.likely-duplicate",
+                    "Patient",
+                    "Patient",
+                    "Same normalised name, birth date and gender as another patient in the pull: "
+                    "likely the same person registered twice.",
+                )
+            )
+        return found
+
+    # -- clinical resources -------------------------------------------------------------------------
+
+    def check_resource(
+        self,
+        resource: MappingType[str, Any],
+        *,
+        patient_id: str,
+        encounter_ids: set[str],
+        birth_date: str | None,
+    ) -> list[NewFinding]:
+        """Findings on one clinical resource of the patient being pulled."""
+        found = self._common(resource)
+        resource_type = str(resource.get("resourceType"))
+        found.extend(self._codes(resource, resource_type))
+        found.extend(self._references(resource, resource_type, patient_id, encounter_ids))
+        for name in DATE_ELEMENTS:
+            value = resource.get(name)
+            if isinstance(value, str):
+                found.extend(self._implausible(resource_type, name, value, birth_date))
+        for name in PERIOD_ELEMENTS:
+            period = resource.get(name)
+            if isinstance(period, dict):
+                for end in ("start", "end"):
+                    if isinstance(period.get(end), str):
+                        found.extend(self._implausible(resource_type, f"{name}.{end}", period[end], birth_date))
+        return found
+
+    # -- shared checks ----------------------------------------------------------------------------
+
+    def _common(self, resource: MappingType[str, Any]) -> list[NewFinding]:
+        resource_type = str(resource.get("resourceType"))
+        self.resources[resource_type] += 1
+        found = [
+            _f(
+                ERROR,
+                "structure.invalid",
+                resource_type,
+                f"{resource_type}.{element_path(where)}",
+                f"{where} {problem}.",
+                where,
+                where,
+            )
+            for where, problem in structure_problems(resource)
+        ]
+        found.extend(self._us_core(resource, resource_type))
+        found.extend(self._extensions(resource, resource_type))
+        return found
+
+    def _us_core(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
+        found: list[NewFinding] = []
+        reported: set[str] = set()
+        for profile in uscore.profiles_for(resource):
+            self._note_must_support(resource, profile)
+            for path in profile.mandatory:
+                if path not in reported and uscore.missing_mandatory(resource, path):
+                    reported.add(path)
+                    found.append(
+                        _f(
+                            ERROR,
+                            "uscore.mandatory",
+                            resource_type,
+                            f"{resource_type}.{path}",
+                            f"{path} is mandatory in US Core ({profile.name}) but missing.",
+                            path.split(".")[0].replace("[x]", ""),
+                        )
+                    )
+            if not uscore.category_ok(resource, profile) and "category" not in reported:
+                reported.add("category")
+                wanted = " or ".join(code for _, code in profile.category)
+                found.append(
+                    _f(
+                        ERROR,
+                        "uscore.category",
+                        resource_type,
+                        f"{resource_type}.category",
+                        f"{profile.name} needs the category {wanted}.",
+                        "category",
+                    )
+                )
+            if not uscore.code_ok(resource, profile) and profile.code is not None:
+                found.append(
+                    _f(
+                        ERROR,
+                        "uscore.fixed-code",
+                        resource_type,
+                        f"{resource_type}.code",
+                        f"{profile.name} needs the LOINC code {profile.code[1]}.",
+                        "code",
+                    )
+                )
+        return found
+
+    def _note_must_support(self, resource: MappingType[str, Any], profile: uscore.Profile) -> None:
+        self._profile_counts[profile.name] += 1
+        missing = self._must_support.get(profile.name)
+        if missing is None:
+            missing = self._must_support[profile.name] = {*profile.must_support, *profile.extensions}
+        if missing:
+            urls = {e.get("url") for e in resource.get("extension") or () if isinstance(e, dict)}
+            missing -= {p for p in missing if p in urls or uscore.present(resource, p)}
+
+    def _extensions(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
+        found: list[NewFinding] = []
+        for index, extension in enumerate(resource.get("extension") or ()):
+            url = extension.get("url") if isinstance(extension, dict) else None
+            if not isinstance(url, str) or url in uscore.KNOWN_EXTENSIONS or url in self.rules.decided_extensions:
+                continue
+            found.append(
+                _f(
+                    WARNING,
+                    "extensions.unknown",
+                    resource_type,
+                    f"{resource_type}.extension",
+                    f"Extension {url} is not one the product knows: decide in the mapping whether to use or ignore it.",
+                    f"extension[{index}]",
+                    discriminator=url,
+                )
+            )
+        return found
+
+    def _codes(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
+        found: list[NewFinding] = []
+        for element in ELEMENTS_BY_TYPE.get(resource_type, ()):
+            all_codings = codings(resource, element)
+            coding = best_coding(all_codings, element)
+            if coding is None or coding.get("system") in element.accepted:
+                continue
+            if any(
+                (element.key, c.get("system", ""), c.get("code", "")) in self.rules.mapped_codes for c in all_codings
+            ):
+                continue
+            system = str(coding.get("system") or "")
+            label = SYSTEM_LABELS.get(system) or system or "no system"
+            found.append(
+                _f(
+                    ERROR,
+                    "codes.unmapped-local",
+                    resource_type,
+                    element.key,
+                    f"Local code {coding.get('code')} ({label}) is not mapped to {element.accepted_labels}: "
+                    "add it to the mapping.",
+                    f"{element.json_name}.coding[{all_codings.index(coding)}]",
+                )
+            )
+        return found
+
+    def _references(
+        self, resource: MappingType[str, Any], resource_type: str, patient_id: str, encounter_ids: set[str]
+    ) -> list[NewFinding]:
+        found: list[NewFinding] = []
+        for name in REFERENCE_OWNERS:
+            reference = resource.get(name)
+            if isinstance(reference, dict) and _target_id(reference, "Patient") != patient_id:
+                found.append(_unresolved(resource_type, name, "the patient it was pulled for"))
+        encounter = resource.get("encounter")
+        if (
+            resource_type != "Encounter"
+            and isinstance(encounter, dict)
+            and _target_id(encounter, "Encounter") not in encounter_ids
+        ):
+            found.append(_unresolved(resource_type, "encounter", "an Encounter of the same patient in the pull"))
+        return found
+
+    def _implausible(self, resource_type: str, name: str, value: str, birth_date: str | None) -> list[NewFinding]:
+        day = value[:10]
+        if day < EARLIEST_PLAUSIBLE:
+            why = f"is before {EARLIEST_PLAUSIBLE[:4]}"
+        elif day > self.today.isoformat():
+            why = "is in the future"
+        elif birth_date and day < birth_date[:10]:
+            why = "is before the patient's birth date"
+        else:
+            return []
+        return [
+            _f(
+                WARNING,
+                "dates.implausible",
+                resource_type,
+                f"{resource_type}.{name}",
+                f"{name} {why}: check the source system's date handling.",
+                name,
+            )
+        ]
+
+    def must_support_summary(self) -> list[dict[str, Any]]:
+        """Per profile seen: how many resources, and the must-support elements never populated."""
+        return [
+            {"profile": name, "resources": count, "never_seen": sorted(self._must_support.get(name, ()))}
+            for name, count in sorted(self._profile_counts.items())
+        ]
+
+
+_MRN_DUPLICATE = "The MRN is also carried by another patient in the pull: MRNs must be unique."
+
+
+def _mrn_missing(rules: MappingRules) -> str:
+    return f"No identifier in the mapped MRN system ({rules.mrn_system}): the product cannot match this patient."
+
+
+def _unresolved(resource_type: str, name: str, what: str) -> NewFinding:
+    return _f(
+        ERROR,
+        "references.unresolved",
+        resource_type,
+        f"{resource_type}.{name}",
+        f"{name} does not point at {what}.",
+        name,
+    )
+
+
+def _f(
+    severity: str,
+    rule: str,
+    resource_type: str,
+    path: str,
+    message: str,
+    location: str = "",
+    discriminator: str = "",
+) -> NewFinding:
+    return NewFinding(severity, rule, resource_type, path, message, location, discriminator)
+
+
+def _target_id(reference: MappingType[str, Any], resource_type: str) -> str | None:
+    """The id a reference points at if it names that type ("Type/id" or an absolute URL ending so)."""
+    value = reference.get("reference")
+    if not isinstance(value, str):
+        return None
+    parts = value.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def _hash(*parts: str) -> int:
+    # Kept in memory only to compare patients within a run; hashing keeps MRNs and names out of it.
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
+
+
+def _person_key(patient: MappingType[str, Any]) -> int | None:
+    """Normalised name + birth date + gender, hashed; None when any of them is missing."""
+    names = [n for n in patient.get("name") or () if isinstance(n, dict)]
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
+    birth, gender = patient.get("birthDate"), patient.get("gender")
+    if name is None or not birth or not gender:
+        return None
+    given = " ".join(str(g) for g in name.get("given") or ())
+    normal = _normalise(f"{given} {name.get('family') or ''}")
+    return _hash(normal, str(birth), str(gender)) if normal else None
+
+
+def _normalise(text: str) -> str:
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return _NOT_LETTERS.sub("", plain)
+
+
+# --- the step --------------------------------------------------------------------------------------------
+
+
+class ValidateStep(StepModule):
+    """Check N patients' data against the signed mapping and the tenant's thresholds."""
+
+    key = "validate"
+    label = "Validate"
+    description = "Pull patients' data and check structure, US Core, codes, references and duplicates."
+    requires = ("map",)
+
+    def run(self, ctx: StepContext) -> StepOutcome:
+        """Refuse without a signed mapping; otherwise pull, check, store findings and judge."""
+        run = review.active_run_of(ctx.connection.pk, self.key)
+        onboarding = run.onboarding
+        mapping = mappings.signed_mapping(onboarding)
+        if mapping is None:
+            latest = mappings.latest_mapping(onboarding)
+            return StepOutcome(
+                passed=False,
+                summary={"mapping_version": latest.version if latest else None},
+                error_kind="not_signed_off",
+                error_message=(
+                    f"Mapping version {latest.version} is not signed off by hospital IT."
+                    if latest
+                    else "There is no mapping yet."
+                ),
+                error_hint="Finish the mapping, have hospital IT sign it off on the mapping page, then re-run.",
+            )
+        policy = mappings.policy_for(onboarding.tenant)
+        validator = Validator(rules=MappingRules.from_mapping(mapping), today=timezone.localdate())
+        sink = review.FindingSink(run)
+        skipped = self._pull(ctx, validator, sink, policy.validate_sample_size)
+        sink.flush()
+        return _outcome(run, validator, sink, policy, skipped)
+
+    def _pull(self, ctx: StepContext, validator: Validator, sink: review.FindingSink, size: int) -> list[str]:
+        ctx.progress(0, size, "Reading which resource types the server offers")
+        types, skipped = readable_types(ctx)
+        if skipped:
+            ctx.log("Not offered by the server, so not validated: " + ", ".join(skipped), level="warning")
+        progress = Progress(ctx, size, "Validated")
+        done = 0
+        for done, patient in enumerate(ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE), 1):
+            patient_id = str(patient.get("id") or "")
+            for finding in validator.check_patient(patient):
+                sink.add(finding, patient, patient_id)
+            birth = patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None
+            encounter_ids: set[str] = set()
+            for resource_type in types:
+                for resource in _clinical(ctx, resource_type, patient_id):
+                    if resource_type == "Encounter":
+                        encounter_ids.add(str(resource.get("id")))
+                    for finding in validator.check_resource(
+                        resource, patient_id=patient_id, encounter_ids=encounter_ids, birth_date=birth
+                    ):
+                        sink.add(finding, resource, patient_id)
+            progress(done)
+        if done < size:
+            progress(done, final=True)  # the server had fewer patients than asked
+        return skipped
+
+
+def _clinical(ctx: StepContext, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
+    try:
+        return ctx.adapter.search_clinical_raw(resource_type, patient_id)
+    except RemoteError as exc:
+        if exc.kind is ErrorKind.BAD_REQUEST:
+            # An id that cannot name a patient in a search (structure findings say why); skip it.
+            ctx.log(f"{resource_type} of one patient could not be searched: {exc.message}", level="warning")
+            return []
+        raise
+
+
+def _outcome(
+    run: StepRun,
+    validator: Validator,
+    sink: review.FindingSink,
+    policy: Any,
+    skipped: list[str],
+) -> StepOutcome:
+    """Apply the tenant's thresholds to unwaived findings and build the run's summary."""
+    total = validator.patients
+    waivers = review.waived_pairs(run.onboarding.tenant)
+    waived = Q()
+    for rule, path in waivers:
+        waived |= Q(rule=rule, path=path)
+    findings = run.findings.all()
+    counting = findings.exclude(waived) if waivers else findings
+    with_error = counting.filter(severity=ERROR).values("patient_key").distinct().count()
+    with_warning = counting.filter(severity=WARNING).values("patient_key").distinct().count()
+    error_share = round(100 * with_error / total, 1) if total else 0.0
+    warning_share = round(100 * with_warning / total, 1) if total else 0.0
+    summary: dict[str, Any] = {
+        "patients": total,
+        "resources": dict(sorted(validator.resources.items())),
+        "types_skipped": skipped,
+        "mapping_version": validator.rules.version,
+        "findings": {str(k): v for k, v in sink.counts.items()},
+        "waived": findings.filter(waived).count() if waivers else 0,
+        "patients_with_error": with_error,
+        "patients_with_warning": with_warning,
+        "error_share": error_share,
+        "warning_share": warning_share,
+        "thresholds": {
+            "max_error_patient_pct": policy.max_error_patient_pct,
+            "max_warning_patient_pct": policy.max_warning_patient_pct,
+        },
+        "must_support": validator.must_support_summary(),
+    }
+    if total == 0:
+        return StepOutcome(
+            passed=False,
+            summary=summary,
+            error_kind="no_data",
+            error_message="The Patient search returned no patients, so nothing was validated.",
+            error_hint="Ask the hospital to grant this client access to (test) patients, then re-run validate.",
+        )
+    over = []
+    if error_share > policy.max_error_patient_pct:
+        over.append(f"{error_share}% of patients have an error (at most {policy.max_error_patient_pct}% allowed)")
+    if warning_share > policy.max_warning_patient_pct:
+        over.append(f"{warning_share}% of patients have a warning (at most {policy.max_warning_patient_pct}% allowed)")
+    if not over:
+        review.discard_raw_resources(run)
+        return StepOutcome(passed=True, summary=summary)
+    return StepOutcome(
+        passed=False,
+        summary=summary,
+        error_kind="validation_failed",
+        error_message="; ".join(over).capitalize() + ".",
+        error_hint="Open the review: fix the data or the mapping, or have an engineer waive accepted findings; re-run.",
+    )

@@ -1,0 +1,564 @@
+"""The authorization matrix: every URL name of the project, what to send, and what each persona gets.
+
+tests/test_route_matrix.py walks the project's URL patterns and calls each entry below as each
+persona: anonymous, hospital IT of tenant A, hospital IT of tenant B, customer success, engineer.
+A URL name with no entry fails that test with the line to add here.
+
+Adding a route? Add one entry to ROUTES, keyed by its URL name (with namespace, if any):
+
+    "my_page": [page(lambda w: reverse("my_page", kwargs={"code": w.conn_a.code}), owner="a",
+                     expect={"it_a": 200, "cs": 200, "engineer": 403})],
+
+- `page(...)` for HTML pages (anonymous must be sent to login), `api(...)` for API endpoints
+  (anonymous gets 401), `public(...)` for pages anyone may open (give "anon" in expect).
+- `owner="a"` when the URL names an object of tenant A. Then hospital IT of tenant B must get 404,
+  and the same URL with a code that does not exist must answer exactly like the foreign one.
+- `expect` gives the status per persona: 200, 302, 403, 404... A 403 means "may see, may not do".
+- `lists=True` when the answer lists objects: it must not contain the other tenant's codes or names.
+- `htmx=True` when the view answers htmx with a partial: the partial is checked too.
+- One URL name may have several calls (e.g. GET and PATCH of a DRF detail route).
+- Objects your route needs go in `World` (and `build_world`), so every route shares one world.
+  Objects in `world.extra` belong to tenant A: their codes are swapped for a missing one in the
+  "foreign looks like missing" check.
+
+Every call runs in a savepoint that is rolled back, so calls never see each other's writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.urls import reverse
+
+from connections.models import EHRConnection
+from onboarding import services
+from onboarding.models import MappingSignOff, Onboarding, StepRun
+from tests.factories import ConnectionFactory
+
+PERSONAS = ("anon", "it_a", "it_b", "cs", "engineer")
+MISSING = "00000000-0000-4000-8000-000000000000"
+
+
+@dataclass
+class World:
+    """The objects routes are called on: tenant A's (the owner) and tenant B's (the foreigner)."""
+
+    tenant_a: Any
+    tenant_b: Any
+    conn_a: EHRConnection
+    conn_b: EHRConnection
+    onboarding_a: Onboarding
+    onboarding_b: Onboarding
+    run_a: StepRun  # a finished (failed) configure attempt
+    active_run_a: StepRun  # a queued test attempt, so cancel has something to cancel
+    run_b: StepRun
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def foreign_markers(self, persona: str) -> list[str]:
+        """Codes and names a persona must never see in a list: the other tenant's."""
+        if persona == "it_a":
+            return _markers(self.tenant_b, self.conn_b, self.onboarding_b, self.run_b)
+        if persona == "it_b":
+            return _markers(self.tenant_a, self.conn_a, self.onboarding_a, self.run_a)
+        return []
+
+
+def _markers(tenant: Any, conn: EHRConnection, onboarding: Onboarding, run: StepRun) -> list[str]:
+    return [str(tenant.code), tenant.name, str(conn.code), conn.name, str(onboarding.code), str(run.code)]
+
+
+def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
+    conn_a = ConnectionFactory(tenant=tenant_a, name="Alpha Epic", auth_method="smart_backend", client_id="alpha-app")
+    conn_b = ConnectionFactory(tenant=tenant_b, name="Beta Cerner")
+    onboarding_a = services.ensure_onboarding(conn_a)
+    onboarding_b = services.ensure_onboarding(conn_b)
+    run_a = StepRun.objects.create(onboarding=onboarding_a, step="configure", attempt=1, status="failed")
+    active_run_a = StepRun.objects.create(onboarding=onboarding_a, step="test", attempt=1, status="queued")
+    run_b = StepRun.objects.create(onboarding=onboarding_b, step="configure", attempt=1, status="passed")
+    world = World(tenant_a, tenant_b, conn_a, conn_b, onboarding_a, onboarding_b, run_a, active_run_a, run_b)
+    world.extra.update(_mapping_and_findings(onboarding_a))
+    return world
+
+
+def _mapping_and_findings(onboarding: Onboarding) -> dict[str, Any]:
+    """Tenant A's mapping (one local code, one unknown extension) and a failed validation run with a finding."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from onboarding import mapping as mappings
+    from onboarding.models import Finding, RawResource
+
+    profile = {
+        "elements": [
+            {
+                "element": "Observation.code",
+                "local_codes": [{"system": "urn:local", "code": "GLU", "display": "GLUCOSE", "count": 3}],
+            }
+        ],
+        "extensions": [{"url": "http://example.org/ext", "known": False}],
+        "suggested_mrn_system": "http://hospital.example.org/mrn",
+    }
+    mapping = mappings.record_map_result(onboarding=onboarding, profile=profile, run=None)
+    validate_run = StepRun.objects.create(
+        onboarding=onboarding,
+        step="validate",
+        attempt=1,
+        status="failed",
+        finished_at=timezone.now(),
+        result={"patients": 1},
+        error_kind="validation_failed",
+        error_message="100% of patients have an error.",
+    )
+    raw = RawResource.objects.create(
+        run=validate_run,
+        resource_type="Observation",
+        resource_key="k1",
+        patient_key="p1",
+        payload='{"resourceType":"Observation","id":"o1"}',
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    finding = Finding.objects.create(
+        run=validate_run,
+        severity="error",
+        rule="codes.unmapped-local",
+        resource_type="Observation",
+        path="Observation.code",
+        location="code.coding[0]",
+        message="Local code GLU is not mapped.",
+        patient_key="p1",
+        resource_key="k1",
+        fingerprint="f1",
+        raw=raw,
+    )
+    return {"mapping": mapping, "validate_run": validate_run, "finding": finding}
+
+
+UrlFor = Callable[[World], str]
+DataFor = Callable[[World], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request to make as each persona, and the statuses expected."""
+
+    kind: str  # "page", "api" or "public"
+    url: UrlFor
+    expect: dict[str, int]
+    method: str = "GET"
+    data: DataFor | None = None
+    owner: str | None = None
+    lists: bool = False
+    htmx: bool = False
+
+    def expected(self, persona: str) -> int | None:
+        """The status this persona must get; None where the anonymous rule (login or 401) applies."""
+        if persona in self.expect:
+            return self.expect[persona]
+        if persona == "anon" and self.kind != "public":
+            return None
+        if persona == "it_b" and self.owner == "a":
+            return 404
+        raise KeyError(f"no expectation for {persona}")
+
+
+def page(url: UrlFor, *, expect: dict[str, int], **options: Any) -> Call:
+    return Call("page", url, expect, **options)
+
+
+def api(url: UrlFor, *, expect: dict[str, int], **options: Any) -> Call:
+    return Call("api", url, expect, **options)
+
+
+def public(url: UrlFor, *, expect: dict[str, int], **options: Any) -> Call:
+    return Call("public", url, expect, **options)
+
+
+def everyone(status: int) -> dict[str, int]:
+    return {"it_a": status, "it_b": status, "cs": status, "engineer": status}
+
+
+def tenant_a_staff(it_a: int, cs: int, engineer: int) -> dict[str, int]:
+    return {"it_a": it_a, "cs": cs, "engineer": engineer}
+
+
+def _r(name: str, **kwargs: Any) -> str:
+    return reverse(name, kwargs=kwargs or None)
+
+
+ROUTES: dict[str, list[Call]] = {
+    # --- Sign-in and account ------------------------------------------------------------------
+    "login": [public(lambda w: _r("login"), expect={"anon": 200, **everyone(200)})],
+    "logout": [public(lambda w: _r("logout"), method="POST", expect={"anon": 302, **everyone(302)})],
+    "account_security": [page(lambda w: _r("account_security"), expect=everyone(200))],
+    # Already verified (staff) or nothing to verify (hospital IT without a device): sent on.
+    "two_factor_verify": [page(lambda w: _r("two_factor_verify"), expect=everyone(302))],
+    "two_factor_setup": [page(lambda w: _r("two_factor_setup"), expect=everyone(200))],
+    "backup_codes": [page(lambda w: _r("backup_codes"), method="POST", expect=everyone(200))],
+    "reauthenticate": [page(lambda w: _r("reauthenticate"), expect=everyone(200))],
+    "password_change": [page(lambda w: _r("password_change"), expect=everyone(200))],
+    # --- Tenants and the audit trail ------------------------------------------------------------
+    "dashboard": [page(lambda w: _r("dashboard"), expect=everyone(200), lists=True, htmx=True)],
+    "tenant_create": [
+        page(lambda w: _r("tenant_create"), expect={"it_a": 403, "it_b": 403, "cs": 200, "engineer": 403})
+    ],
+    "tenant_detail": [
+        page(lambda w: _r("tenant_detail", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "tenant_audit": [
+        page(
+            lambda w: _r("tenant_audit", code=w.tenant_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            lists=True,
+            htmx=True,
+        )
+    ],
+    "tenant_audit_csv": [
+        page(lambda w: _r("tenant_audit_csv", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "audit_log": [page(lambda w: _r("audit_log"), expect={"it_a": 403, "it_b": 403, "cs": 200, "engineer": 200})],
+    "audit_log_csv": [
+        page(lambda w: _r("audit_log_csv"), expect={"it_a": 403, "it_b": 403, "cs": 200, "engineer": 200})
+    ],
+    # --- Connections ------------------------------------------------------------------------------
+    "connection_create": [
+        page(lambda w: _r("connection_create", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(403, 200, 403))
+    ],
+    "connection_edit": [
+        page(lambda w: _r("connection_edit", code=w.conn_a.code), owner="a", expect=tenant_a_staff(403, 200, 403))
+    ],
+    "connection_smart_key": [
+        page(lambda w: _r("connection_smart_key", code=w.conn_a.code), owner="a", expect=tenant_a_staff(403, 200, 403))
+    ],
+    "connection_jwks": [
+        page(lambda w: _r("connection_jwks", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "connection_detail": [
+        page(lambda w: _r("connection_detail", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    # --- The pipeline -----------------------------------------------------------------------------
+    "start_step": [
+        page(
+            lambda w: _r("start_step", code=w.conn_a.code, step="configure"),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "run_detail": [
+        page(
+            lambda w: _r("run_detail", code=w.active_run_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            htmx=True,
+        )
+    ],
+    "cancel_run": [
+        page(
+            lambda w: _r("cancel_run", code=w.active_run_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    # --- Mapping and the review of validation runs (issue 4) ---------------------------------------
+    "mapping": [page(lambda w: _r("mapping", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))],
+    "mapping_code": [
+        page(
+            lambda w: _r("mapping_code", code=w.conn_a.code) + "?key=Observation.code%7Curn%3Alocal%7CGLU&edit=1",
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            htmx=True,
+        ),
+        page(
+            lambda w: _r("mapping_code", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                "key": "Observation.code|urn:local|GLU",
+                "version": w.extra["mapping"].version,
+                "target_system": "LOINC",
+                "target_code": "2339-0",
+                "target_display": "Glucose [Mass/volume] in Blood",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        ),
+    ],
+    "mapping_mrn": [
+        page(
+            lambda w: _r("mapping_mrn", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"version": w.extra["mapping"].version, "system": "urn:oid:1.2.3"},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "mapping_extension": [
+        page(
+            lambda w: _r("mapping_extension", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                "version": w.extra["mapping"].version,
+                "url": "http://example.org/ext",
+                "handling": "ignore",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "mapping_export_csv": [
+        page(lambda w: _r("mapping_export_csv", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    # No file attached: customer success and engineers get the page back with the error (400).
+    "mapping_import_csv": [
+        page(
+            lambda w: _r("mapping_import_csv", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"version": w.extra["mapping"].version},
+            owner="a",
+            expect=tenant_a_staff(403, 400, 400),
+        )
+    ],
+    "mapping_concept_map": [
+        page(lambda w: _r("mapping_concept_map", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    # Hospital IT may sign (here refused with a message, since the map step has not passed: 302).
+    "mapping_sign_off": [
+        page(
+            lambda w: _r("mapping_sign_off", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"version": w.extra["mapping"].version, "content_hash": w.extra["mapping"].content_hash},
+            owner="a",
+            expect=tenant_a_staff(302, 403, 403),
+        )
+    ],
+    "validation_policy": [
+        page(lambda w: _r("validation_policy", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        page(
+            lambda w: _r("validation_policy", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {
+                "max_error_patient_pct": "5",
+                "max_warning_patient_pct": "100",
+                "map_sample_size": "10",
+                "validate_sample_size": "20",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        ),
+    ],
+    "review_queue": [page(lambda w: _r("review_queue"), expect=everyone(200), lists=True, htmx=True)],
+    "review_run": [
+        page(
+            lambda w: _r("review_run", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "review_group": [
+        page(
+            lambda w: (
+                _r("review_group", code=w.extra["validate_run"].code)
+                + "?rule=codes.unmapped-local&path=Observation.code"
+            ),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            htmx=True,
+        )
+    ],
+    "review_waive": [
+        page(
+            lambda w: _r("review_waive", code=w.extra["validate_run"].code),
+            method="POST",
+            data=lambda w: {
+                "rule": "codes.unmapped-local",
+                "path": "Observation.code",
+                "reason": "Accepted for the pilot by the lab lead",
+                "expires_on": "2099-01-01",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 403, 302),
+        )
+    ],
+    "review_export_csv": [
+        page(
+            lambda w: _r("review_export_csv", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "review_export_json": [
+        page(
+            lambda w: _r("review_export_json", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    # Raw JSON (PHI): engineers only, every view audited.
+    "review_raw": [
+        page(lambda w: _r("review_raw", code=w.extra["finding"].code), owner="a", expect=tenant_a_staff(403, 403, 200))
+    ],
+    "evidence_pack": [
+        page(lambda w: _r("evidence_pack", code=w.onboarding_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "evidence_pack_json": [
+        page(
+            lambda w: _r("evidence_pack_json", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    # --- API --------------------------------------------------------------------------------------
+    "api-root": [api(lambda w: "/api/v1/", expect=everyone(200))],
+    "api_token": [
+        public(lambda w: _r("api_token"), method="POST", data=lambda w: {}, expect={"anon": 400, **everyone(400)})
+    ],
+    "api_schema": [api(lambda w: _r("api_schema"), expect=everyone(200))],
+    "api_docs": [api(lambda w: _r("api_docs"), expect=everyone(200))],
+    "api_redoc": [api(lambda w: _r("api_redoc"), expect=everyone(200))],
+    "tenant-list": [
+        api(lambda w: "/api/v1/tenants/", expect=everyone(200), lists=True),
+        api(
+            lambda w: "/api/v1/tenants/",
+            method="POST",
+            data=lambda w: {"name": "Gamma General", "timezone": "America/Chicago"},
+            expect={"it_a": 403, "it_b": 403, "cs": 201, "engineer": 403},
+        ),
+    ],
+    "tenant-detail": [
+        api(lambda w: f"/api/v1/tenants/{w.tenant_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "connection-list": [
+        api(lambda w: "/api/v1/connections/", expect=everyone(200), lists=True),
+        # A foreign tenant's code in the body is refused like a foreign URL (404), not created.
+        api(
+            lambda w: "/api/v1/connections/",
+            method="POST",
+            owner="a",
+            data=lambda w: {
+                "tenant": str(w.tenant_a.code),
+                "name": "Matrix connection",
+                "vendor": "generic",
+                "base_url": "https://fhir.example.org/r4",
+                "auth_method": "none",
+            },
+            expect=tenant_a_staff(403, 201, 403),
+        ),
+    ],
+    "connection-detail": [
+        api(lambda w: f"/api/v1/connections/{w.conn_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: f"/api/v1/connections/{w.conn_a.code}/",
+            method="PATCH",
+            data=lambda w: {"name": "Renamed by the matrix"},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
+    ],
+    "connection-jwks": [
+        api(lambda w: f"/api/v1/connections/{w.conn_a.code}/jwks/", owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "connection-generate-key": [
+        api(
+            lambda w: f"/api/v1/connections/{w.conn_a.code}/generate-key/",
+            method="POST",
+            data=lambda w: {"algorithm": "ES384"},
+            owner="a",
+            expect=tenant_a_staff(403, 201, 403),
+        )
+    ],
+    "onboarding-list": [api(lambda w: "/api/v1/onboardings/", expect=everyone(200), lists=True)],
+    "onboarding-detail": [
+        api(lambda w: f"/api/v1/onboardings/{w.onboarding_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "steprun-list": [api(lambda w: "/api/v1/runs/", expect=everyone(200), lists=True)],
+    "steprun-detail": [api(lambda w: f"/api/v1/runs/{w.run_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200))],
+    "steprun-cancel": [
+        api(
+            lambda w: f"/api/v1/runs/{w.active_run_a.code}/cancel/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    "api_start_step": [
+        api(
+            lambda w: _r("api_start_step", code=w.conn_a.code, step="configure"),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 202, 202),
+        )
+    ],
+}
+
+# The Django admin: none of the personas is admin staff, so every admin page sends them (and
+# anonymous visitors) to the admin's own login, which asks for the second factor too. New admin
+# pages (a model registered later) are covered by this rule without an entry of their own.
+ADMIN_NAMESPACE = "admin"
+# (status, where a redirect must go) per admin page; every other admin page: (302, the admin login).
+ADMIN_EXPECT = {"admin:login": (200, ""), "admin:logout": (302, "/admin/")}
+ADMIN_DEFAULT = (302, "/admin/login/")
+ADMIN_DUMMY_KWARGS = {"object_id": "1", "id": "1", "pk": "1", "app_label": "auth", "content_type_id": "1", "url": "x"}
+
+
+# IDOR: foreign ids in request bodies and form choices. Each case names a route, what persona
+# sends what, and the status that proves it was refused; test_route_matrix.py also checks the
+# database did not change. Add a case for every route that takes another object's code in its body.
+@dataclass(frozen=True)
+class IdorCase:
+    description: str
+    persona: str
+    method: str
+    url: UrlFor
+    data: DataFor
+    refused_with: int
+    unchanged: Callable[[World], bool]
+
+
+IDOR_CASES: list[IdorCase] = [
+    IdorCase(
+        "customer success assigned to tenant A only cannot add a connection to tenant B through the API body",
+        persona="cs_scoped_a",
+        method="POST",
+        url=lambda w: "/api/v1/connections/",
+        data=lambda w: {
+            "tenant": str(w.tenant_b.code),
+            "name": "Smuggled",
+            "vendor": "generic",
+            "base_url": "https://fhir.example.org/r4",
+            "auth_method": "none",
+        },
+        refused_with=404,
+        unchanged=lambda w: not EHRConnection.objects.filter(name="Smuggled").exists(),
+    ),
+    IdorCase(
+        "a PATCH cannot move tenant A's connection to tenant B",
+        persona="cs",
+        method="PATCH",
+        url=lambda w: f"/api/v1/connections/{w.conn_a.code}/",
+        data=lambda w: {"tenant": str(w.tenant_b.code)},
+        refused_with=200,  # the field is not writable: accepted as a no-op, never applied
+        unchanged=lambda w: EHRConnection.objects.get(pk=w.conn_a.pk).tenant_id == w.tenant_a.pk,
+    ),
+    IdorCase(
+        "hospital IT of tenant A cannot approve tenant B's mapping (a gate of another hospital)",
+        persona="it_a",
+        method="POST",
+        url=lambda w: reverse("mapping_sign_off", kwargs={"code": w.conn_b.code}),
+        data=lambda w: {"version": 1, "content_hash": "0" * 64},
+        refused_with=404,
+        unchanged=lambda w: not MappingSignOff.objects.filter(mapping__onboarding=w.onboarding_b).exists(),
+    ),
+    IdorCase(
+        "hospital IT of tenant A cannot start a step of tenant B's connection",
+        persona="it_a",
+        method="POST",
+        url=lambda w: f"/api/v1/connections/{w.conn_b.code}/steps/configure/start/",
+        data=lambda w: {},
+        refused_with=404,
+        unchanged=lambda w: not StepRun.objects.filter(onboarding=w.onboarding_b, attempt=2).exists(),
+    ),
+]

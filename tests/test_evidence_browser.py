@@ -1,0 +1,220 @@
+"""In Chromium: hospital IT downloads their onboarding's evidence pack; another hospital's IT gets 404."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+
+from connections.services import create_connection
+from onboarding import services
+from onboarding.models import Finding, Mapping, MappingSignOff, StepRun, Waiver
+from portal import audit
+from tests.browser import chromium, log_in
+from tests.factories import DEFAULT_PASSWORD
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+MAPPING_HASH = "9f2c4e" * 10 + "abcd"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as browser:
+        yield browser
+
+
+def csp_watch(page: Page) -> list[str]:
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        # A missing favicon is "Failed to load resource"; anything else logged as an error counts.
+        if "Content Security Policy" in message.text or (
+            message.type == "error" and "Failed to load resource" not in message.text
+        ):
+            problems.append(f"{page.url}: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: problems.append(f"{page.url}: {exc}"))
+    return problems
+
+
+@pytest.fixture
+def onboarding(tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any) -> Any:
+    """An onboarding with history: attempts, a signed mapping, a failed validation with a waiver."""
+    conn = create_connection(
+        user=cs_user,
+        tenant=tenant_a,
+        fields={
+            "name": "Alpha main FHIR",
+            "vendor": "meditech",
+            "base_url": "https://fhir.alpha.example.org/r4",
+            "auth_method": "basic",
+            "client_id": "alpha-portal",
+        },
+        secret="evidence-test-secret",
+    )
+    onboarding = services.ensure_onboarding(conn)
+    configure = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
+    StepRun.objects.filter(pk=configure.pk).update(status="passed", finished_at=timezone.now())
+    StepRun.objects.create(
+        onboarding=onboarding,
+        step="test",
+        attempt=1,
+        status="failed",
+        finished_at=timezone.now(),
+        error_kind="auth",
+        error_message="The hospital refused the credentials.",
+    )
+    StepRun.objects.create(onboarding=onboarding, step="test", attempt=2, status="passed", finished_at=timezone.now())
+    mapping = Mapping.objects.create(
+        onboarding=onboarding,
+        version=3,
+        source="editor",
+        mrn_system="urn:oid:2.16.840.1.113883.3.1",
+        content_hash=MAPPING_HASH,
+    )
+    sign_off = MappingSignOff.objects.create(
+        mapping=mapping,
+        version=3,
+        content_hash=MAPPING_HASH,
+        approver=it_a,
+        approver_label=it_a.username,
+        comment="MRN system confirmed with our registration team.",
+    )
+    audit.record(action="mapping.sign_off", actor=it_a, tenant=tenant_a, obj=sign_off, detail={"version": 3})
+    validate = StepRun.objects.create(
+        onboarding=onboarding,
+        step="validate",
+        attempt=1,
+        status="failed",
+        finished_at=timezone.now(),
+        result={
+            "patients": 10,
+            "patients_with_error": 2,
+            "error_share": 20.0,
+            "waived": 1,
+            "mapping_version": 3,
+            "thresholds": {"max_error_patient_pct": 0.0, "max_warning_patient_pct": 100.0},
+        },
+    )
+
+    for severity in ("error", "error", "warning"):
+        Finding.objects.create(
+            run=validate,
+            severity=severity,
+            rule="us-core-must-support",
+            resource_type="Patient",
+            path="Patient.gender",
+            message="Must-support element missing",
+            fingerprint=f"fp-{severity}-{Finding.objects.count()}",
+        )
+    Waiver.objects.create(
+        tenant=tenant_a,
+        rule="us-core-must-support",
+        path="Patient.birthDate",
+        reason="Not recorded for newborns.",
+        approver=engineer,
+        approver_label=engineer.username,
+        expires_at=timezone.now() + timedelta(days=90),
+    )
+    return onboarding
+
+
+def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
+    browser: Browser, live_server: Any, onboarding: Any, it_a: Any, it_b: Any, tmp_path: Path
+) -> None:
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    problems = csp_watch(page)
+    log_in(page, live_server.url, it_a.username, DEFAULT_PASSWORD)
+
+    page.get_by_role("link", name="Alpha main FHIR").first.click()
+    page.get_by_test_id("evidence-link").click()
+    expect(page.locator("h1")).to_have_text("Security evidence pack")
+
+    timeline = page.get_by_test_id("evidence-timeline")
+    expect(timeline).to_contain_text("The hospital refused the credentials.")
+    expect(timeline.locator("tbody tr")).to_have_count(6 + 4)  # six steps, four attempts
+
+    gates = page.get_by_test_id("evidence-gates")
+    expect(gates).to_contain_text(it_a.username)
+    expect(gates).to_contain_text("MRN system confirmed with our registration team.")
+    expect(gates).to_contain_text("mapping v3")
+    expect(gates).to_contain_text(MAPPING_HASH)
+    expect(gates.get_by_test_id("gate-note-load_test")).to_have_text("not available yet")
+    expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")
+
+    validation = page.get_by_test_id("evidence-validation")
+    expect(validation).to_contain_text("2 error, 1 warning")
+    expect(validation).to_contain_text("Not recorded for newborns.")
+    expect(validation.get_by_test_id("validation-figures")).to_contain_text("2 (20.0%; at most 0.0% allowed)")
+
+    expect(page.get_by_test_id("evidence-load-test")).to_contain_text("not available yet")
+
+    security = page.get_by_test_id("evidence-security")
+    expect(security).to_contain_text("HTTP Basic")
+    expect(security).to_contain_text("HTTPS")
+    expect(security).to_contain_text("TLS 1.2 or newer")
+    expect(security).to_contain_text("Encrypted at rest")
+    expect(security).to_contain_text("0 days old")
+    expect(security).not_to_contain_text("evidence-test-secret")
+
+    audit_section = page.get_by_test_id("evidence-audit")
+    for action in ("connection.create", "step.start", "mapping.sign_off", "evidence.export"):
+        expect(audit_section).to_contain_text(action)
+
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download-json").click()
+    pack = json.loads(Path(download_info.value.path()).read_text())
+    assert pack["format"] == "onboarding-evidence-pack/1"
+    assert pack["hospital"]["name"] == "Alpha Medical Center"
+    assert len(pack["timeline"]["attempts"]) == 4
+    mapping_gate = pack["gates"][0]
+    assert mapping_gate["approvals"][0]["artifact"] == {
+        "kind": "mapping",
+        "code": str(onboarding.mappings.get().code),
+        "version": 3,
+        "content_sha256": MAPPING_HASH,
+    }
+    assert [gate["note"] for gate in pack["gates"][1:]] == ["not available yet", "not available yet"]
+    assert pack["validation"]["findings_by_severity"] == {"error": 2, "warning": 1}
+    assert pack["validation"]["outcome"]["waived"] == 1
+    assert pack["validation"]["waivers"][0]["reason"] == "Not recorded for newborns."
+    assert pack["load_test"] == {"available": False, "note": "not available yet"}
+    assert pack["security"]["secret"]["age_days"] == 0
+    assert "evidence-test-secret" not in json.dumps(pack)
+    assert {"connection.create", "mapping.sign_off"} <= {event["action"] for event in pack["audit"]["events"]}
+
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download-html").click()
+    html = Path(download_info.value.path()).read_text()
+    for heading in (
+        "Timeline of steps and attempts",
+        "Gates",
+        "Validation summary",
+        "Load-test summary",
+        "Connection security facts",
+        "Audit extract",
+    ):
+        assert heading in html
+    assert "<style>" in html and "evidence-test-secret" not in html
+    assert problems == []
+    context.close()
+
+    # Hospital IT of another hospital: the same addresses are a plain 404.
+    other = browser.new_context()
+    page = other.new_page()
+    log_in(page, live_server.url, it_b.username, DEFAULT_PASSWORD)
+    for name in ("evidence_pack", "evidence_pack_json"):
+        response = page.goto(live_server.url + reverse(name, kwargs={"code": onboarding.code}))
+        assert response is not None and response.status == 404, name
+        expect(page.locator("body")).not_to_contain_text("Alpha")
+    other.close()

@@ -1,0 +1,320 @@
+"""The validate step: every planted defect found, nothing on clean resources, no PHI in findings.
+
+The expected findings are derived from the sandbox's own record of what it planted, and compared
+as exact sets of (rule, resource type, pseudonymous resource key).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection as db
+from django.utils import timezone
+
+from connections.adapters.structure import element_path, strict_parse_problems, structure_problems
+from connections.sandbox import SandboxHospital
+from onboarding import mapping as mappings
+from onboarding import review
+from onboarding.models import Finding, RawResource, RunStatus, StepRun
+from portal.models import AuditEvent
+from tests.test_map_step import (
+    planted,
+    ready_connection,
+    run_now,
+    set_sizes,
+    signed_off_mapping,
+)
+
+pytestmark = pytest.mark.django_db
+
+# The rule each planted defect must raise, on the resource that carries it.
+RULE_OF = {
+    "duplicate_patient": "patient.likely-duplicate",
+    "missing_birth_date": "patient.birth-date-missing",
+    "second_identifier": "patient.second-mrn-system",
+    "unknown_extension": "extensions.unknown",
+    "bad_date": "dates.implausible",
+    "local_lab_code": "codes.unmapped-local",
+    "dangling_reference": "references.unresolved",
+    "bad_structure": "structure.invalid",
+}
+SENTINEL = "Zyxwquorthsentinel"
+
+
+@pytest.fixture
+def defects(sandbox_allowlist: str, clean_faults: None, sandboxes: dict[str, Any]) -> Any:
+    return sandboxes["defects"]
+
+
+@pytest.fixture(scope="module")
+def extra_sandboxes() -> Iterator[dict[str, SandboxHospital]]:
+    """A clean sandbox with every clinical type, and one whose patients all carry a sentinel name."""
+    running = {
+        "clean": SandboxHospital(flavour="generic", seed=11, patients=25, extended_clinical=True).start(),
+        "sentinel": SandboxHospital(
+            flavour="oracle_health",
+            seed=5,
+            patients=25,
+            extended_clinical=True,
+            defects={"default": True, "sentinel_family": SENTINEL},
+        ).start(),
+    }
+    yield running
+    for hospital in running.values():
+        hospital.stop()
+
+
+@pytest.fixture
+def allow_extra(settings: Any, sandbox_allowlist: str, extra_sandboxes: dict[str, SandboxHospital]) -> dict[str, Any]:
+    settings.OUTBOUND_ALLOWLIST = [
+        *settings.OUTBOUND_ALLOWLIST,
+        *(f"127.0.0.1:{h.port}" for h in extra_sandboxes.values()),
+    ]
+    return extra_sandboxes
+
+
+def finding_set(run: StepRun) -> set[tuple[str, str, str]]:
+    return set(run.findings.values_list("rule", "resource_type", "resource_key"))
+
+
+def test_validate_finds_every_planted_defect_and_nothing_on_clean_resources(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    # Map a sample of 10 (its local codes get mapped), then validate all 30: the local codes first
+    # seen beyond the sample are unmapped and must be found; the mapped ones must not.
+    set_sizes(tenant_a, map_size=10, validate_size=len(defects.patient_ids))
+    connection = ready_connection(tenant_a, cs_user, defects)
+    mapping = signed_off_mapping(cs_user, it_a, connection)
+    mapped = {row["code"] for row in mapping.codes}
+    run = run_now(connection, "validate", cs_user)
+    assert run.status == RunStatus.FAILED, (run.error_kind, run.error_message)
+    assert run.error_kind == "validation_failed"
+    assert run.result["patients"] == len(defects.patient_ids)
+
+    report = planted(defects)
+    expected = {
+        (RULE_OF[p["kind"]], p["resource_type"], review.resource_key(tenant_a, p["resource_type"], p["resource_id"]))
+        for p in report
+        if not (p["kind"] == "local_lab_code" and p["detail"]["code"] in mapped)
+    }
+    assert any(p["kind"] == "local_lab_code" and p["detail"]["code"] in mapped for p in report)
+    assert any(p["kind"] == "local_lab_code" and p["detail"]["code"] not in mapped for p in report)
+    assert finding_set(run) == expected
+    # One finding per planted defect, at the element the sandbox says it planted it.
+    assert run.findings.count() == len(expected)
+    paths = {(f.rule, f.resource_key): f.path for f in run.findings.all()}
+    for p in report:
+        key = (RULE_OF[p["kind"]], review.resource_key(tenant_a, p["resource_type"], p["resource_id"]))
+        if key in paths:
+            assert paths[key] == p["element"], (p, paths[key])
+    # The patients affected are counted, and raw resources are kept for this failed run only.
+    assert (
+        run.result["patients_with_error"]
+        == run.findings.filter(severity="error").values("patient_key").distinct().count()
+    )
+    assert RawResource.objects.filter(run=run).count() == len({k for _, _, k in expected})
+
+
+def test_a_clean_hospital_gives_no_findings_and_keeps_no_raw_data(
+    allow_extra: dict[str, Any], tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    set_sizes(tenant_a, map_size=10, validate_size=25)
+    connection = ready_connection(tenant_a, cs_user, allow_extra["clean"])
+    signed_off_mapping(cs_user, it_a, connection)
+    run = run_now(connection, "validate", cs_user)
+    assert run.status == RunStatus.PASSED, (
+        run.error_kind,
+        run.error_message,
+        list(run.findings.values("rule", "path", "message")[:5]),
+    )
+    assert run.findings.count() == 0
+    assert run.result["types_skipped"] == []
+    assert set(run.result["resources"]) == {
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "MedicationRequest",
+        "AllergyIntolerance",
+        "Procedure",
+        "Immunization",
+    }
+    assert run.progress_done == run.progress_total == 25
+    assert RawResource.objects.filter(run=run).count() == 0
+
+
+AUTH_BY_FLAVOUR: dict[str, dict[str, str]] = {
+    "epic": {"auth_method": "client_credentials", "client_id": "portal-test", "secret": "s3cret-sandbox-value"},
+    "meditech": {"auth_method": "basic", "client_id": "portal-basic", "secret": "basic-s3cret-value"},
+    "athenahealth": {"extra_search_params": "ah-practice=Organization/a-1.Practice-195900"},
+}
+
+
+@pytest.mark.parametrize("flavour", ["epic", "oracle_health", "meditech", "athenahealth"])
+def test_every_vendor_flavour_maps_and_validates_clean(
+    sandbox_allowlist: str,
+    clean_faults: None,
+    sandboxes: dict[str, Any],
+    tenant_a: Any,
+    cs_user: Any,
+    it_a: Any,
+    flavour: str,
+) -> None:
+    set_sizes(tenant_a, map_size=5, validate_size=12)
+    connection = ready_connection(tenant_a, cs_user, sandboxes[flavour], **AUTH_BY_FLAVOUR.get(flavour, {}))
+    mapping = signed_off_mapping(cs_user, it_a, connection)
+    assert mapping.mrn_system == sandboxes[flavour].mrn_system  # the vendor default, found in the census
+    run = run_now(connection, "validate", cs_user)
+    assert run.status == RunStatus.PASSED, (run.error_kind, run.error_message)
+    assert run.findings.count() == 0
+    # These sandboxes serve only the core types; the others are skipped and the log says so.
+    assert "MedicationRequest" in run.result["types_skipped"]
+    assert any("Not offered" in line["message"] for line in run.log)
+
+
+def test_findings_hold_no_names_or_mrns(allow_extra: dict[str, Any], tenant_a: Any, cs_user: Any, it_a: Any) -> None:
+    hospital = allow_extra["sentinel"]
+    set_sizes(tenant_a, map_size=25, validate_size=25)
+    connection = ready_connection(tenant_a, cs_user, hospital)
+    signed_off_mapping(cs_user, it_a, connection)
+    run = run_now(connection, "validate", cs_user)
+    assert run.findings.exists()
+    bundle = httpx.get(f"{hospital.base_url}/Patient", params={"_count": "100"}, timeout=10).json()
+    patients = [e["resource"] for e in bundle["entry"]]
+    assert all(p["name"][0]["family"] == SENTINEL for p in patients)  # the sentinel reached the data
+    secrets = {SENTINEL, SENTINEL.lower(), SENTINEL.upper()}
+    secrets |= {i["value"] for p in patients for i in p["identifier"]}
+    secrets |= {g for p in patients for g in p["name"][0]["given"]}
+
+    stored = json.dumps(list(Finding.objects.values()), default=str)
+    stored += json.dumps(list(StepRun.objects.values("result", "log", "error_message")), default=str)
+    stored += json.dumps(list(AuditEvent.objects.values("detail")), default=str)
+    leaked = sorted(s for s in secrets if s in stored)
+    assert leaked == []
+    # Raw resources hold the PHI, encrypted at rest: the column holds no sentinel, the decrypted payload does.
+    with db.cursor() as cursor:
+        cursor.execute("SELECT payload FROM onboarding_rawresource WHERE run_id = %s", [run.pk])
+        columns = [row[0] for row in cursor.fetchall()]
+    assert columns and not any(SENTINEL in c for c in columns)
+    assert any(SENTINEL in raw.payload for raw in RawResource.objects.filter(run=run, resource_type="Patient"))
+
+
+def test_validate_refuses_an_unsigned_mapping(defects: Any, tenant_a: Any, cs_user: Any, it_a: Any) -> None:
+    set_sizes(tenant_a, map_size=10, validate_size=5)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    mapping = signed_off_mapping(cs_user, it_a, connection)
+    mappings.set_mrn_system(user=cs_user, mapping=mapping, system="urn:oid:1.2.3")
+    run = run_now(connection, "validate", cs_user)
+    assert run.status == RunStatus.FAILED and run.error_kind == "not_signed_off"
+    assert f"version {mapping.version + 1} is not signed off" in run.error_message
+    assert run.findings.count() == 0
+
+
+def test_thresholds_and_waivers_decide_pass_or_fail(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any
+) -> None:
+    set_sizes(tenant_a, map_size=30, validate_size=30)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    failed = run_now(connection, "validate", cs_user)
+    assert failed.status == RunStatus.FAILED
+    kept = RawResource.objects.filter(run=failed)
+    assert kept.exists()
+    retention = timezone.now() + timedelta(days=14)
+    assert all(abs((raw.expires_at - retention).total_seconds()) < 120 for raw in kept)
+
+    # Waive every error group: waived findings still show, but no longer count, so the re-run passes.
+    for group in review.grouped_findings(failed):
+        if group.severity == "error":
+            review.create_waiver(
+                user=engineer,
+                tenant=tenant_a,
+                rule=group.rule,
+                path=group.path,
+                reason="Accepted by the lab lead for the pilot",
+                expires_on=timezone.localdate() + timedelta(days=30),
+            )
+    passed = run_now(connection, "validate", cs_user)
+    assert passed.status == RunStatus.PASSED, passed.error_message
+    assert passed.findings.filter(severity="error").count() == failed.findings.filter(severity="error").count()
+    assert passed.result["waived"] == passed.findings.filter(severity="error").count()
+    assert passed.result["patients_with_error"] == 0
+    assert not RawResource.objects.filter(run=passed).exists()
+
+    # A strict warning threshold fails it again.
+    policy = mappings.policy_for(tenant_a)
+    policy.max_warning_patient_pct = 1.0
+    policy.save()
+    strict = run_now(connection, "validate", cs_user)
+    assert strict.status == RunStatus.FAILED and "warning" in strict.error_message
+
+
+def test_expired_raw_resources_are_purged(defects: Any, tenant_a: Any, cs_user: Any, it_a: Any) -> None:
+    set_sizes(tenant_a, map_size=30, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    run = run_now(connection, "validate", cs_user)
+    count = RawResource.objects.filter(run=run).count()
+    assert count and review.purge_expired_raw_resources() == 0
+    assert review.purge_expired_raw_resources(timezone.now() + timedelta(days=15)) == count
+    assert run.findings.exists() and not run.findings.filter(raw__isnull=False).exists()
+
+
+# --- the structural check against fhirclient's strict parse ------------------------------------------
+
+
+def _mutations(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Broken copies of a resource, one kind of damage each."""
+    unknown = copy.deepcopy(resource)
+    unknown["colour"] = "blue"
+    yield unknown
+    wrong_type = copy.deepcopy(resource)
+    wrong_type["id"] = 42
+    yield wrong_type
+    scalar_list = copy.deepcopy(resource)
+    scalar_list["meta"] = [scalar_list["meta"]]
+    yield scalar_list
+    if resource["resourceType"] == "Observation":
+        missing = copy.deepcopy(resource)
+        del missing["code"]
+        yield missing
+        bad_date = copy.deepcopy(resource)
+        bad_date["effectiveDateTime"] = "2021-13-45"
+        yield bad_date
+        nested = copy.deepcopy(resource)
+        nested["code"]["coding"][0]["system"] = ["http://loinc.org"]
+        yield nested
+    if resource["resourceType"] == "Patient":
+        not_a_list = copy.deepcopy(resource)
+        not_a_list["name"] = not_a_list["name"][0]
+        yield not_a_list
+
+
+def test_the_fast_structural_check_agrees_with_fhirclient(allow_extra: dict[str, Any]) -> None:
+    hospital = allow_extra["clean"]
+    corpus: list[dict[str, Any]] = []
+    for resource_type in ("Patient", "Observation", "Condition", "Encounter", "MedicationRequest", "Immunization"):
+        params = (
+            {"_count": "40"} if resource_type == "Patient" else {"patient": hospital.patient_ids[0], "_count": "40"}
+        )
+        bundle = httpx.get(f"{hospital.base_url}/{resource_type}", params=params, timeout=10).json()
+        corpus.extend(e["resource"] for e in bundle.get("entry", []))
+    assert len(corpus) > 40
+    checked = 0
+    for resource in corpus:
+        for candidate in (resource, *_mutations(resource)):
+            fast, strict = structure_problems(candidate), strict_parse_problems(candidate)
+            assert bool(fast) == bool(strict), (candidate, fast, strict)
+            checked += 1
+    assert checked > 150
+    # Paths are JSON paths with positions; grouping drops the positions.
+    broken = copy.deepcopy(next(r for r in corpus if r["resourceType"] == "Observation"))
+    broken["code"]["coding"][0]["system"] = 7
+    assert structure_problems(broken) == [("code.coding[0].system", "must be a string")]
+    assert element_path("code.coding[0].system") == "code.coding.system"
