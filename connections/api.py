@@ -186,6 +186,8 @@ class ConnectionViewSet(
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         connection = self.get_object()
+        # Refuse people who may not edit before looking at what they sent (403, not a 400).
+        require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
         data = ConnectionUpdateInput(connection, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)

@@ -135,14 +135,17 @@ def update_connection(
     changed = sorted(name for name in EDITABLE_FIELDS if name in fields and getattr(connection, name) != fields[name])
     for name in changed:
         setattr(connection, name, fields[name])
+    credential_event = ""
     if secret:
         connection.secret = secret
         connection.secret_updated_at = timezone.now()
+        credential_event = "connection.secret_change"
     if connection.auth_method in (AuthMethod.NONE, AuthMethod.SMART_BACKEND) and connection.secret:
         # Switching to an open endpoint or to a signed-assertion client drops the secret rather
         # than keeping an unused credential.
         connection.secret = ""
         connection.secret_updated_at = timezone.now()
+        credential_event = "connection.secret_remove"
     connection.full_clean()
     connection.save()
     audit.record(
@@ -151,8 +154,11 @@ def update_connection(
         tenant=connection.tenant,
         obj=connection,
         request=request,
-        detail={"changed": changed, "secret_changed": bool(secret)},
+        detail={"changed": changed, "secret_changed": bool(credential_event)},
     )
+    if credential_event:
+        # Its own event, so a security reviewer can list every credential change (never the value).
+        audit.record(action=credential_event, actor=user, tenant=connection.tenant, obj=connection, request=request)
     return connection
 
 

@@ -22,12 +22,14 @@ class DemoSandbox:
     client_id: str = ""
     client_secret: str = ""
     base_path: str = ""
+    # Planted data-quality defects and the extra resource types, so map and validate find something.
+    defects: bool = False
 
 
 # The demo's hospitals. Ports match the embedded default OUTBOUND_ALLOWLIST.
 SANDBOXES = (
     DemoSandbox("epic", 8101, "client_credentials", "demo-epic-client", "demo-epic-secret"),
-    DemoSandbox("oracle_health", 8102, "none"),
+    DemoSandbox("oracle_health", 8102, "none", defects=True),
     DemoSandbox("meditech", 8103, "basic", "demo-meditech-user", "demo-meditech-password"),
 )
 

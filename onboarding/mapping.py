@@ -172,6 +172,11 @@ def record_map_result(*, onboarding: Onboarding, profile: dict[str, Any], run: S
     """
     with transaction.atomic():
         Onboarding.objects.select_for_update().get(pk=onboarding.pk)
+        if run is not None:
+            already = onboarding.mappings.filter(map_run=run).order_by("-version").first()
+            if already is not None:
+                # A redelivered run (its first worker was lost) must not write a second version.
+                return already
         previous = latest_mapping(onboarding)
         old_rows = {row_key(row): row for row in previous.codes} if previous else {}
         rows: dict[str, dict[str, Any]] = {key: {**row, "count": 0} for key, row in old_rows.items()}

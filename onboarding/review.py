@@ -102,6 +102,9 @@ class FindingSink:
     """Stores one run's findings and their raw resources in batches; nothing else is kept in memory."""
 
     def __init__(self, run: StepRun) -> None:
+        # A redelivered run starts over: drop what an earlier, lost delivery of it wrote.
+        Finding.objects.filter(run=run).delete()
+        RawResource.objects.filter(run=run).delete()
         self.run = run
         self.tenant = run.onboarding.tenant
         self.expires_at = timezone.now() + timedelta(days=settings.RAW_PAYLOAD_RETENTION_DAYS)
@@ -448,17 +451,23 @@ def get_finding(user: User, code: uuid.UUID | str) -> Finding:
         raise Http404("No such finding.") from None
 
 
+def ensure_raw_viewable(*, user: User, finding: Finding) -> RawResource:
+    """The raw resource a finding points at, if this user may see it: 403 for non-engineers, 404 once purged."""
+    if not user.has_perm(REVIEW_PERM):
+        raise PermissionDenied("Only engineers may see raw resources.")
+    raw = finding.raw
+    if raw is None or raw.expires_at <= timezone.now():
+        raise Http404("The raw resource is no longer kept (it is purged after the retention period).")
+    return raw
+
+
 def view_raw_resource(*, user: User, finding: Finding, request: HttpRequest | None = None) -> dict[str, Any]:
     """The resource behind a finding, for an engineer, with an audit event written first.
 
     Hospital IT and customer success get 403; a raw resource purged or never kept is a 404.
     """
     tenant = finding.run.onboarding.tenant
-    if not user.has_perm(REVIEW_PERM):
-        raise PermissionDenied("Only engineers may see raw resources.")
-    raw = finding.raw
-    if raw is None or raw.expires_at <= timezone.now():
-        raise Http404("The raw resource is no longer kept (it is purged after the retention period).")
+    raw = ensure_raw_viewable(user=user, finding=finding)
     audit.record(
         action="phi.view",
         actor=user,

@@ -21,6 +21,8 @@ from connections.models import Vendor
 from onboarding import review
 from onboarding.models import Severity
 from portal.access import tenants_for
+from portal.middleware import send_to
+from portal.reauth import recently_authenticated
 from portal.types import HtmxHttpRequest
 
 QUEUE_PAGE_SIZE = 25
@@ -104,6 +106,10 @@ def review_group(request: HttpRequest, code: str) -> HttpResponse:
 def review_raw(request: HttpRequest, code: str) -> HttpResponse:
     """The resource behind a finding with the offending element highlighted. Engineers only; audited."""
     finding = review.get_finding(request.user, code)
+    # Who may see it is settled first (403/404), so only an engineer is ever asked for a password.
+    review.ensure_raw_viewable(user=request.user, finding=finding)
+    if not recently_authenticated(request):
+        return send_to(request, "reauthenticate", message="Confirm your password to see raw patient data.")
     resource = review.view_raw_resource(user=request.user, finding=finding, request=request)
     lines = review.highlighted_json(resource, finding.location)
     response = render(

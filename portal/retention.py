@@ -47,11 +47,16 @@ class RawPayloadStore:
             rows = rows.exclude(_all_cleared(self.clear))
         return rows
 
-    def purge(self, cutoff: datetime, now: datetime) -> int:
+    def purge(self, cutoff: datetime, now: datetime, batch: int = 1000) -> int:
         rows = self.expired(cutoff, now)
         if self.clear:
             return rows.update(**self.clear)
-        deleted, _ = rows.delete()
+        # In batches of ids, loading only the key: a plain delete() would fetch (and decrypt)
+        # every payload just to find what refers to it.
+        deleted = 0
+        manager = self.model._default_manager
+        while ids := list(rows.values_list("pk", flat=True)[:batch]):
+            deleted += manager.filter(pk__in=ids).only("pk").delete()[1].get(self.label, 0)
         return deleted
 
 

@@ -49,6 +49,16 @@ def log_in(page: Page, base_url: str, username: str, password: str) -> None:
     page.wait_for_selector("[data-testid=main-nav]")
 
 
+def reauthenticate(page: Page, username: str, password: str) -> None:
+    """Answer the "confirm it is you" page that guards raw PHI."""
+    page.wait_for_selector("#id_password")
+    page.fill("#id_password", password)
+    code = _one_time_code(username)
+    if code is not None and page.locator("#id_otp_token").count():
+        page.fill("#id_otp_token", code)
+    page.click("button:has-text('Continue')")
+
+
 def _one_time_code(username: str) -> str | None:
     from django.contrib.auth import get_user_model
     from django_otp.plugins.otp_static.models import StaticDevice, StaticToken

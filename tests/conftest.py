@@ -101,6 +101,19 @@ def reauthenticated(client: Client) -> Client:
     return client
 
 
+# --- Headless Chromium ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium for one test module. Module, not session, scope: Playwright's sync API keeps
+    an event loop on the main thread, which must not outlive the browser tests."""
+    from tests.browser import chromium
+
+    with chromium() as running:
+        yield running
+
+
 # --- Sandbox hospitals ---------------------------------------------------------------------------
 
 # Rates at which the "defects" sandbox plants each data-quality defect (seed 7 plants every kind).

@@ -399,7 +399,12 @@ ROUTES: dict[str, list[Call]] = {
     ],
     # Raw JSON (PHI): engineers only, every view audited.
     "review_raw": [
-        page(lambda w: _r("review_raw", code=w.extra["finding"].code), owner="a", expect=tenant_a_staff(403, 403, 200))
+        page(
+            lambda w: _r("review_raw", code=w.extra["finding"].code),
+            owner="a",
+            # The engineer is sent to re-enter their password before raw PHI (portal.reauth).
+            expect=tenant_a_staff(403, 403, 302),
+        )
     ],
     "evidence_pack": [
         page(lambda w: _r("evidence_pack", code=w.onboarding_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,12 @@ from connections.services import create_connection
 from onboarding import services
 from onboarding.models import Finding, Mapping, MappingSignOff, StepRun, Waiver
 from portal import audit
-from tests.browser import chromium, log_in
+from tests.browser import log_in
 from tests.factories import DEFAULT_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 MAPPING_HASH = "9f2c4e" * 10 + "abcd"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 def csp_watch(page: Page) -> list[str]:

@@ -81,6 +81,16 @@ def test_blank_secret_on_edit_keeps_the_stored_one(cs_user: Any, tenant_a: Any) 
     conn.refresh_from_db()
     assert (conn.client_id, conn.secret) == ("u2", "keep-me-secret")
     assert AuditEvent.objects.filter(action="connection.update").get().detail["changed"]
+    assert not AuditEvent.objects.filter(action__startswith="connection.secret_").exists()
+
+
+def test_a_new_secret_is_its_own_audit_event_without_the_value(cs_user: Any, tenant_a: Any) -> None:
+    conn = ConnectionFactory(tenant=tenant_a, auth_method="basic", client_id="u", secret="old-secret-value")
+    data = {**GOOD, "name": conn.name, "auth_method": "basic", "client_id": "u", "secret": "new-secret-value"}
+    assert client_for(cs_user).post(reverse("connection_edit", kwargs={"code": conn.code}), data).status_code == 302
+    event = AuditEvent.objects.get(action="connection.secret_change")
+    assert event.actor == cs_user and event.object_id == str(conn.code)
+    assert "secret-value" not in str(AuditEvent.objects.values_list("detail", flat=True))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from onboarding.models import StepRun
 from tests import route_matrix
-from tests.browser import chromium, log_in
+from tests.browser import log_in
 from tests.conftest import client_for
 from tests.factories import DEFAULT_PASSWORD
 
@@ -151,12 +150,6 @@ def test_security_headers(cs_user: Any) -> None:
 
 
 # --- In Chromium: the pages work under the policy, and nothing is refused --------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 def watch(page: Page) -> list[str]:

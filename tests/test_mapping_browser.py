@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 from connections.sandbox.defects import LOCAL_LAB_CODES
 from onboarding import mapping as mappings
 from onboarding.models import Mapping, RunStatus
-from tests.browser import chromium, log_in
+from tests.browser import log_in
 from tests.factories import DEFAULT_PASSWORD
 from tests.test_map_step import ready_connection, run_on_worker, set_sizes
 
@@ -25,12 +24,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(tra
 SHOTS = os.environ.get("BROWSER_SCREENSHOTS", "")
 
 LOINC_OF = {local: (loinc, f"LOINC test {loinc}") for loinc, (local, _) in LOCAL_LAB_CODES.items()}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 def watch(page: Page) -> list[str]:

@@ -20,7 +20,7 @@ from onboarding import mapping as mappings
 from onboarding import review, services
 from onboarding.models import Finding, Mapping, RawResource, StepRun, Waiver
 from portal.models import AuditEvent
-from tests.conftest import client_for
+from tests.conftest import client_for, reauthenticated
 from tests.factories import ConnectionFactory, TenantFactory
 
 pytestmark = pytest.mark.django_db
@@ -147,6 +147,11 @@ def test_raw_json_is_for_engineers_only_and_every_view_is_audited(
     finding = add_finding(run, "extensions.unknown", "Patient.extension", patient="p1", key="k1", raw=True)
     url = reverse("review_raw", kwargs={"code": finding.code})
     client = client_for(engineer)
+    # Without a fresh password the engineer is sent to confirm it first, and nothing is shown.
+    before = client.get(url)
+    assert before.status_code == 302 and before["Location"].startswith(reverse("reauthenticate"))
+    assert not AuditEvent.objects.filter(action="phi.view").exists()
+    reauthenticated(client)
     for expected_events in (1, 2):
         response = client.get(url)
         assert response.status_code == 200

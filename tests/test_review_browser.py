@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from playwright.sync_api import Browser, expect
 from onboarding import mapping as mappings
 from onboarding.models import RunStatus, StepRun, Waiver
 from portal.models import AuditEvent
-from tests.browser import chromium, log_in
+from tests.browser import log_in, reauthenticate
 from tests.factories import DEFAULT_PASSWORD
 from tests.test_map_step import ready_connection, run_on_worker, set_sizes, signed_off_mapping
 from tests.test_mapping_browser import watch
@@ -22,12 +21,6 @@ from tests.test_mapping_browser import watch
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 SHOTS = os.environ.get("BROWSER_SCREENSHOTS", "")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
 
 
 def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_404(
@@ -77,14 +70,18 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     examples = group.get_by_test_id("example")
     expect(examples.first).to_be_visible()
     views_before = AuditEvent.objects.filter(action="phi.view").count()
+    run_page = page.url
     examples.first.get_by_test_id("raw-link").click()
+    expect(page.locator("h1")).to_have_text("Confirm it is you")
+    assert AuditEvent.objects.filter(action="phi.view", actor=engineer).count() == views_before
+    reauthenticate(page, engineer.username, DEFAULT_PASSWORD)
     expect(page.locator("h1")).to_contain_text("Raw")
     expect(page.get_by_test_id("highlight").first).to_contain_text('"encounter"')
     expect(page.get_by_test_id("raw-json")).to_contain_text('"resourceType": "')
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/review-raw.png", full_page=True)
     assert AuditEvent.objects.filter(action="phi.view", actor=engineer).count() == views_before + 1
-    page.go_back()
+    page.goto(run_page)
 
     # Waive the structural finding (the lab sends text values), with a reason and an expiry.
     structure = page.locator("tbody[data-rule='structure.invalid']")

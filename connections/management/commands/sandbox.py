@@ -31,6 +31,17 @@ class Command(BaseCommand):
         parser.add_argument("--latency-ms", type=int, default=0, help="Fault: delay every FHIR answer by N ms.")
         parser.add_argument("--rate-429", type=float, default=0.0, help="Fault: share of requests answered 429.")
         parser.add_argument("--rate-5xx", type=float, default=0.0, help="Fault: share of requests answered 503.")
+        parser.add_argument(
+            "--defects",
+            choices=["none", "default"],
+            default="none",
+            help="Plant the flavour's data-quality defects (missing birth dates, local lab codes, duplicates...).",
+        )
+        parser.add_argument(
+            "--extended-clinical",
+            action="store_true",
+            help="Also serve MedicationRequest, AllergyIntolerance, Procedure and Immunization.",
+        )
         parser.add_argument("--log-requests", action="store_true", help="Log every request to stderr.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -48,6 +59,8 @@ class Command(BaseCommand):
                 client_secret=options["client_secret"],
                 faults=faults,
                 log_requests=options["log_requests"],
+                defects="default" if options["defects"] == "default" else None,
+                extended_clinical=options["extended_clinical"],
             )
         except (ValueError, OSError) as exc:
             raise CommandError(f"Cannot start the sandbox: {exc}") from exc

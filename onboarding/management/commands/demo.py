@@ -54,6 +54,8 @@ class Command(BaseCommand):
                 ]
                 if sandbox.client_id:
                     command += ["--client-id", sandbox.client_id, "--client-secret", sandbox.client_secret]
+                if sandbox.defects:
+                    command += ["--defects", "default", "--extended-clinical"]
                 children.append(subprocess.Popen(command))
             beat_schedule = str(Path(settings.VAR_DIR) / "celerybeat-schedule")
             children.append(
