@@ -9,7 +9,7 @@ from rest_framework.routers import DefaultRouter
 from connections.api import ConnectionViewSet
 from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
 from portal.api import TenantViewSet, obtain_token
-from portal.api_docs import RedocView, SwaggerView
+from portal.api_docs import SwaggerView
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
@@ -23,5 +23,4 @@ urlpatterns = [
     path("v1/auth/token/", obtain_token, name="api_token"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SwaggerView.as_view(url_name="api_schema"), name="api_docs"),
-    path("redoc/", RedocView.as_view(url_name="api_schema"), name="api_redoc"),
 ]

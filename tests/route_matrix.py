@@ -423,7 +423,6 @@ ROUTES: dict[str, list[Call]] = {
     ],
     "api_schema": [api(lambda w: _r("api_schema"), expect=everyone(200))],
     "api_docs": [api(lambda w: _r("api_docs"), expect=everyone(200))],
-    "api_redoc": [api(lambda w: _r("api_redoc"), expect=everyone(200))],
     "tenant-list": [
         api(lambda w: "/api/v1/tenants/", expect=everyone(200), lists=True),
         api(
