@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import json as jsonlib
 import logging
+import math
 import random
 import re
 import socket
@@ -659,9 +660,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "1e999" or "nan" parse as floats; a wait we cannot honour is no wait we were given.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from portal.crypto import EncryptedTextField
@@ -91,6 +93,26 @@ class EHRConnection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_vendor_display()})"
+
+    def clean(self) -> None:
+        """Production traffic carries credentials and PHI, so it never goes over plain http.
+
+        Checked here because every create and update goes through full_clean(): a form, an API
+        PATCH that only flips the environment, or a future caller cannot get around it.
+        """
+        super().clean()
+        if self.environment != Environment.PRODUCTION:
+            return
+        errors = {
+            field: message
+            for field, url, message in (
+                ("base_url", self.base_url, "A production connection must use https://."),
+                ("token_url", self.token_url, "A production token URL must use https://."),
+            )
+            if url and urlsplit(url).scheme != "https"
+        }
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def has_secret(self) -> bool:

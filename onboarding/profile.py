@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from onboarding.fhirjson import as_items, as_object
 from onboarding.uscore import KNOWN_EXTENSIONS
 
 LOINC = "http://loinc.org"
@@ -102,7 +103,7 @@ def codings(resource: Mapping[str, Any], element: CodedElement) -> list[dict[str
         coding
         for concept in concepts
         if isinstance(concept, dict)
-        for coding in concept.get("coding") or ()
+        for coding in as_items(concept.get("coding"))
         if isinstance(coding, dict)
     ]
 
@@ -136,7 +137,7 @@ def is_mrn_typed(identifier: Mapping[str, Any]) -> bool:
     """Whether an identifier says it is a medical record number (v2-0203 MR)."""
     return any(
         c.get("system") == V2_0203 and c.get("code") == "MR"
-        for c in (identifier.get("type") or {}).get("coding") or ()
+        for c in as_items(as_object(identifier.get("type")).get("coding"))
         if isinstance(c, dict)
     )
 
@@ -171,7 +172,7 @@ class ProfileBuilder:
 
     def _add_patient(self, resource: Mapping[str, Any]) -> None:
         self.patients += 1
-        identifiers = [i for i in resource.get("identifier") or () if isinstance(i, dict) and i.get("system")]
+        identifiers = [i for i in as_items(resource.get("identifier")) if isinstance(i, dict) and i.get("system")]
         for system in {str(i["system"]) for i in identifiers}:
             self.identifier_systems[system] += 1
         for system in {str(i["system"]) for i in identifiers if is_mrn_typed(i)}:

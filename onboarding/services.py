@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -249,7 +250,7 @@ def finish_run(
             return False
         run.status = status
         run.finished_at = timezone.now()
-        run.result = outcome.summary
+        run.result = json_safe(outcome.summary)
         run.error_kind = "" if outcome.passed else (outcome.error_kind or "failed")
         run.error_message = "" if outcome.passed else outcome.error_message
         run.error_hint = "" if outcome.passed else outcome.error_hint
@@ -384,10 +385,12 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
         ctx.log(exc.message, level="error", error_kind=exc.kind.value)
         _flush_quietly(ctx)
         error = exc  # a name the lambda may close over: the except clause unbinds exc when it ends
-        _reconnecting(
+        _record_outcome(
             lambda: fail_run(
                 run_id, kind=error.kind.value, message=error.message, hint=error.hint, detail=error.detail, lease=lease
-            )
+            ),
+            run_id,
+            lease,
         )
         return
     except SoftTimeLimitExceeded:
@@ -421,7 +424,44 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
             )
         )
         return
-    _reconnecting(lambda: finish_run(run_id, outcome, lease=lease))
+    _record_outcome(lambda: finish_run(run_id, outcome, lease=lease), run_id, lease)
+
+
+def _record_outcome(write: Callable[[], Any], run_id: int, lease: int) -> None:
+    """Record a step's outcome; if the outcome itself cannot be stored, still end the run.
+
+    A value the database refuses (say, from a hospital's odd answer) must not leave the run
+    "running" until the reaper re-queues it again and again.
+    """
+    try:
+        _reconnecting(write)
+    except CONNECTION_ERRORS:
+        raise
+    except Exception:
+        logger.exception("Step run %s: its outcome could not be stored", run_id)
+        _reconnecting(
+            lambda: fail_run(
+                run_id,
+                kind="internal",
+                message="The step finished, but its report could not be stored. Engineers have the details.",
+                hint="Re-run the step; if it fails the same way, ask an engineer.",
+                lease=lease,
+            )
+        )
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of a JSON value with non-finite numbers (NaN, inf) replaced by None.
+
+    Python's json writes them, but PostgreSQL's jsonb refuses them, and they can come from a hospital.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _flush_quietly(ctx: StepContext) -> None:
@@ -566,7 +606,7 @@ def _fail(run: StepRun, *, kind: str, message: str, hint: str, detail: dict[str,
     run.status = RunStatus.FAILED
     run.finished_at = timezone.now()
     run.error_kind, run.error_message, run.error_hint = kind, message, hint
-    run.error_detail = detail
+    run.error_detail = json_safe(detail)
     run.save()
     audit.record(
         action=action,

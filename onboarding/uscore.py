@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from onboarding.fhirjson import as_items, as_object
+
 BASE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -302,7 +304,11 @@ KNOWN_EXTENSIONS = frozenset(
 
 def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
     """The profiles to check a resource against: the US Core ones it claims, else the one that fits it."""
-    claimed = [PROFILES[url] for url in (resource.get("meta") or {}).get("profile") or () if url in PROFILES]
+    claimed = [
+        PROFILES[url]
+        for url in as_items(as_object(resource.get("meta")).get("profile"))
+        if isinstance(url, str) and url in PROFILES
+    ]
     if claimed:
         return claimed
     resource_type = resource.get("resourceType")
@@ -315,9 +321,11 @@ def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
     if resource_type == "Observation":
         if (OBSERVATION_CATEGORY, "vital-signs") in categories:
             codes = [
-                c.get("code") for c in (resource.get("code") or {}).get("coding") or () if c.get("system") == LOINC
+                c.get("code")
+                for c in as_items(as_object(resource.get("code")).get("coding"))
+                if isinstance(c, dict) and c.get("system") == LOINC
             ]
-            vital = next((_VITALS_BY_LOINC[c] for c in codes if c in _VITALS_BY_LOINC), None)
+            vital = next((_VITALS_BY_LOINC[c] for c in codes if isinstance(c, str) and c in _VITALS_BY_LOINC), None)
             if vital is not None:
                 return [vital]
         if (OBSERVATION_CATEGORY, "laboratory") in categories:
@@ -329,9 +337,9 @@ def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
 def _category_pairs(resource: Mapping[str, Any]) -> set[tuple[str, str]]:
     return {
         (str(coding.get("system")), str(coding.get("code")))
-        for concept in resource.get("category") or ()
+        for concept in as_items(resource.get("category"))
         if isinstance(concept, dict)
-        for coding in concept.get("coding") or ()
+        for coding in as_items(concept.get("coding"))
         if isinstance(coding, dict)
     }
 
@@ -385,6 +393,6 @@ def code_ok(resource: Mapping[str, Any], profile: Profile) -> bool:
     system, code = profile.code
     return any(
         c.get("system") == system and c.get("code") == code
-        for c in (resource.get("code") or {}).get("coding") or ()
+        for c in as_items(as_object(resource.get("code")).get("coding"))
         if isinstance(c, dict)
     )

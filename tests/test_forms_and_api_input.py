@@ -154,3 +154,34 @@ def test_openapi_schema_and_docs_are_served_locally(cs_user: Any) -> None:
     docs = client.get("/api/docs/").content.decode()
     assert "cdn" not in docs.lower()
     assert "/static/drf_spectacular_sidecar/" in docs
+
+
+def test_api_cannot_make_a_plain_http_connection_production(cs_user: Any, tenant_a: Any) -> None:
+    conn = ConnectionFactory(
+        tenant=tenant_a,
+        base_url="http://fhir.example.org/r4",
+        auth_method="basic",
+        client_id="u",
+        secret="basic-secret",
+    )
+    api = APIClient()
+    api.force_authenticate(cs_user)
+    flipped = api.patch(f"/api/v1/connections/{conn.code}/", {"environment": "production"}, format="json")
+    assert flipped.status_code == 400
+    assert "https" in str(flipped.json()["base_url"])
+    conn.refresh_from_db()
+    assert conn.environment == "sandbox"
+    data = {
+        **GOOD,
+        "name": "Prod",
+        "tenant": str(tenant_a.code),
+        "environment": "production",
+        "auth_method": "client_credentials",
+        "client_id": "c",
+        "secret": "s",
+        "token_url": "http://auth.example.org/token",
+    }
+    created = api.post("/api/v1/connections/", data, format="json")
+    assert created.status_code == 400
+    assert "token_url" in created.json()
+    assert not EHRConnection.objects.filter(name="Prod").exists()

@@ -172,6 +172,8 @@ def odd_server(settings: Any) -> Iterator[dict[str, Any]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(state["status"])
+            for name, value in state.get("headers", {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", state["type"])
             self.send_header("Content-Length", str(len(state["body"])))
             self.end_headers()
@@ -295,3 +297,30 @@ def test_a_bug_in_a_step_fails_the_run_instead_of_crashing(
     monkeypatch.setattr(ConfigureStep, "run", broken)
     conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
     assert_failed_cleanly(conn, "configure", ready["user"], "internal")
+
+
+def test_an_infinite_retry_after_ends_the_run_failed_not_stuck(
+    ready: dict[str, Any], odd_server: dict[str, Any]
+) -> None:
+    from connections.http import parse_retry_after
+
+    assert parse_retry_after("1e999") is None
+    assert parse_retry_after("nan") is None
+    odd_server.update(status=503, type="application/fhir+json", body=b"{}", headers={"Retry-After": "1e999"})
+    conn = ConnectionFactory(tenant=ready["tenant"], base_url=odd_server["url"])
+    assert_failed_cleanly(conn, "configure", ready["user"], "server_error")
+
+
+def test_a_summary_the_database_refuses_still_ends_the_run(
+    ready: dict[str, Any], sandboxes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onboarding.steps.base import StepOutcome
+    from onboarding.steps.configure import ConfigureStep
+
+    monkeypatch.setattr(
+        ConfigureStep, "run", lambda self, ctx: StepOutcome(passed=True, summary={"ratio": float("nan"), "n": [1e999]})
+    )
+    conn = sandbox_connection(ready["tenant"], sandboxes["generic"])
+    run = run_now(conn, "configure", ready["user"])
+    assert run.status == RunStatus.PASSED
+    assert run.result == {"ratio": None, "n": [None]}

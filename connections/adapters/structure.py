@@ -181,7 +181,8 @@ def _check_value(value: Any, prop: _Prop, path: str, problems: list[tuple[str, s
         problems.append((path, "must be a date or time written as a string"))
         return
     elif kind == _RESOURCE:
-        model = resource_model(value.get("resourceType", "")) if type(value) is dict else None
+        resource_type = value.get("resourceType") if type(value) is dict else None
+        model = resource_model(resource_type) if isinstance(resource_type, str) else None
         if model is not None:
             _check_object(value, _schema(model), path, problems)
             return

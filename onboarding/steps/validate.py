@@ -33,6 +33,7 @@ from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from onboarding import mapping as mappings
 from onboarding import review, uscore
+from onboarding.fhirjson import as_items
 from onboarding.models import Mapping, Severity, StepRun
 from onboarding.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
 from onboarding.review import NewFinding
@@ -102,7 +103,7 @@ class Validator:
         found = self._common(patient)
         patient_id = str(patient.get("id") or "")
         me = _hash(patient_id)
-        identifiers = [i for i in patient.get("identifier") or () if isinstance(i, dict)]
+        identifiers = [i for i in as_items(patient.get("identifier")) if isinstance(i, dict)]
         mrns = [i for i in identifiers if i.get("system") == self.rules.mrn_system and i.get("value")]
         if not mrns:
             found.append(_f(ERROR, "patient.mrn-missing", "Patient", "Patient.identifier", _mrn_missing(self.rules)))
@@ -250,12 +251,16 @@ class Validator:
         if missing is None:
             missing = self._must_support[profile.name] = {*profile.must_support, *profile.extensions}
         if missing:
-            urls = {e.get("url") for e in resource.get("extension") or () if isinstance(e, dict)}
+            urls = {
+                e.get("url")
+                for e in as_items(resource.get("extension"))
+                if isinstance(e, dict) and isinstance(e.get("url"), str)
+            }
             missing -= {p for p in missing if p in urls or uscore.present(resource, p)}
 
     def _extensions(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
         found: list[NewFinding] = []
-        for index, extension in enumerate(resource.get("extension") or ()):
+        for index, extension in enumerate(as_items(resource.get("extension"))):
             url = extension.get("url") if isinstance(extension, dict) else None
             if not isinstance(url, str) or url in uscore.KNOWN_EXTENSIONS or url in self.rules.decided_extensions:
                 continue
@@ -392,12 +397,12 @@ def _hash(*parts: str) -> int:
 
 def _person_key(patient: MappingType[str, Any]) -> int | None:
     """Normalised name + birth date + gender, hashed; None when any of them is missing."""
-    names = [n for n in patient.get("name") or () if isinstance(n, dict)]
+    names = [n for n in as_items(patient.get("name")) if isinstance(n, dict)]
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
     birth, gender = patient.get("birthDate"), patient.get("gender")
     if name is None or not birth or not gender:
         return None
-    given = " ".join(str(g) for g in name.get("given") or ())
+    given = " ".join(str(g) for g in as_items(name.get("given")))
     normal = _normalise(f"{given} {name.get('family') or ''}")
     return _hash(normal, str(birth), str(gender)) if normal else None
 
