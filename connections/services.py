@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -107,7 +107,12 @@ def create_connection(
         connection.secret = secret
         connection.secret_updated_at = timezone.now()
     connection.full_clean()
-    connection.save()
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError:
+        # Another request saved the same name between our check and this insert.
+        raise ValidationError({"name": "This hospital already has a connection with that name."}) from None
     audit.record(
         action="connection.create",
         actor=user,

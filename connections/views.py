@@ -76,13 +76,22 @@ def smart_key(request: HttpRequest, code: str) -> HttpResponse:
     require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
     form = KeyPairForm(request.POST or None, connection=connection)
     if request.method == "POST" and form.is_valid():
-        connection = generate_key_pair(
-            user=request.user,
-            connection=connection,
-            algorithm=form.cleaned_data["algorithm"],
-            replace_existing=bool(form.cleaned_data.get("confirm_replace")),
-            request=request,
-        )
+        try:
+            connection = generate_key_pair(
+                user=request.user,
+                connection=connection,
+                algorithm=form.cleaned_data["algorithm"],
+                replace_existing=bool(form.cleaned_data.get("confirm_replace")),
+                request=request,
+            )
+        except ValidationError as exc:
+            # Someone else made a key pair meanwhile, or the connection changed method.
+            form.add_error(None, exc)
+            return render(
+                request,
+                "connections/smart_key.html",
+                {"form": form, "connection": connection, "tenant": connection.tenant},
+            )
         messages.success(
             request,
             f"New {connection.key_algorithm} key pair made (key id {connection.key_id}). Send the hospital the "

@@ -82,9 +82,11 @@ def signed_mapping(onboarding: Onboarding) -> Mapping | None:
 
 
 def policy_for(tenant: Tenant) -> ValidationPolicy:
-    """The tenant's validation policy, with the defaults until someone changes it."""
-    policy, _ = ValidationPolicy.objects.get_or_create(tenant=tenant)
-    return policy
+    """The tenant's validation policy; until someone saves one, an unsaved copy with the defaults.
+
+    Reading never writes: the row appears when a person changes it, with its audit event.
+    """
+    return ValidationPolicy.objects.filter(tenant=tenant).first() or ValidationPolicy(tenant=tenant)
 
 
 def update_policy(
@@ -459,7 +461,12 @@ def _parse_csv(data: bytes, result: ImportResult) -> list[tuple[int, dict[str, s
         result.errors.append((0, "The file is not UTF-8 text. Save it as CSV UTF-8 and try again."))
         return []
     reader = csv.DictReader(io.StringIO(text))
-    header = [name.strip() for name in reader.fieldnames or []]
+    try:
+        # Reading the header parses the first row, which can already be malformed.
+        header = [name.strip() for name in reader.fieldnames or []]
+    except csv.Error as exc:
+        result.errors.append((1, f"The header row cannot be read as CSV ({exc}). Start from an exported file."))
+        return []
     missing = [column for column in REQUIRED_CSV_COLUMNS if column not in header]
     if missing:
         result.errors.append((1, f"The header row lacks {', '.join(missing)}. Start from an exported file."))

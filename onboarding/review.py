@@ -63,7 +63,7 @@ def _derived_key(secret: str) -> bytes:
 
 
 def _keyed(*parts: str) -> str:
-    key = _derived_key(settings.FIELD_ENCRYPTION_KEYS[0])
+    key = _derived_key(settings.PSEUDONYM_KEY)
     return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:24]
 
 
@@ -312,9 +312,10 @@ def failed_runs(user: User, filters: QueueFilters) -> QuerySet[StepRun]:
     ).order_by("-finished_at", "-id")
 
 
-def known_rules() -> list[str]:
-    """Rule ids that occur in findings, for the queue's rule filter."""
-    return list(Finding.objects.order_by().values_list("rule", flat=True).distinct().order_by("rule"))
+def known_rules(user: User) -> list[str]:
+    """Rule ids that occur in findings of runs the user may see, for the queue's rule filter."""
+    findings = Finding.objects.filter(run__in=validation_runs_for(user))
+    return list(findings.order_by().values_list("rule", flat=True).distinct().order_by("rule"))
 
 
 @dataclass(frozen=True)

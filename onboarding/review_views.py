@@ -56,7 +56,7 @@ def review_queue(request: HtmxHttpRequest) -> HttpResponse:
         "tenants": tenants,
         "vendors": Vendor.choices,
         "severities": Severity.choices,
-        "rules": review.known_rules(),
+        "rules": review.known_rules(request.user),
         "query": request.GET.urlencode(),
     }
     template = "onboarding/review_queue.html#runs" if request.htmx else "onboarding/review_queue.html"

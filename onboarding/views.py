@@ -17,7 +17,7 @@ from connections.selectors import get_connection_for_user
 from onboarding import selectors, services
 from onboarding.models import Onboarding, StepRun
 from onboarding.steps import PIPELINE
-from portal.access import get_tenant_for_user
+from portal.access import get_tenant_for_user, require_perm
 from portal.types import HtmxHttpRequest
 
 DASHBOARD_PAGE_SIZE = 25
@@ -108,6 +108,8 @@ def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
 @require_POST
 def start_step(request: HtmxHttpRequest, code: str, step: str) -> HttpResponse:
     connection = get_connection_for_user(request.user, code)
+    # Refuse before anything is written: ensure_onboarding may create a row.
+    require_perm(request.user, "onboarding.run_step", connection.tenant)
     onboarding: Onboarding = services.ensure_onboarding(connection)
     try:
         run = services.start_step(user=request.user, onboarding=onboarding, step=step, request=request)

@@ -33,12 +33,19 @@ def _embedded_secrets() -> dict[str, str]:
     """Secrets for the embedded mode, made once and kept in var/ so restarts can still decrypt."""
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     path = VAR_DIR / "embedded-secrets.json"
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    made = {"SECRET_KEY": secrets.token_urlsafe(50), "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
-    path.write_text(json.dumps(made))
-    path.chmod(0o600)
-    return made
+    kept: dict[str, str] = dict(json.loads(path.read_text())) if path.exists() else {}
+    wanted = {
+        "SECRET_KEY": lambda: secrets.token_urlsafe(50),
+        "FIELD_ENCRYPTION_KEYS": lambda: Fernet.generate_key().decode(),
+        "PSEUDONYM_KEY": lambda: secrets.token_urlsafe(32),
+    }
+    missing = {name: make() for name, make in wanted.items() if name not in kept}
+    if missing:
+        # Only add what is missing: a value already in use must never change under existing data.
+        kept.update(missing)
+        path.write_text(json.dumps(kept))
+        path.chmod(0o600)
+    return kept
 
 
 _generated = {} if PRODUCTION else _embedded_secrets()
@@ -59,6 +66,12 @@ for _key in FIELD_ENCRYPTION_KEYS:
             "(32 url-safe base64-encoded bytes; make one with "
             "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`)."
         ) from None
+
+# Keys findings' pseudonymous patient and resource keys, so diffs match runs across time. Kept apart
+# from FIELD_ENCRYPTION_KEYS: rotating those must not turn every finding into a new one.
+PSEUDONYM_KEY = env_str("PSEUDONYM_KEY", None if PRODUCTION else _generated["PSEUDONYM_KEY"])
+if len(PSEUDONYM_KEY) < 32:
+    raise ImproperlyConfigured("PSEUDONYM_KEY must be at least 32 characters of random text.")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

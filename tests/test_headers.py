@@ -37,6 +37,7 @@ def production_env(**overrides: str) -> dict[str, str]:
         "PORTAL_MODE": "production",
         "SECRET_KEY": secrets.token_urlsafe(64),
         "FIELD_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "PSEUDONYM_KEY": secrets.token_urlsafe(32),
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
         "ALLOWED_HOSTS": "onboarding.example.com",

@@ -410,3 +410,39 @@ def test_another_tenants_hospital_it_gets_404_everywhere(mapped: Mapping, tenant
     assert client.post(reverse("start_step", kwargs={"code": connection.code, "step": "validate"})).status_code == 404
     other = TenantFactory()
     assert str(other.code) not in client.get(reverse("review_queue")).content.decode()
+
+
+def test_hospital_it_cannot_create_rows_by_pressing_start_and_reads_write_nothing(
+    tenant_a: Any, tenant_b: Any, it_a: Any
+) -> None:
+    from onboarding.models import Onboarding, ValidationPolicy
+    from tests.factories import ConnectionFactory
+
+    conn = ConnectionFactory(tenant=tenant_a)
+    client = client_for(it_a)
+    assert client.post(reverse("start_step", kwargs={"code": conn.code, "step": "configure"})).status_code == 403
+    assert not Onboarding.objects.exists()
+    assert client.get(reverse("validation_policy", kwargs={"code": tenant_a.code})).status_code in (200, 403)
+    assert not ValidationPolicy.objects.exists()
+
+
+def test_the_queue_rule_filter_lists_only_rules_of_visible_runs(tenant_a: Any, tenant_b: Any, it_b: Any) -> None:
+    run = validate_run(tenant_a)
+    add_finding(run, "extensions.unknown", "Patient.extension", patient="p1", key="k1")
+    page = client_for(it_b).get(reverse("review_queue")).content.decode()
+    assert "extensions.unknown" not in page
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"element,system\rcode,Observation.code\r",  # old-Mac line endings
+        b"element," + b"x" * 200_000 + b"\n",  # a header cell beyond the csv module's field limit
+    ],
+)
+def test_an_unreadable_csv_header_is_a_file_error_not_a_crash(data: bytes) -> None:
+    from onboarding.mapping import ImportResult, _parse_csv
+
+    result = ImportResult()
+    assert _parse_csv(data, result) == []
+    assert result.errors and result.errors[0][0] == 1

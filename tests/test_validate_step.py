@@ -398,3 +398,13 @@ def test_misshapen_resources_become_findings_not_crashes(allow_extra: dict[str, 
     # (a JSON null, for one, is read as an absent element, which may be allowed).
     assert checked > 200
     assert reported / checked > 0.8, (reported, checked)
+
+
+def test_pseudonymous_keys_survive_an_encryption_key_rotation(tenant_a: Any, settings: Any) -> None:
+    from cryptography.fernet import Fernet
+
+    before = review.patient_key(tenant_a, "patient-1")
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), *settings.FIELD_ENCRYPTION_KEYS]
+    assert review.patient_key(tenant_a, "patient-1") == before
+    settings.PSEUDONYM_KEY = "another-pseudonym-key-0123456789-abcdefghij"
+    assert review.patient_key(tenant_a, "patient-1") != before
