@@ -159,39 +159,9 @@ class FHIRAdapter:
 
     def iter_patients(self, *, limit: int, page_size: int | None = None) -> Iterator[NormalizedPatient]:
         """Up to ``limit`` distinct patients, following the server's next links."""
-        size = self._page_size(page_size or limit)
-        url = self._url("Patient")
-        params: dict[str, str] | None = self._search_params("Patient", {"_count": str(size)})
-        seen_ids: set[str] = set()
-        seen_links: set[str] = set()
-        yielded = pages = stalled = 0
-        while yielded < limit:
-            pages += 1
-            if pages > self.max_pages:
-                raise _paging_error(f"The server kept paging past {self.max_pages} pages.")
-            bundle = self._get_url(url, params)
-            new = 0
-            for resource in self._bundle_resources(bundle, "Patient"):
-                patient = self.normalize_patient(resource)
-                # Offset paging over a list that changes can repeat a patient; skip it.
-                if patient.id in seen_ids:
-                    continue
-                seen_ids.add(patient.id)
-                new += 1
-                yield patient
-                yielded += 1
-                if yielded >= limit:
-                    return
-            stalled = 0 if new else stalled + 1
-            if stalled >= self.max_pages_without_progress:
-                raise _paging_error("The server's pages stopped returning new patients.")
-            next_url = self._next_link(bundle)
-            if next_url is None:
-                return
-            if next_url in seen_links:
-                raise _paging_error("The server's next link repeats an earlier page (a paging loop).")
-            seen_links.add(next_url)
-            url, params = next_url, None
+        params = self._search_params("Patient", {"_count": str(self._page_size(page_size or limit))})
+        for resource in self._iter_search("Patient", params, limit=limit):
+            yield self.normalize_patient(resource)
 
     def normalize_patient(self, resource: Mapping[str, Any]) -> NormalizedPatient:
         """Reduce a Patient resource to the facts compared across vendors."""
@@ -333,7 +303,7 @@ class FHIRAdapter:
     def _iter_search(
         self, resource_type: str, params: dict[str, str], *, limit: int | None
     ) -> Iterator[dict[str, Any]]:
-        """Matched resources of one search across its pages, with the paging guards of iter_patients."""
+        """Matched resources of one search across its pages: a page cap, loop and stall detection, no repeats."""
         url = self._url(resource_type)
         current: dict[str, str] | None = params
         # Ids seen, as 64-bit digests: a thousand patients' ids cost a few kilobytes.
