@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,8 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(validation.get_by_test_id("validation-figures")).to_contain_text("2 (20.0%; at most 0.0% allowed)")
 
     expect(page.get_by_test_id("evidence-load-test")).to_contain_text("not available yet")
+    if shots := os.environ.get("BROWSER_SCREENSHOTS", ""):
+        page.screenshot(path=f"{shots}/evidence-pack.png", full_page=True)
 
     security = page.get_by_test_id("evidence-security")
     expect(security).to_contain_text("HTTP Basic")
