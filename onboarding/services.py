@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.db import connection as db_connection
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -53,6 +53,20 @@ SEND_GRACE = timedelta(seconds=10)
 # No time limits in a task's message: the worker's own settings apply, the ones its broker visibility
 # timeout is derived from, whatever the publishing process was configured with.
 WORKER_TIME_LIMITS: dict[str, Any] = {"time_limit": None, "soft_time_limit": None}
+
+# What finish_run writes; the rest of the row (the claim's, the request's) is left as it is.
+FINISH_FIELDS = (
+    "status",
+    "finished_at",
+    "result",
+    "error_kind",
+    "error_message",
+    "error_hint",
+    "progress_message",
+    "progress_done",
+    "progress_total",
+    "log",
+)
 
 T = TypeVar("T")
 LostRunOutcome = Literal["retried", "dead", "unchanged"]
@@ -127,12 +141,12 @@ def start_step(
         current = latest.get(step)
         if current is not None and current.is_active:
             raise StepAlreadyActive(f"{module.label} is already {current.status}.")
-        attempt = (onboarding.runs.filter(step=step).aggregate(n=Max("attempt"))["n"] or 0) + 1
+        attempt = (current.attempt if current is not None else 0) + 1
         try:
-            with transaction.atomic():
-                run = StepRun.objects.create(
-                    onboarding=onboarding, step=step, attempt=attempt, requested_by=_user_or_none(user)
-                )
+            # No savepoint: on a clash the whole transaction is rolled back as the error leaves it.
+            run = StepRun.objects.create(
+                onboarding=onboarding, step=step, attempt=attempt, requested_by=_user_or_none(user)
+            )
         except IntegrityError:
             raise StepAlreadyActive(f"{module.label} is already queued or running.") from None
         audit.record(
@@ -175,10 +189,16 @@ def claim(run_id: int, *, worker: str = "") -> int | None:
     A queued run is taken; so is a running one whose heartbeat went stale (its worker died and
     nothing put it back yet). A run already handed out STEP_MAX_DELIVERIES times is declared dead.
     """
+    run = _claim(run_id, worker=worker)
+    return run.deliveries if run is not None else None
+
+
+def _claim(run_id: int, *, worker: str = "") -> StepRun | None:
+    """claim(), returning the claimed run with its connection and tenant, as the step needs them."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.STEP_HEARTBEAT_TIMEOUT)
     with transaction.atomic():
-        run = _locked(run_id)
+        run = _locked(run_id, related="onboarding__connection__tenant")
         if run is None:
             return None
         taking_over = run.status == RunStatus.RUNNING and (run.heartbeat_at is None or run.heartbeat_at < stale)
@@ -203,7 +223,7 @@ def claim(run_id: int, *, worker: str = "") -> int | None:
         run.deliveries += 1
         run.worker = worker or worker_identity()
         run.save(update_fields=["status", "started_at", "heartbeat_at", "deliveries", "worker", "log"])
-        return run.deliveries
+        return run
 
 
 def heartbeat(run_id: int, *, lease: int) -> bool:
@@ -233,16 +253,22 @@ def report_progress(
         if message:
             fields["progress_message"] = message[:300]
         if lines:
-            # Tagged with the delivery, so the log of a retried run shows which attempt said what.
-            tagged = [{**line, "delivery": lease} for line in lines] if lease is not None else lines
-            fields["log"] = _append_log(run.log, tagged)
+            fields["log"] = _append_log(run.log, _tagged(lines, lease))
         StepRun.objects.filter(pk=run_id).update(**fields)
 
 
 def finish_run(
-    run_id: int, outcome: StepOutcome, *, lines: list[dict[str, Any]] | None = None, lease: int | None = None
+    run_id: int,
+    outcome: StepOutcome,
+    *,
+    lines: list[dict[str, Any]] | None = None,
+    progress: tuple[int, int] | None = None,
+    lease: int | None = None,
 ) -> bool:
-    """Record a step's outcome, if the run is still this delivery's (a cancel or a takeover may have won)."""
+    """Record a step's outcome, if the run is still this delivery's (a cancel or a takeover may have won).
+
+    `lines` and `progress` are what the step reported last and had not sent yet.
+    """
     status = RunStatus.PASSED if outcome.passed else RunStatus.FAILED
     with transaction.atomic():
         run = _locked(run_id)
@@ -256,9 +282,11 @@ def finish_run(
         run.error_hint = "" if outcome.passed else outcome.error_hint
         if outcome.passed:
             run.progress_message = "Passed"
+        if progress is not None:
+            run.progress_done, run.progress_total = progress
         if lines:
-            run.log = _append_log(run.log, lines)
-        run.save()
+            run.log = _append_log(run.log, _tagged(lines, lease))
+        run.save(update_fields=FINISH_FIELDS)
         audit.record(
             action=f"step.{status}",
             tenant=run.onboarding.tenant,
@@ -359,17 +387,22 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
     Never raises for a step's failure. A lost database connection is retried once on a new
     connection; if the database stays away, the run is left to the reaper, which re-queues it.
     """
-    lease = _reconnecting(lambda: claim(run_id, worker=worker))
-    if lease is None:
+    run = _reconnecting(lambda: _claim(run_id, worker=worker))
+    if run is None:
         logger.info("Step run %s is held by another delivery or has ended; this delivery does nothing", run_id)
         return
-    run = StepRun.objects.select_related("onboarding__connection__tenant").get(pk=run_id)
+    lease = run.deliveries
     connection = run.onboarding.connection
 
     def report(done: int, total: int, message: str, lines: list[dict[str, Any]]) -> None:
         _reconnecting(lambda: report_progress(run_id, done, total, message, lines, lease=lease))
 
-    ctx = StepContext(connection=connection, adapter_factory=lambda: build_adapter(connection), report=report)
+    ctx = StepContext(
+        connection=connection,
+        adapter_factory=lambda: build_adapter(connection),
+        report=report,
+        report_interval=settings.STEP_PROGRESS_INTERVAL,
+    )
     with _Heartbeat(run_id, lease):
         _run_step(get_step(run.step), ctx, run_id, lease)
 
@@ -377,7 +410,6 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
 def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> None:
     try:
         outcome = module.run(ctx)
-        ctx.flush()
     except RunCancelled:
         logger.info("Step run %s was cancelled or re-queued while delivery %s ran it", run_id, lease)
         return
@@ -424,7 +456,10 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
             )
         )
         return
-    _record_outcome(lambda: finish_run(run_id, outcome, lease=lease), run_id, lease)
+    # The outcome carries the last progress and log lines in the same write: one transaction, not two.
+    lines = ctx.take_pending_log()
+    progress = (ctx.done, ctx.total)
+    _record_outcome(lambda: finish_run(run_id, outcome, lines=lines, progress=progress, lease=lease), run_id, lease)
 
 
 def _record_outcome(write: Callable[[], Any], run_id: int, lease: int) -> None:
@@ -581,10 +616,9 @@ def _reconnecting(write: Callable[[], T]) -> T:
         return write()
 
 
-def _locked(run_id: int) -> StepRun | None:
-    return (
-        StepRun.objects.select_for_update(of=("self",)).select_related("onboarding__tenant").filter(pk=run_id).first()
-    )
+def _locked(run_id: int, *, related: str = "onboarding__tenant") -> StepRun | None:
+    """The run, row-locked (its onboarding and tenant are read along, not locked)."""
+    return StepRun.objects.select_for_update(of=("self",)).select_related(related).filter(pk=run_id).first()
 
 
 def _holds(
@@ -645,6 +679,11 @@ def _declare_dead(run: StepRun, *, reason: str) -> None:
 
 def _line(message: str, *, level: str = "info") -> dict[str, Any]:
     return {"at": timezone.now().timestamp(), "level": level, "message": message}
+
+
+def _tagged(lines: list[dict[str, Any]], lease: int | None) -> list[dict[str, Any]]:
+    """Lines tagged with their delivery, so the log of a retried run shows which attempt said what."""
+    return [{**line, "delivery": lease} for line in lines] if lease is not None else lines
 
 
 def _append_log(log: list[dict[str, Any]], lines: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -278,6 +278,9 @@ STEP_TIME_LIMIT = env_int("STEP_TIME_LIMIT", STEP_SOFT_TIME_LIMIT + 60, minimum=
 # A worker thread refreshes a running step's heartbeat this often, even while the step waits on a
 # slow hospital, so only a dead or frozen worker goes silent.
 STEP_HEARTBEAT_INTERVAL = env_int("STEP_HEARTBEAT_INTERVAL", 5, minimum=1)
+# A step's progress and log lines reach the database at most this often (seconds): a short step
+# writes only its claim and its outcome, a long one still shows live progress and notices a cancel.
+STEP_PROGRESS_INTERVAL = env_float("STEP_PROGRESS_INTERVAL", 0.5)
 # A running step silent for longer lost its worker: the sweep puts it back in the queue (or declares
 # it dead after STEP_MAX_DELIVERIES). Four missed heartbeats, so a busy database is not a dead worker.
 STEP_HEARTBEAT_TIMEOUT = env_int("STEP_HEARTBEAT_TIMEOUT", 20, minimum=10)

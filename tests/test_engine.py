@@ -411,3 +411,73 @@ def test_a_step_that_loses_the_database_is_queued_again_not_failed(
     assert (run.status, run.deliveries) == (RunStatus.QUEUED, 1)
     assert "database connection was lost" in run.progress_message
     assert sent == [run.pk]  # sent again at once, not left for the sweep
+
+
+def test_progress_is_held_back_within_the_interval_and_flushed_on_demand() -> None:
+    reports: list[tuple[int, int, str, list[dict[str, Any]]]] = []
+    ctx = StepContext(
+        connection=None,  # type: ignore[arg-type]
+        adapter_factory=lambda: None,  # type: ignore[arg-type,return-value]
+        report=lambda done, total, message, lines: reports.append((done, total, message, lines)),
+        report_interval=3600,
+    )
+    ctx.log("first")
+    ctx.progress(1, 3, "one")
+    ctx.progress(2, 3, "two")
+    assert reports == []  # inside the interval counted from the claim: nothing written yet
+    ctx.flush()
+    assert [(d, t, m, [line["message"] for line in lines]) for d, t, m, lines in reports] == [(2, 3, "two", ["first"])]
+    ctx.log("last")
+    assert [line["message"] for line in ctx.take_pending_log()] == ["last"]
+    ctx.flush()
+    assert len(reports) == 1  # nothing left to send
+
+
+def test_without_an_interval_every_progress_is_written() -> None:
+    reports: list[int] = []
+    ctx = StepContext(
+        connection=None,  # type: ignore[arg-type]
+        adapter_factory=lambda: None,  # type: ignore[arg-type,return-value]
+        report=lambda done, total, message, lines: reports.append(done),
+    )
+    for done in range(3):
+        ctx.progress(done, 3, "working")
+    assert reports == [0, 1, 2]
+
+
+class _ChattyStep(StepModule):
+    """Reports progress three times and logs twice within a few milliseconds, like configure."""
+
+    key = "configure"
+    label = "Chatty"
+    description = "test"
+
+    def run(self, ctx: StepContext) -> StepOutcome:
+        for done in range(3):
+            ctx.log(f"line {done}")
+            ctx.progress(done + 1, 3, f"part {done + 1}")
+        return StepOutcome(passed=True, summary={"parts": 3})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_short_step_writes_its_claim_and_its_outcome_only(
+    tenant_a: Any, cs_user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.STEP_PROGRESS_INTERVAL = 3600
+    monkeypatch.setattr(services, "get_step", lambda key: _ChattyStep())
+    monkeypatch.setattr(services, "send_run", lambda run_id: True)
+    run = services.start_step(
+        user=cs_user, onboarding=services.ensure_onboarding(ConnectionFactory(tenant=tenant_a)), step="configure"
+    )
+    with CaptureQueriesContext(connection) as queries:
+        services.execute_run(run.pk)
+    updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith('UPDATE "onboarding_steprun"')]
+    assert len(updates) == 2, updates  # the claim, then the outcome with the held-back progress and lines
+    run.refresh_from_db()
+    assert run.status == RunStatus.PASSED
+    assert (run.progress_done, run.progress_total, run.progress_message) == (3, 3, "Passed")
+    assert [(line["message"], line["delivery"]) for line in run.log] == [("line 0", 1), ("line 1", 1), ("line 2", 1)]
+    assert run.result == {"parts": 3}

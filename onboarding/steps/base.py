@@ -24,7 +24,12 @@ class StepOutcome:
 
 
 class StepContext:
-    """Handed to a step's run(): the connection, its adapter, and ways to report progress."""
+    """Handed to a step's run(): the connection, its adapter, and ways to report progress.
+
+    Progress and log lines reach the database at most once per `report_interval` seconds, counted
+    from the claim that started the run: a short step then writes only its claim and its outcome,
+    while a long one still shows its progress live and notices a cancel at its next report.
+    """
 
     def __init__(
         self,
@@ -32,14 +37,19 @@ class StepContext:
         connection: EHRConnection,
         adapter_factory: Callable[[], FHIRAdapter],
         report: Callable[[int, int, str, list[dict[str, Any]]], None],
+        report_interval: float = 0.0,
     ) -> None:
         self.connection = connection
         self._adapter_factory = adapter_factory
         self._adapter: FHIRAdapter | None = None
         self._report = report
+        self._report_interval = report_interval
+        self._last_report = time.monotonic()
+        self._unsent = False
         self._pending_log: list[dict[str, Any]] = []
         self.done = 0
         self.total = 0
+        self.message = ""
 
     @property
     def adapter(self) -> FHIRAdapter:
@@ -49,19 +59,34 @@ class StepContext:
         return self._adapter
 
     def log(self, message: str, *, level: str = "info", **data: Any) -> None:
-        """Add a structured log line; it reaches the database with the next progress report."""
+        """Add a structured log line; it reaches the database with the next report or the outcome."""
         self._pending_log.append({"at": time.time(), "level": level, "message": message, **data})
 
     def progress(self, done: int, total: int, message: str) -> None:
-        """Report progress; also the heartbeat that tells the reaper this run is alive."""
+        """Report progress; sent at once unless the last report went out under `report_interval` ago."""
         self.done, self.total = done, total
-        pending, self._pending_log = self._pending_log, []
-        self._report(done, total, message, pending)
+        if message:
+            self.message = message
+        self._unsent = True
+        if time.monotonic() - self._last_report >= self._report_interval:
+            self._send()
 
     def flush(self) -> None:
-        """Send log lines still buffered without changing progress."""
-        if self._pending_log:
-            self.progress(self.done, self.total, "")
+        """Send progress and log lines still held back."""
+        if self._unsent or self._pending_log:
+            self._send()
+
+    def take_pending_log(self) -> list[dict[str, Any]]:
+        """The log lines not sent yet, handed over to be written with the step's outcome."""
+        pending, self._pending_log = self._pending_log, []
+        self._unsent = False
+        return pending
+
+    def _send(self) -> None:
+        pending, self._pending_log = self._pending_log, []
+        self._unsent = False
+        self._report(self.done, self.total, self.message, pending)
+        self._last_report = time.monotonic()
 
 
 class StepModule:
