@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -33,7 +31,7 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     state = state if state in selectors.DASHBOARD_FILTERS else ""
     tenants = selectors.dashboard_tenants(request.user, search=search, vendor=vendor, state=state)
     page = Paginator(tenants, DASHBOARD_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [_tenant_row(tenant) for tenant in page.object_list]
+    rows = selectors.dashboard_rows(page.object_list)
     context = {
         "page": page,
         "rows": rows,
@@ -46,18 +44,6 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     }
     template = "onboarding/dashboard.html#tenant-table" if request.htmx else "onboarding/dashboard.html"
     return render(request, template, context)
-
-
-def _tenant_row(tenant: Any) -> dict[str, Any]:
-    """A tenant with each connection's six step cells, from prefetched rows only (no queries)."""
-    runs_by_connection = {ob.connection_id: list(ob.runs.all()) for ob in tenant.onboardings.all()}
-    return {
-        "tenant": tenant,
-        "connections": [
-            {"connection": c, "cells": selectors.step_cells(runs_by_connection.get(c.id, []))}
-            for c in tenant.connections.all()
-        ],
-    }
 
 
 @login_required

@@ -81,3 +81,43 @@ def test_unbuilt_steps_are_marked_not_available(cs_user: Any) -> None:
     for step in ("load_test", "go_live"):
         assert f'data-step="{step}" data-state="unavailable"' in page
     assert 'data-step="configure" data-state="passed"' in page
+
+
+def test_rows_hold_each_connection_with_its_newest_attempts_and_empty_tenants(cs_user: Any) -> None:
+    from onboarding import selectors
+    from onboarding.templatetags.pipeline import step_cells
+
+    empty = Tenant.objects.create(name="Aaa No Connection Hospital")
+    make_tenants(2, 0)
+    busy = Tenant.objects.get(name="Bulk Hospital 00000")
+    second = EHRConnection.objects.create(
+        tenant=busy, name="Second EHR", vendor="epic", base_url="https://b.example/r4"
+    )
+    onboarding = Onboarding.objects.get(tenant=busy)
+    StepRun.objects.create(onboarding=onboarding, step="test", attempt=2, status="passed")
+
+    rows = selectors.dashboard_rows(selectors.dashboard_tenants(cs_user).filter(pk__in=[empty.pk, busy.pk]))
+
+    assert [row.tenant for row in rows] == [empty, busy]
+    assert rows[0].connections == []
+    main, other = rows[1].connections
+    assert (main.connection.name, other.connection) == ("Main EHR", second)
+    states = {cell.key: cell.state for cell in main.cells}
+    assert states["configure"] == "passed"
+    assert states["test"] == "passed"  # attempt 2 passed, attempt 1 had failed
+    assert states["map"] == "not_started"
+    assert {cell.state for cell in other.cells} <= {"not_started", "unavailable"}  # no pipeline yet
+    html = str(step_cells(main.cells))
+    newest = StepRun.objects.get(onboarding=onboarding, step="test", attempt=2)
+    assert f'href="{reverse("run_detail", kwargs={"code": newest.code})}"' in html
+    assert html.count('class="step state-') == len(main.cells) == 6
+    assert "not available yet</small>" in html
+
+
+def test_step_cells_escape_what_they_show() -> None:
+    from onboarding.selectors import StepCell
+    from onboarding.templatetags.pipeline import step_cells
+
+    html = str(step_cells([StepCell("configure", "<b>Configure</b>", True, None)]))
+    assert "<b>" not in html
+    assert "&lt;b&gt;Configure&lt;/b&gt;" in html
