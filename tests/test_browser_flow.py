@@ -75,5 +75,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     expect(row.locator("[data-step=test]")).to_have_attribute("data-state", "passed")
     expect(row.locator("[data-step=map]")).to_have_attribute("data-state", "not_started")
     expect(row.locator("[data-step=load_test]")).to_have_attribute("data-state", "unavailable")
+    if SHOTS:
+        page.screenshot(path=f"{SHOTS}/dashboard.png", full_page=True)
     assert Tenant.objects.filter(name="Northwind Children's Hospital").exists()
     assert errors == []
