@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from connections.models import EHRConnection
 from portal.crypto import EncryptedTextField
@@ -187,26 +188,82 @@ class Mapping(models.Model):
         return f"Mapping v{self.version} of {self.onboarding}"
 
 
-class MappingSignOff(models.Model):
-    """Hospital IT's approval of one exact mapping version; a newer version voids it."""
+class Decision(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
+class Approval(models.Model):
+    """One request for hospital IT's approval of one exact artifact at one gate, and its decision.
+
+    Every gate (the mapping sign-off, the load-test permission, the go-live approval) uses this one
+    model. A request binds the artifact by kind, id, version and content hash; a decision is final,
+    and asking again is a new request on the new version, so the history is the rows of a gate.
+    """
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    mapping = models.ForeignKey(Mapping, on_delete=models.CASCADE, related_name="sign_offs")
-    version = models.PositiveIntegerField()
-    content_hash = models.CharField(max_length=64)
-    approver = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="approvals")
+    # The key a wing registered its gate under (onboarding.gates.services.register).
+    gate = models.CharField(max_length=40)
+    artifact_kind = models.CharField(max_length=40)
+    artifact_id = models.PositiveBigIntegerField()
+    artifact_version = models.PositiveIntegerField()
+    artifact_hash = models.CharField(max_length=64)
+    # What people read, kept as text: "Mapping version 3".
+    artifact_label = models.CharField(max_length=200)
+
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=150, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    request_note = models.TextField(blank=True)
+    reminders = models.PositiveIntegerField(default=0)
+    reminded_at = models.DateTimeField(null=True, blank=True)
+
+    decision = models.CharField(max_length=10, choices=Decision.choices, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # Kept as text too, so the record still says who after a user is deleted.
-    approver_label = models.CharField(max_length=150)
-    approved_at = models.DateTimeField(auto_now_add=True)
+    decided_by_label = models.CharField(max_length=150, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
     comment = models.TextField(blank=True)
+    # An approval may hold for a time window only (the load-test permission): outside it, it is not live.
+    valid_from = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+
     voided_at = models.DateTimeField(null=True, blank=True)
     voided_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
-        ordering = ["-approved_at", "-id"]
+        ordering = ["-requested_at", "-id"]
+        constraints = [
+            # One open request per gate: a double click or a retried POST cannot ask twice.
+            models.UniqueConstraint(
+                fields=["onboarding", "gate"],
+                condition=Q(decision="", voided_at__isnull=True),
+                name="one_open_request_per_gate",
+            ),
+            models.CheckConstraint(
+                condition=~Q(decision="rejected") | ~Q(comment=""), name="a_rejection_carries_its_reason"
+            ),
+        ]
+        indexes = [models.Index(fields=["onboarding", "gate", "-requested_at"])]
 
     def __str__(self) -> str:
-        return f"Sign-off of mapping v{self.version} by {self.approver_label}"
+        return f"{self.gate} of {self.artifact_label}: {self.state}"
+
+    @property
+    def state(self) -> str:
+        """pending, approved, rejected or voided."""
+        if self.voided_at is not None:
+            return "voided"
+        return self.decision or "pending"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == "pending"
 
 
 class Severity(models.TextChoices):

@@ -1,5 +1,9 @@
 """The pipeline engine: every legal move of a step run, and nothing else moves one.
 
+A gated step starts only with a live approval of its gates' current artifacts (``onboarding.gates``):
+otherwise the start is refused, and no run is written. Starting a step voids the approvals of
+gates that rest on its results.
+
 Moves take the row lock or are conditional UPDATEs, so two workers, a double click, a redelivered
 task or the reaper racing a finishing run can never leave two outcomes. Each move writes its audit
 event in the same transaction. Tasks are sent only after the transaction commits.
@@ -7,7 +11,7 @@ event in the same transaction. Tasks are sent only after the transaction commits
 Execution is at least once, and every run ends passed, failed or cancelled:
 - each claim hands the delivery a lease (its delivery number); a delivery that lost its run (put
   back in the queue, taken over, cancelled) can no longer write progress or an outcome;
-- a pool process that dies is reported by the worker's main process (onboarding.tasks.StepRequest)
+- a pool process that dies is reported by the worker's main process (onboarding.engine.tasks.StepRequest)
   and its run goes straight back to the queue;
 - a whole worker that dies stops its run's heartbeat, and the reaper puts the run back in the queue;
 - a task the broker lost leaves its run queued, and the sweep sends it again;
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
@@ -37,6 +42,8 @@ from django.utils import timezone
 from connections.errors import RemoteError
 from connections.models import EHRConnection
 from connections.services import build_adapter
+from onboarding.engine import notices
+from onboarding.gates import services as gates
 from onboarding.models import ACTIVE_STATUSES, Onboarding, RunStatus, StepRun
 from onboarding.steps import get_step
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
@@ -50,9 +57,8 @@ MAX_LOG_LINES = 500
 # the sweep once it is this old, which leaves the request that queued it time to publish.
 SEND_GRACE = timedelta(seconds=10)
 
-# No time limits in a task's message: the worker's own settings apply, the ones its broker visibility
-# timeout is derived from, whatever the publishing process was configured with.
-WORKER_TIME_LIMITS: dict[str, Any] = {"time_limit": None, "soft_time_limit": None}
+# The task is sent by name: the engine never imports its own tasks module, which imports it.
+RUN_STEP_TASK = "onboarding.run_step"
 
 # What finish_run writes; the rest of the row (the claim's, the request's) is left as it is.
 FINISH_FIELDS = (
@@ -141,6 +147,10 @@ def start_step(
         current = latest.get(step)
         if current is not None and current.is_active:
             raise StepAlreadyActive(f"{module.label} is already {current.status}.")
+        refused = gates.check_start(onboarding, module.gates)
+        if refused is not None:
+            raise StepBlocked(f"{module.label} cannot start yet. {refused}")
+        gates.void_for_rerun(onboarding, step, user=user, request=request)
         attempt = (current.attempt if current is not None else 0) + 1
         try:
             # No savepoint: on a clash the whole transaction is rolled back as the error leaves it.
@@ -164,13 +174,17 @@ def start_step(
 def send_run(run_id: int) -> bool:
     """Publish the task for a queued run. A broker outage is logged, not raised: the sweep re-sends.
 
-    The send time is written only once the broker took the message, so a run whose publish failed
-    (or whose process died before publishing) has none, and the next sweep sends it.
+    The message goes to the step's own queue with the step's own time limits. The send time is
+    written only once the broker took the message, so a run whose publish failed (or whose process
+    died before publishing) has none, and the next sweep sends it.
     """
-    from onboarding.engine.tasks import run_step
-
+    step = StepRun.objects.filter(pk=run_id).values_list("step", flat=True).first()
+    if step is None:
+        return False
+    module = get_step(step)
+    soft, hard = module.time_limits()
     try:
-        run_step.apply_async(args=(run_id,), **WORKER_TIME_LIMITS)
+        current_app.send_task(RUN_STEP_TASK, args=(run_id,), queue=module.queue, soft_time_limit=soft, time_limit=hard)
     except Exception:  # any broker/transport failure; the database row is the source of truth
         logger.warning("Could not publish step run %s; the sweep will send it", run_id, exc_info=True)
         return False
@@ -293,6 +307,8 @@ def finish_run(
             obj=run,
             detail={"step": run.step, "attempt": run.attempt, "error_kind": run.error_kind},
         )
+        if status == RunStatus.FAILED:
+            notices.run_failed(run)
     return True
 
 
@@ -398,6 +414,8 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
         _reconnecting(lambda: report_progress(run_id, done, total, message, lines, lease=lease))
 
     ctx = StepContext(
+        run=run,
+        lease=lease,
         connection=connection,
         adapter_factory=lambda: build_adapter(connection),
         report=report,
@@ -648,6 +666,7 @@ def _fail(run: StepRun, *, kind: str, message: str, hint: str, detail: dict[str,
         obj=run,
         detail={"step": run.step, "attempt": run.attempt, "error_kind": kind, "deliveries": run.deliveries},
     )
+    notices.run_failed(run)
 
 
 def _declare_dead(run: StepRun, *, reason: str) -> None:

@@ -26,6 +26,8 @@ from onboarding.engine import services
 logger = logging.getLogger(__name__)
 
 STEPS_QUEUE = "steps"
+# Every queue a step may declare (each step module names its own), for the sweep's backlog count.
+STEP_QUEUES = tuple(dict.fromkeys(step.queue for step in PIPELINE))
 
 
 class StepRequest(Request):
@@ -46,13 +48,18 @@ class StepRequest(Request):
                 lambda run_id, worker: services.fail_run(
                     run_id,
                     kind="time_limit",
-                    message=f"The step was still running at its hard limit of {settings.STEP_TIME_LIMIT} s "
+                    message=f"The step was still running at its hard limit of {self._hard_limit()} s "
                     "and its worker process was stopped.",
                     hint="Check the hospital endpoint's latency in the test step, then re-run.",
                     worker=worker,
                 )
             )
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _hard_limit(self) -> int:
+        # The limit the message carried (the step's own), else the worker's default.
+        limits = getattr(self, "time_limits", None) or (None, None)
+        return int(limits[0] or settings.STEP_TIME_LIMIT)
 
     def _tell_engine(self, action: Callable[[int, str], Any]) -> None:
         if not self.args or self.worker_pid is None:
@@ -101,13 +108,16 @@ def resend_queued_runs() -> int:
 
 
 def steps_backlog() -> int | None:
-    """How many messages wait in the broker's steps queue; None when the broker cannot say."""
-    try:
-        with current_app.connection_for_read() as connection:
-            channel: Any = connection.default_channel
-            return int(channel.queue_declare(queue=STEPS_QUEUE, passive=True).message_count)
-    except ChannelError:
-        return 0  # the queue does not exist (a broker that lost everything): nothing waits in it
-    except Exception:
-        logger.warning("Could not read the length of the steps queue", exc_info=True)
-        return None
+    """How many messages wait in the broker's step queues; None when the broker cannot say."""
+    total = 0
+    for queue in STEP_QUEUES:
+        try:
+            with current_app.connection_for_read() as connection:
+                channel: Any = connection.default_channel
+                total += int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            continue  # the queue does not exist (a broker that lost everything): nothing waits in it
+        except Exception:
+            logger.warning("Could not read the length of the %s queue", queue, exc_info=True)
+            return None
+    return total

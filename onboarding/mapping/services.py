@@ -3,8 +3,9 @@
 A mapping says which identifier system carries the MRN, what to do with extensions the product
 does not know, and which standard code each local code means. Versions are immutable: every
 change (the map step, an edit in the browser, a CSV import) writes a new version, which voids
-any sign-off of an earlier one. Hospital IT sign off one exact version, and only once the map
-step has passed and every local code and the MRN system are covered.
+any sign-off of an earlier one. The sign-off is the mapping's gate (``onboarding.gates``): hospital
+IT approve one exact version, and it can be put to them once every local code and the MRN system
+are covered.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from onboarding.mapping.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
-from onboarding.models import Mapping, MappingSignOff, Onboarding, RunStatus, Step, StepRun, ValidationPolicy
+from onboarding.gates import services as gates
+from onboarding.models import Approval, Mapping, Onboarding, Step, StepRun, ValidationPolicy
 from portal import audit
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
 
 # Whoever drives the pipeline edits its mapping; hospital IT approve it.
 EDIT_PERM = "onboarding.run_step"
-SIGN_OFF_PERM = "portal.approve_gates"
+SIGN_OFF_PERM = gates.DECIDE_PERM
+SIGN_OFF_GATE = "mapping_sign_off"
 EXTENSION_CHOICES = {"use": "Use it", "ignore": "Ignore it", "": "Not decided"}
 CSV_COLUMNS = (
     "element",
@@ -68,9 +71,10 @@ def latest_map_run(onboarding: Onboarding) -> StepRun | None:
     return onboarding.runs.filter(step=Step.MAP).order_by("-attempt").first()
 
 
-def active_sign_off(mapping: Mapping) -> MappingSignOff | None:
-    """The sign-off of exactly this version, unless a newer version voided it."""
-    return mapping.sign_offs.filter(voided_at__isnull=True, content_hash=mapping.content_hash).first()
+def active_sign_off(mapping: Mapping) -> Approval | None:
+    """The live approval of exactly this version, unless a newer version voided it."""
+    approval = gates.live_approval(mapping.onboarding, SIGN_OFF_GATE)
+    return approval if approval is not None and approval.artifact_id == mapping.pk else None
 
 
 def signed_mapping(onboarding: Onboarding) -> Mapping | None:
@@ -142,20 +146,14 @@ def coverage(mapping: Mapping) -> Coverage:
 
 
 def sign_off_state(mapping: Mapping | None) -> tuple[bool, str]:
-    """Whether this version may be signed off now, and a sentence saying why (not)."""
+    """Whether this version may be put to hospital IT now, and a sentence saying why (not)."""
     if mapping is None:
         return False, "There is no mapping yet: run the map step first."
     if active_sign_off(mapping) is not None:
         return False, f"Version {mapping.version} is signed off."
-    latest = latest_mapping(mapping.onboarding)
-    if latest is not None and latest.pk != mapping.pk:
-        return False, f"Version {mapping.version} was replaced by version {latest.version}."
-    cover = coverage(mapping)
-    if not cover.complete:
-        return False, cover.summary()
-    run = latest_map_run(mapping.onboarding)
-    if run is None or run.status != RunStatus.PASSED:
-        return False, "The map step must pass before hospital IT can sign the mapping off: re-run map."
+    reason = _not_ready(mapping.onboarding, _artifact(mapping))
+    if reason is not None:
+        return False, reason
     return True, f"Version {mapping.version} is ready for hospital IT to sign off."
 
 
@@ -543,52 +541,49 @@ def concept_map(mapping: Mapping) -> dict[str, Any]:
     return resource
 
 
-# --- sign-off -------------------------------------------------------------------------------------------
+# --- the sign-off gate ---------------------------------------------------------------------------------
 
 
-def sign_off(
-    *,
-    user: User,
-    mapping: Mapping,
-    version: int,
-    content_hash: str,
-    comment: str,
-    request: HttpRequest | None = None,
-) -> MappingSignOff:
-    """Hospital IT approve the exact version they looked at."""
-    tenant = mapping.onboarding.tenant
-    require_perm(user, SIGN_OFF_PERM, tenant)
-    if len(comment) > 2000:
-        raise MappingError("Keep the comment under 2,000 characters.")
-    with transaction.atomic():
-        Onboarding.objects.select_for_update().get(pk=mapping.onboarding_id)
-        latest = latest_mapping(mapping.onboarding)
-        if latest is None or latest.version != version or latest.content_hash != content_hash:
-            raise MappingConflict(
-                f"The mapping changed after you opened it (it is now version {latest.version if latest else '?'}). "
-                "Reload the page, review it and sign again."
-            )
-        allowed, why = sign_off_state(latest)
-        if not allowed:
-            raise MappingError(why)
-        approver = user if isinstance(user, AuthUser) else None
-        signed = MappingSignOff.objects.create(
-            mapping=latest,
-            version=latest.version,
-            content_hash=latest.content_hash,
-            approver=approver,
-            approver_label=user.get_username(),
-            comment=comment.strip(),
-        )
-        audit.record(
-            action="mapping.sign_off",
-            actor=user,
-            tenant=tenant,
-            obj=latest,
-            request=request,
-            detail={"version": latest.version, "content_hash": latest.content_hash},
-        )
-    return signed
+def _artifact(mapping: Mapping | None) -> gates.Artifact | None:
+    if mapping is None:
+        return None
+    return gates.Artifact(
+        kind="mapping",
+        id=mapping.pk,
+        version=mapping.version,
+        content_hash=mapping.content_hash,
+        label=f"Mapping version {mapping.version}",
+    )
+
+
+def _current_artifact(onboarding: Onboarding) -> gates.Artifact | None:
+    return _artifact(latest_mapping(onboarding))
+
+
+def _not_ready(onboarding: Onboarding, artifact: gates.Artifact | None) -> str | None:
+    """Why the current version cannot be put to hospital IT yet, or None."""
+    if artifact is None:
+        return "There is no mapping yet: run the map step first."
+    mapping = onboarding.mappings.get(pk=artifact.id)
+    cover = coverage(mapping)
+    return None if cover.complete else cover.summary()
+
+
+def _mapping_link(onboarding: Onboarding) -> str:
+    from django.urls import reverse
+
+    return reverse("mapping", kwargs={"code": onboarding.connection.code})
+
+
+SIGN_OFF = gates.register(
+    gates.Gate(
+        key=SIGN_OFF_GATE,
+        label="Mapping sign-off",
+        current=_current_artifact,
+        not_ready=_not_ready,
+        link=_mapping_link,
+    )
+)
 
 
 # --- versions -------------------------------------------------------------------------------------------
@@ -620,21 +615,13 @@ def _write_version(
         codes=codes,
         content_hash=_content_hash(mrn_system, extension_handling, codes),
     )
-    voided = MappingSignOff.objects.filter(mapping__onboarding=onboarding, voided_at__isnull=True).exclude(
-        mapping=mapping
+    gates.void_stale(
+        onboarding,
+        SIGN_OFF_GATE,
+        reason=f"Mapping version {version} ({mapping.get_source_display()}) replaced it.",
+        user=user,
+        request=request,
     )
-    for old in voided.select_related("mapping"):
-        old.voided_at = timezone.now()
-        old.voided_reason = f"Version {version} ({mapping.get_source_display()}) replaced version {old.version}."
-        old.save(update_fields=["voided_at", "voided_reason"])
-        audit.record(
-            action="mapping.sign_off_void",
-            actor=user,
-            tenant=onboarding.tenant,
-            obj=old.mapping,
-            request=request,
-            detail={"version": old.version, "replaced_by": version},
-        )
     audit.record(
         action="mapping.version",
         actor=user,

@@ -189,13 +189,6 @@ def _delete_raw(raws: QuerySet[RawResource], batch: int = 1000) -> int:
             deleted += RawResource.objects.filter(pk__in=ids).only("pk").delete()[1].get(RawResource._meta.label, 0)
 
 
-def active_run_of(connection_id: int, step: str) -> StepRun:
-    """The queued or running attempt of a step (there is at most one, by constraint)."""
-    return StepRun.objects.select_related("onboarding__tenant").get(
-        onboarding__connection_id=connection_id, step=step, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)
-    )
-
-
 # --- waivers --------------------------------------------------------------------------------------------
 
 

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from django.conf import settings
+
 if TYPE_CHECKING:
     from connections.adapters.base import FHIRAdapter
     from connections.models import EHRConnection
+    from onboarding.models import StepRun
 
 
 @dataclass
@@ -24,7 +27,10 @@ class StepOutcome:
 
 
 class StepContext:
-    """Handed to a step's run(): the connection, its adapter, and ways to report progress.
+    """Handed to a step's run(): its own run, the connection, its adapter, and ways to report progress.
+
+    `run` is the attempt this delivery claimed (with its onboarding and tenant loaded) and `lease`
+    the delivery number that holds it, so a step never looks "the active run" up again.
 
     Progress and log lines reach the database at most once per `report_interval` seconds, counted
     from the claim that started the run: a short step then writes only its claim and its outcome,
@@ -34,11 +40,15 @@ class StepContext:
     def __init__(
         self,
         *,
+        run: StepRun,
+        lease: int,
         connection: EHRConnection,
         adapter_factory: Callable[[], FHIRAdapter],
         report: Callable[[int, int, str, list[dict[str, Any]]], None],
         report_interval: float = 0.0,
     ) -> None:
+        self.run = run
+        self.lease = lease
         self.connection = connection
         self._adapter_factory = adapter_factory
         self._adapter: FHIRAdapter | None = None
@@ -50,6 +60,10 @@ class StepContext:
         self.done = 0
         self.total = 0
         self.message = ""
+
+    @property
+    def attempt(self) -> int:
+        return self.run.attempt
 
     @property
     def adapter(self) -> FHIRAdapter:
@@ -98,6 +112,15 @@ class StepModule:
     available: ClassVar[bool] = True
     # Earlier steps whose latest attempt must have passed before this one may start.
     requires: ClassVar[tuple[str, ...]] = ()
+    # Gates (onboarding.gates) that need a live approval of their current artifact before it starts.
+    gates: ClassVar[tuple[str, ...]] = ()
+    # The Celery queue its task goes to: a step that runs for many minutes gets workers of its own,
+    # so it never holds up the short steps of other hospitals.
+    queue: ClassVar[str] = "steps"
+
+    def time_limits(self) -> tuple[int, int]:
+        """(soft, hard) seconds the step may run; sent with its task. Read from settings at send time."""
+        return settings.STEP_SOFT_TIME_LIMIT, settings.STEP_TIME_LIMIT
 
     def run(self, ctx: StepContext) -> StepOutcome:
         raise NotImplementedError

@@ -14,7 +14,6 @@ from typing import Any
 
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import CLINICAL_TYPES, ProfileBuilder
-from onboarding.review.services import active_run_of
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 
 PATIENT_PAGE_SIZE = 50
@@ -54,7 +53,7 @@ class MapStep(StepModule):
 
     def run(self, ctx: StepContext) -> StepOutcome:
         """Pull, profile, record the mapping version and judge its coverage."""
-        run = active_run_of(ctx.connection.pk, self.key)
+        run = ctx.run
         onboarding = run.onboarding
         size = mappings.policy_for(onboarding.tenant).map_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")

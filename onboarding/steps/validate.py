@@ -422,14 +422,18 @@ class ValidateStep(StepModule):
     key = "validate"
     label = "Validate"
     description = "Pull patients' data and check structure, US Core, codes, references and duplicates."
-    requires = ("map",)
+    # A current, signed mapping is what validate needs (its gate), not a passing last map run: a map
+    # re-run that failed leaves the signed version as it was.
+    requires = ("test",)
+    gates = (mappings.SIGN_OFF_GATE,)
 
     def run(self, ctx: StepContext) -> StepOutcome:
         """Refuse without a signed mapping; otherwise pull, check, store findings and judge."""
-        run = review.active_run_of(ctx.connection.pk, self.key)
+        run = ctx.run
         onboarding = run.onboarding
         mapping = mappings.signed_mapping(onboarding)
         if mapping is None:
+            # The engine refused the start without a live sign-off; the mapping changed since.
             latest = mappings.latest_mapping(onboarding)
             return StepOutcome(
                 passed=False,
