@@ -125,9 +125,14 @@ def prepare(base_url: str, patients: int) -> tuple[Any, Any]:
             target_code=loinc_of[row["code"]],
             target_display=row["display"],
         )
-    mappings.sign_off(
-        user=user, mapping=mapping, version=mapping.version, content_hash=mapping.content_hash, comment=""
-    )
+    # The sign-off gate: the vendor asks, a hospital approver (never vendor staff) decides.
+    from onboarding.gates import services as gates
+    from portal.services import grant_hospital_it
+
+    approver = get_user_model().objects.create_user(f"bench-it-{time.time_ns()}", password=None)
+    grant_hospital_it(tenant=tenant, member=approver)
+    approval = gates.request_approval(user=user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    gates.decide(user=approver, approval=approval, decision="approved")
     return user, connection
 
 

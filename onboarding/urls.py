@@ -4,11 +4,13 @@ from django.urls import path
 
 from onboarding.engine import views
 from onboarding.evidence import views as evidence_views
+from onboarding.gates import views as gate_views
 from onboarding.mapping import views as mapping_views
 from onboarding.review import views as review_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("work/", views.my_work, name="my_work"),
     path("t/<uuid:code>/", views.tenant_detail, name="tenant_detail"),
     path("c/<uuid:code>/", views.connection_detail, name="connection_detail"),
     path("c/<uuid:code>/steps/<slug:step>/start/", views.start_step, name="start_step"),
@@ -21,7 +23,10 @@ urlpatterns = [
     path("c/<uuid:code>/mapping/export.csv", mapping_views.mapping_export_csv, name="mapping_export_csv"),
     path("c/<uuid:code>/mapping/import/", mapping_views.mapping_import_csv, name="mapping_import_csv"),
     path("c/<uuid:code>/mapping/conceptmap.json", mapping_views.mapping_concept_map, name="mapping_concept_map"),
-    path("c/<uuid:code>/mapping/sign-off/", mapping_views.mapping_sign_off, name="mapping_sign_off"),
+    path("c/<uuid:code>/gates/<slug:gate>/request/", gate_views.request_approval, name="gate_request"),
+    path("approvals/<uuid:code>/", gate_views.approval_detail, name="approval_detail"),
+    path("approvals/<uuid:code>/decide/", gate_views.decide, name="approval_decide"),
+    path("approvals/<uuid:code>/remind/", gate_views.remind, name="approval_remind"),
     path("t/<uuid:code>/validation-policy/", mapping_views.validation_policy, name="validation_policy"),
     path("review/", review_views.review_queue, name="review_queue"),
     path("review/runs/<uuid:code>/", review_views.review_run, name="review_run"),

@@ -49,3 +49,12 @@ class ConnectionFactory(factory.django.DjangoModelFactory):
     vendor = "generic"
     base_url = "https://fhir.example.org/fhir"
     auth_method = "none"
+
+
+def sign_mapping_off(*, cs: Any, it: Any, mapping: Any, comment: str = "ok") -> Any:
+    """Customer success request the mapping's sign-off and hospital IT approve it, as the gate wants."""
+    from onboarding.gates import services as gates
+    from onboarding.mapping.services import SIGN_OFF_GATE
+
+    approval = gates.request_approval(user=cs, onboarding=mapping.onboarding, gate_key=SIGN_OFF_GATE)
+    return gates.decide(user=it, approval=approval, decision="approved", comment=comment)

@@ -34,7 +34,7 @@ from django.urls import reverse
 
 from connections.models import EHRConnection
 from onboarding.engine import services
-from onboarding.models import MappingSignOff, Onboarding, StepRun
+from onboarding.models import Approval, Onboarding, StepRun
 from tests.factories import ConnectionFactory
 
 PERSONAS = ("anon", "it_a", "it_b", "cs", "engineer")
@@ -55,6 +55,7 @@ class World:
     active_run_a: StepRun  # a queued test attempt, so cancel has something to cancel
     run_b: StepRun
     extra: dict[str, Any] = field(default_factory=dict)
+    approval_b: Any = None  # a pending request of tenant B, for the cross-tenant decide case
 
     def foreign_markers(self, persona: str) -> list[str]:
         """Codes and names a persona must never see in a list: the other tenant's."""
@@ -79,8 +80,24 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     run_b = StepRun.objects.create(onboarding=onboarding_b, step="configure", attempt=1, status="passed")
     world = World(tenant_a, tenant_b, conn_a, conn_b, onboarding_a, onboarding_b, run_a, active_run_a, run_b)
     world.extra.update(_mapping_and_findings(onboarding_a))
+    world.extra["approval"] = _pending_approval(onboarding_a, world.extra["mapping"])
+    world.approval_b = _pending_approval(onboarding_b, world.extra["mapping"])
     world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
     return world
+
+
+def _pending_approval(onboarding: Onboarding, mapping: Any) -> Approval:
+    """A sign-off request of tenant A's mapping waiting on its hospital IT."""
+    return Approval.objects.create(
+        onboarding=onboarding,
+        gate="mapping_sign_off",
+        artifact_kind="mapping",
+        artifact_id=mapping.pk,
+        artifact_version=mapping.version,
+        artifact_hash=mapping.content_hash,
+        artifact_label=f"Mapping version {mapping.version}",
+        requested_by_label="cs",
+    )
 
 
 def _notifications(*, tenant_a: Any, tenant_b: Any, run_a: StepRun, run_b: StepRun) -> dict[str, Any]:
@@ -348,16 +365,76 @@ ROUTES: dict[str, list[Call]] = {
     "mapping_concept_map": [
         page(lambda w: _r("mapping_concept_map", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
     ],
-    # Hospital IT may sign (here refused with a message, since the map step has not passed: 302).
-    "mapping_sign_off": [
+    # --- Gates: customer success (and engineers) request and remind; the tenant's approvers decide ---
+    # A request of tenant A's mapping is refused with a message (one is already waiting): 302.
+    "gate_request": [
         page(
-            lambda w: _r("mapping_sign_off", code=w.conn_a.code),
+            lambda w: _r("gate_request", code=w.conn_a.code, gate="mapping_sign_off"),
             method="POST",
-            data=lambda w: {"version": w.extra["mapping"].version, "content_hash": w.extra["mapping"].content_hash},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "approval_detail": [
+        page(
+            lambda w: _r("approval_detail", code=w.extra["approval"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    # Vendor staff can never decide for the hospital: 403 even with every model permission.
+    "approval_decide": [
+        page(
+            lambda w: _r("approval_decide", code=w.extra["approval"].code),
+            method="POST",
+            data=lambda w: {"decision": "rejected", "comment": "Not yet"},
             owner="a",
             expect=tenant_a_staff(302, 403, 403),
         )
     ],
+    # Reminding right after the request is refused with a message (at most one an hour): 302.
+    "approval_remind": [
+        page(
+            lambda w: _r("approval_remind", code=w.extra["approval"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "my_work": [page(lambda w: _r("my_work"), expect=everyone(200), lists=True)],
+    "approval-list": [api(lambda w: "/api/v1/approvals/", expect=everyone(200), lists=True)],
+    "approval-detail": [
+        api(lambda w: f"/api/v1/approvals/{w.extra['approval'].code}/", owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "approval-decide": [
+        api(
+            lambda w: f"/api/v1/approvals/{w.extra['approval'].code}/decide/",
+            method="POST",
+            data=lambda w: {"decision": "approved", "artifact_hash": w.extra["approval"].artifact_hash},
+            owner="a",
+            expect=tenant_a_staff(200, 403, 403),
+        )
+    ],
+    "approval-remind": [
+        api(
+            lambda w: f"/api/v1/approvals/{w.extra['approval'].code}/remind/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 409, 409),
+        )
+    ],
+    "api_connection_gates": [
+        api(lambda w: _r("api_connection_gates", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "api_gate_request": [
+        api(
+            lambda w: _r("api_gate_request", code=w.conn_a.code, gate="mapping_sign_off"),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 409, 409),
+        )
+    ],
+    "api_my_work": [api(lambda w: _r("api_my_work"), expect=everyone(200), lists=True)],
     "validation_policy": [
         page(lambda w: _r("validation_policy", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
         page(
@@ -621,10 +698,10 @@ IDOR_CASES: list[IdorCase] = [
         "hospital IT of tenant A cannot approve tenant B's mapping (a gate of another hospital)",
         persona="it_a",
         method="POST",
-        url=lambda w: reverse("mapping_sign_off", kwargs={"code": w.conn_b.code}),
-        data=lambda w: {"version": 1, "content_hash": "0" * 64},
+        url=lambda w: reverse("approval_decide", kwargs={"code": w.approval_b.code}),
+        data=lambda w: {"decision": "approved"},
         refused_with=404,
-        unchanged=lambda w: not MappingSignOff.objects.filter(mapping__onboarding=w.onboarding_b).exists(),
+        unchanged=lambda w: Approval.objects.get(pk=w.approval_b.pk).decision == "",
     ),
     IdorCase(
         "hospital IT of tenant A cannot start a step of tenant B's connection",

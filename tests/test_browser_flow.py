@@ -30,6 +30,8 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     log_in(page, live_server.url, cs_user.username, DEFAULT_PASSWORD)
+    expect(page.locator("h1")).to_have_text("My work")  # the first page after login
+    page.get_by_role("link", name="Hospitals").click()
     expect(page.get_by_text("No hospitals yet.")).to_be_visible()
 
     # Create a hospital; a bad time zone is refused with a field message first.

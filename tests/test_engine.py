@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery import current_app
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
@@ -228,12 +229,10 @@ def test_sweep_gives_up_after_the_delivery_limit(onboarding: Any, cs_user: Any, 
 def test_sweep_sends_runs_whose_publish_failed_once_past_the_grace(
     onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
 ) -> None:
-    from onboarding.engine import tasks
-
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr(tasks.run_step, "apply_async", broker_down)
+    monkeypatch.setattr(current_app, "send_task", broker_down)
     with django_capture_on_commit_callbacks(execute=True):
         run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
     run.refresh_from_db()
@@ -246,19 +245,27 @@ def test_sweep_sends_runs_whose_publish_failed_once_past_the_grace(
     assert sent == [run.pk]
 
 
-def test_a_successful_send_records_its_time_without_time_limits_in_the_message(
-    onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch
+def test_a_successful_send_records_its_time_with_the_steps_queue_and_limits_in_the_message(
+    onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
-    from onboarding.engine import tasks
-
-    published: list[dict[str, Any]] = []
-    monkeypatch.setattr(tasks.run_step, "apply_async", lambda **kwargs: published.append(kwargs))
+    published: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(current_app, "send_task", lambda name, **kwargs: published.append((name, kwargs)))
     run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
     assert services.send_run(run.pk) is True
     run.refresh_from_db()
     assert run.last_sent_at is not None
-    # The worker's own limits apply (its visibility timeout is derived from them).
-    assert published == [{"args": (run.pk,), "time_limit": None, "soft_time_limit": None}]
+    # Each step declares its queue and its limits; the message carries them to the worker.
+    assert published == [
+        (
+            "onboarding.run_step",
+            {
+                "args": (run.pk,),
+                "queue": "steps",
+                "soft_time_limit": settings.STEP_SOFT_TIME_LIMIT,
+                "time_limit": settings.STEP_TIME_LIMIT,
+            },
+        )
+    ]
 
 
 def test_sweep_resends_every_waiting_run_when_the_broker_holds_fewer_messages(
@@ -422,6 +429,8 @@ def test_a_step_that_loses_the_database_is_queued_again_not_failed(
 def test_progress_is_held_back_within_the_interval_and_flushed_on_demand() -> None:
     reports: list[tuple[int, int, str, list[dict[str, Any]]]] = []
     ctx = StepContext(
+        run=None,  # type: ignore[arg-type]
+        lease=1,
         connection=None,  # type: ignore[arg-type]
         adapter_factory=lambda: None,  # type: ignore[arg-type,return-value]
         report=lambda done, total, message, lines: reports.append((done, total, message, lines)),
@@ -442,6 +451,8 @@ def test_progress_is_held_back_within_the_interval_and_flushed_on_demand() -> No
 def test_without_an_interval_every_progress_is_written() -> None:
     reports: list[int] = []
     ctx = StepContext(
+        run=None,  # type: ignore[arg-type]
+        lease=1,
         connection=None,  # type: ignore[arg-type]
         adapter_factory=lambda: None,  # type: ignore[arg-type,return-value]
         report=lambda done, total, message, lines: reports.append(done),

@@ -15,10 +15,9 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from connections.services import create_connection
 from onboarding.engine import services
-from onboarding.models import Finding, Mapping, MappingSignOff, StepRun, Waiver
-from portal import audit
+from onboarding.models import Finding, Mapping, StepRun, Waiver
 from tests.browser import log_in
-from tests.factories import DEFAULT_PASSWORD
+from tests.factories import DEFAULT_PASSWORD, sign_mapping_off
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -75,15 +74,7 @@ def onboarding(tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any) -> Any:
         mrn_system="urn:oid:2.16.840.1.113883.3.1",
         content_hash=MAPPING_HASH,
     )
-    sign_off = MappingSignOff.objects.create(
-        mapping=mapping,
-        version=3,
-        content_hash=MAPPING_HASH,
-        approver=it_a,
-        approver_label=it_a.username,
-        comment="MRN system confirmed with our registration team.",
-    )
-    audit.record(action="mapping.sign_off", actor=it_a, tenant=tenant_a, obj=sign_off, detail={"version": 3})
+    sign_mapping_off(cs=cs_user, it=it_a, mapping=mapping, comment="MRN system confirmed with our registration team.")
     validate = StepRun.objects.create(
         onboarding=onboarding,
         step="validate",
@@ -129,7 +120,8 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     page = context.new_page()
     problems = csp_watch(page)
     log_in(page, live_server.url, it_a.username, DEFAULT_PASSWORD)
-
+    expect(page.locator("h1")).to_have_text("My work")  # the first page after login
+    page.get_by_role("link", name="Hospitals").click()
     page.get_by_role("link", name="Alpha main FHIR").first.click()
     page.get_by_test_id("evidence-link").click()
     expect(page.locator("h1")).to_have_text("Security evidence pack")
@@ -164,7 +156,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(security).not_to_contain_text("evidence-test-secret")
 
     audit_section = page.get_by_test_id("evidence-audit")
-    for action in ("connection.create", "step.start", "mapping.sign_off", "evidence.export"):
+    for action in ("connection.create", "step.start", "gate.approved", "evidence.export"):
         expect(audit_section).to_contain_text(action)
 
     with page.expect_download() as download_info:
@@ -176,10 +168,11 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     mapping_gate = pack["gates"][0]
     assert mapping_gate["approvals"][0]["artifact"] == {
         "kind": "mapping",
-        "code": str(onboarding.mappings.get().code),
+        "label": "Mapping version 3",
         "version": 3,
         "content_sha256": MAPPING_HASH,
     }
+    assert mapping_gate["approvals"][0]["state"] == "approved"
     assert [gate["note"] for gate in pack["gates"][1:]] == ["not available yet", "not available yet"]
     assert pack["validation"]["findings_by_severity"] == {"error": 2, "warning": 1}
     assert pack["validation"]["outcome"]["waived"] == 1
@@ -187,7 +180,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     assert pack["load_test"] == {"available": False, "note": "not available yet"}
     assert pack["security"]["secret"]["age_days"] == 0
     assert "evidence-test-secret" not in json.dumps(pack)
-    assert {"connection.create", "mapping.sign_off"} <= {event["action"] for event in pack["audit"]["events"]}
+    assert {"connection.create", "gate.approved"} <= {event["action"] for event in pack["audit"]["events"]}
 
     with page.expect_download() as download_info:
         page.get_by_test_id("download-html").click()

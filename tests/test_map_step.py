@@ -20,11 +20,12 @@ from connections.adapters.structure import strict_parse_problems, structure_prob
 from connections.models import EHRConnection
 from connections.sandbox.defects import LEGACY_MRN_SYSTEMS, LOCAL_LAB_SYSTEMS, UNKNOWN_EXTENSION, parse_defects
 from onboarding.engine import services
+from onboarding.gates import services as gates
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import LOINC
 from onboarding.models import Mapping, RunStatus, StepRun
 from portal.models import AuditEvent
-from tests.factories import ConnectionFactory
+from tests.factories import ConnectionFactory, sign_mapping_off
 
 pytestmark = pytest.mark.django_db
 
@@ -106,9 +107,7 @@ def signed_off_mapping(cs: Any, it: Any, connection: EHRConnection, runner: Any 
         assert again.status == RunStatus.PASSED, (again.error_kind, again.error_message)
     mapping = mappings.latest_mapping(connection.onboarding)
     assert mapping is not None
-    mappings.sign_off(
-        user=it, mapping=mapping, version=mapping.version, content_hash=mapping.content_hash, comment="ok"
-    )
+    sign_mapping_off(cs=cs, it=it, mapping=mapping)
     return mapping
 
 
@@ -240,47 +239,54 @@ def test_profile_shows_the_planted_identifier_systems_extensions_and_local_codes
     assert mapping.extension_handling == {UNKNOWN_EXTENSION: ""}
 
 
-def test_a_passed_map_offers_the_version_for_sign_off_and_a_new_version_voids_it(
+def test_a_complete_mapping_goes_to_hospital_it_and_a_new_version_voids_the_approval(
     defects: Any, tenant_a: Any, cs_user: Any, it_a: Any, it_b: Any
 ) -> None:
     set_sizes(tenant_a, map_size=10, validate_size=10)
     connection = ready_connection(tenant_a, cs_user, defects)
+    onboarding = connection.onboarding
     assert run_now(connection, "map", cs_user).status == RunStatus.FAILED
-    mapping = mappings.latest_mapping(connection.onboarding)
+    mapping = mappings.latest_mapping(onboarding)
     assert mapping is not None
     allowed, why = mappings.sign_off_state(mapping)
     assert not allowed and "local code" in why
+    with pytest.raises(gates.GateError, match="local code"):
+        gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
     mapping = map_every_code(cs_user, connection)
-    allowed, why = mappings.sign_off_state(mapping)
-    assert not allowed and "re-run map" in why  # the map run on record failed
-
-    rerun = run_now(connection, "map", cs_user)
-    assert rerun.status == RunStatus.PASSED, rerun.error_message
-    mapping = mappings.latest_mapping(connection.onboarding)
-    assert mapping is not None and all(r["target_code"] for r in mapping.codes)
+    # A complete mapping may be put to hospital IT, even though the map run on record failed.
     assert mappings.sign_off_state(mapping)[0] is True
 
-    # Customer success cannot sign, nor hospital IT of another hospital; a stale hash is refused.
+    # Hospital IT cannot request; customer success can, once.
+    with pytest.raises(PermissionDenied):
+        gates.request_approval(user=it_a, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    approval = gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    with pytest.raises(gates.GateError, match="already waiting"):
+        gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    assert (approval.artifact_id, approval.artifact_hash) == (mapping.pk, mapping.content_hash)
+
+    # Customer success cannot decide, nor hospital IT of another hospital; a stale hash is refused.
     for outsider in (cs_user, it_b):
         with pytest.raises(PermissionDenied):
-            mappings.sign_off(
-                user=outsider, mapping=mapping, version=mapping.version, content_hash=mapping.content_hash, comment=""
-            )
-    with pytest.raises(mappings.MappingConflict):
-        mappings.sign_off(user=it_a, mapping=mapping, version=mapping.version, content_hash="0" * 64, comment="")
-    signed = mappings.sign_off(
+            gates.decide(user=outsider, approval=approval, decision="approved")
+    with pytest.raises(gates.GateError, match="Reload"):
+        gates.decide(user=it_a, approval=approval, decision="approved", artifact_hash="0" * 64)
+    with pytest.raises(gates.GateError, match="Say why"):
+        gates.decide(user=it_a, approval=approval, decision="rejected", comment="  ")
+    signed = gates.decide(
         user=it_a,
-        mapping=mapping,
-        version=mapping.version,
-        content_hash=mapping.content_hash,
+        approval=approval,
+        decision="approved",
         comment="Reviewed with lab",
+        artifact_hash=mapping.content_hash,
     )
-    assert (signed.version, signed.approver, signed.comment) == (mapping.version, it_a, "Reviewed with lab")
-    assert signed.content_hash == mapping.content_hash and signed.approved_at is not None
-    assert mappings.signed_mapping(connection.onboarding) == mapping
-    assert AuditEvent.objects.filter(action="mapping.sign_off", actor=it_a, tenant=tenant_a).count() == 1
+    assert (signed.artifact_version, signed.decided_by, signed.comment) == (mapping.version, it_a, "Reviewed with lab")
+    assert signed.decided_at is not None and signed.state == "approved"
+    with pytest.raises(gates.GateError, match="already approved"):
+        gates.decide(user=it_a, approval=signed, decision="rejected", comment="changed my mind")
+    assert mappings.signed_mapping(onboarding) == mapping
+    assert AuditEvent.objects.filter(action="gate.approved", actor=it_a, tenant=tenant_a).count() == 1
 
-    # An edit makes a new version and voids the sign-off.
+    # An edit makes a new version and voids the approval, with the reason.
     row = mapping.codes[0]
     edited = mappings.update_code(
         user=cs_user,
@@ -292,8 +298,11 @@ def test_a_passed_map_offers_the_version_for_sign_off_and_a_new_version_voids_it
     )
     assert edited.version == mapping.version + 1
     signed.refresh_from_db()
-    assert signed.voided_at is not None and f"Version {edited.version}" in signed.voided_reason
-    assert mappings.signed_mapping(connection.onboarding) is None
+    assert signed.voided_at is not None and f"Mapping version {edited.version}" in signed.voided_reason
+    assert mappings.signed_mapping(onboarding) is None
+    assert gates.gate_state(onboarding, mappings.SIGN_OFF_GATE).status == "ready"
+    with pytest.raises(gates.GateError, match="voided"):
+        gates.decide(user=it_a, approval=signed, decision="approved")
     # Someone who opened the older version cannot overwrite that change, but may edit another row.
     with pytest.raises(mappings.MappingConflict, match="while you were editing"):
         mappings.update_code(
@@ -319,11 +328,19 @@ def test_a_passed_map_offers_the_version_for_sign_off_and_a_new_version_voids_it
     with pytest.raises(PermissionDenied):
         mappings.set_mrn_system(user=it_a, mapping=edited, system=GENERIC_MRN)
 
-    # Signing the new version, then re-running map, voids that sign-off too.
-    mappings.sign_off(user=it_a, mapping=edited, version=edited.version, content_hash=edited.content_hash, comment="")
+    # A request pending when the mapping changes is voided too; then signing and re-running map voids it.
+    pending = gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
     assert run_now(connection, "map", cs_user).status == RunStatus.PASSED
-    assert mappings.signed_mapping(connection.onboarding) is None
-    assert mappings.latest_mapping(connection.onboarding).version == edited.version + 1  # type: ignore[union-attr]
+    pending.refresh_from_db()
+    assert pending.state == "voided"
+    newest = mappings.latest_mapping(onboarding)
+    assert newest is not None and newest.version == edited.version + 1
+    sign_mapping_off(cs=cs_user, it=it_a, mapping=newest)
+    assert mappings.signed_mapping(onboarding) == newest
+    assert run_now(connection, "map", cs_user).status == RunStatus.PASSED
+    assert mappings.signed_mapping(onboarding) is None
+    history = gates.history(onboarding, mappings.SIGN_OFF_GATE)
+    assert [a.state for a in history] == ["voided", "voided", "voided"]
 
 
 # --- CSV and ConceptMap -------------------------------------------------------------------------------

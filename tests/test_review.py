@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from onboarding.engine import services
 from onboarding.mapping import services as mappings
-from onboarding.models import Finding, Mapping, RawResource, StepRun, Waiver
+from onboarding.models import Approval, Finding, Mapping, RawResource, StepRun, Waiver
 from onboarding.review import services as review
 from portal.models import AuditEvent
 from tests.conftest import client_for, reauthenticated
@@ -369,7 +369,9 @@ def test_import_page_lists_row_errors_and_saves_nothing(mapped: Mapping, cs_user
     assert mappings.latest_mapping(mapped.onboarding).version == 2  # type: ignore[union-attr]
 
 
-def test_hospital_it_signs_off_on_the_page(mapped: Mapping, cs_user: Any, it_a: Any, it_b: Any) -> None:
+def test_customer_success_requests_and_hospital_it_signs_off_on_the_pages(
+    mapped: Mapping, cs_user: Any, it_a: Any, it_b: Any
+) -> None:
     connection = mapped.onboarding.connection
     mapped = mappings.update_code(
         user=cs_user,
@@ -380,15 +382,36 @@ def test_hospital_it_signs_off_on_the_page(mapped: Mapping, cs_user: Any, it_a: 
         target_display="Glucose [Mass/volume] in Blood",
     )
     page_url = reverse("mapping", kwargs={"code": connection.code})
-    assert 'data-testid="sign-off"' not in client_for(cs_user).get(page_url).content.decode()
-    assert 'data-testid="sign-off"' in client_for(it_a).get(page_url).content.decode()
-    sign = reverse("mapping_sign_off", kwargs={"code": connection.code})
-    data = {"version": mapped.version, "content_hash": mapped.content_hash, "comment": "Lab lead agreed"}
-    assert client_for(cs_user).post(sign, data).status_code == 403
-    assert client_for(it_b).post(sign, data).status_code == 404
-    page = client_for(it_a).post(sign, data, follow=True).content.decode()
-    assert 'data-testid="signed-off"' in page and "Lab lead agreed" in page
+    gate = mappings.SIGN_OFF_GATE
+    # Customer success see the request button; hospital IT never do (they decide, they do not ask).
+    assert f'data-testid="gate-request-{gate}"' in client_for(cs_user).get(page_url).content.decode()
+    assert f'data-testid="gate-request-{gate}"' not in client_for(it_a).get(page_url).content.decode()
+    request_url = reverse("gate_request", kwargs={"code": connection.code, "gate": gate})
+    assert client_for(it_a).post(request_url, {"note": "please"}).status_code == 403
+    assert client_for(it_b).post(request_url, {"note": "please"}).status_code == 404
+    response = client_for(cs_user).post(request_url, {"note": "Lab codes done"})
+    approval = Approval.objects.get(onboarding=mapped.onboarding, gate=gate)
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "approval_detail", kwargs={"code": approval.code}
+    )
+    assert "waiting for hospital IT" in client_for(it_a).get(page_url).content.decode()
+
+    detail = reverse("approval_detail", kwargs={"code": approval.code})
+    decide = reverse("approval_decide", kwargs={"code": approval.code})
+    assert 'data-testid="decide-form"' in client_for(it_a).get(detail).content.decode()
+    assert 'data-testid="decide-form"' not in client_for(cs_user).get(detail).content.decode()
+    data = {"decision": "approved", "artifact_hash": mapped.content_hash, "comment": "Lab lead agreed"}
+    assert client_for(cs_user).post(decide, data).status_code == 403
+    assert client_for(it_b).get(detail).status_code == 404
+    assert client_for(it_b).post(decide, data).status_code == 404
+    page = client_for(it_a).post(decide, data, follow=True).content.decode()
+    assert 'data-testid="approval-decision"' in page and "Lab lead agreed" in page
     assert mappings.signed_mapping(mapped.onboarding) == mapped
+    # Deciding twice is refused with a message, and nothing changes.
+    page = client_for(it_a).post(decide, {"decision": "rejected", "comment": "no"}, follow=True).content.decode()
+    assert "already approved" in page
+    approval.refresh_from_db()
+    assert approval.decision == "approved"
 
 
 def test_another_tenants_hospital_it_gets_404_everywhere(mapped: Mapping, tenant_a: Any, it_b: Any) -> None:

@@ -14,7 +14,7 @@ from onboarding.mapping import services as mappings
 from onboarding.models import RunStatus, StepRun, Waiver
 from portal.models import AuditEvent
 from tests.browser import log_in, reauthenticate
-from tests.factories import DEFAULT_PASSWORD
+from tests.factories import DEFAULT_PASSWORD, sign_mapping_off
 from tests.test_map_step import ready_connection, run_on_worker, set_sizes, signed_off_mapping
 from tests.test_mapping_browser import watch
 
@@ -47,9 +47,7 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     assert mapping is not None
     (url,) = mapping.extension_handling
     mapping = mappings.set_extension_handling(user=cs_user, mapping=mapping, url=url, handling="ignore")
-    mappings.sign_off(
-        user=it_a, mapping=mapping, version=mapping.version, content_hash=mapping.content_hash, comment=""
-    )
+    sign_mapping_off(cs=cs_user, it=it_a, mapping=mapping)
 
     page = browser.new_page()
     problems = watch(page)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from connections.adapters.structure import element_path, strict_parse_problems, structure_problems
 from connections.sandbox import SandboxHospital
+from onboarding.engine import services
 from onboarding.mapping import services as mappings
 from onboarding.models import Finding, RawResource, RunStatus, StepRun
 from onboarding.review import services as review
@@ -210,9 +211,18 @@ def test_validate_refuses_an_unsigned_mapping(defects: Any, tenant_a: Any, cs_us
     connection = ready_connection(tenant_a, cs_user, defects)
     mapping = signed_off_mapping(cs_user, it_a, connection)
     mappings.set_mrn_system(user=cs_user, mapping=mapping, system="urn:oid:1.2.3")
-    run = run_now(connection, "validate", cs_user)
+    # The engine refuses the start: no failed run, nothing in the failed-runs queue.
+    with pytest.raises(services.StepBlocked, match="Mapping sign-off is needed first"):
+        run_now(connection, "validate", cs_user)
+    assert not connection.onboarding.runs.filter(step="validate").exists()
+
+    # Signed when the run was queued, changed before it ran: the step itself still refuses.
+    signed = signed_off_mapping(cs_user, it_a, connection)
+    run = services.start_step(user=cs_user, onboarding=connection.onboarding, step="validate")
+    mappings.set_mrn_system(user=cs_user, mapping=signed, system="urn:oid:1.2.4")
+    services.execute_run(run.pk)
+    run.refresh_from_db()
     assert run.status == RunStatus.FAILED and run.error_kind == "not_signed_off"
-    assert f"version {mapping.version + 1} is not signed off" in run.error_message
     assert run.findings.count() == 0
 
 
@@ -327,9 +337,14 @@ def _rerun_as_redelivery(run: StepRun) -> None:
     from onboarding.steps.base import StepContext
 
     StepRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, finished_at=None)
+    run.refresh_from_db()
     connection = run.onboarding.connection
     ctx = StepContext(
-        connection=connection, adapter_factory=lambda: build_adapter(connection), report=lambda *args: None
+        run=run,
+        lease=run.deliveries,
+        connection=connection,
+        adapter_factory=lambda: build_adapter(connection),
+        report=lambda *args: None,
     )
     get_step(run.step).run(ctx)
 

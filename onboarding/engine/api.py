@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from connections.selectors import get_connection_for_user
-from onboarding.engine import selectors, services
+from onboarding.engine import selectors, services, work
 from onboarding.models import Onboarding, StepRun
 
 
@@ -58,7 +58,11 @@ class StepCellOutput(serializers.Serializer):
     # Not "label": that name is a Field attribute every serializer already has.
     title = serializers.CharField(source="label")
     available = serializers.BooleanField()
-    state = serializers.CharField(help_text="unavailable, not_started, queued, running, passed, failed or cancelled")
+    state = serializers.CharField(
+        help_text="unavailable, not_started, queued, running, passed, failed, cancelled, or for a step whose "
+        "result goes to a gate: waiting (for hospital IT), rejected, action (to request)"
+    )
+    state_label = serializers.CharField()
     run = serializers.SerializerMethodField()
 
     def get_run(self, cell: selectors.StepCell) -> str | None:
@@ -77,7 +81,7 @@ class OnboardingOutput(serializers.ModelSerializer):
 
     @extend_schema(responses=StepCellOutput(many=True))
     def get_steps(self, onboarding: Onboarding) -> list[dict[str, Any]]:
-        cells = selectors.step_cells(list(onboarding.runs.all()))
+        cells = selectors.step_cells(list(onboarding.runs.all()), list(onboarding.approvals.all()))
         return list(StepCellOutput(cells, many=True).data)
 
 
@@ -88,7 +92,9 @@ class OnboardingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     lookup_field = "code"
 
     def get_queryset(self) -> Any:
-        return selectors.onboardings_for(self.request.user).prefetch_related("runs").order_by("-created_at")
+        return (
+            selectors.onboardings_for(self.request.user).prefetch_related("runs", "approvals").order_by("-created_at")
+        )
 
 
 class StepRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -135,3 +141,29 @@ def start_step(request: Request, code: str, step: str) -> Response:
         return Response({"detail": str(exc), "code": "conflict"}, status=status.HTTP_409_CONFLICT)
     run = selectors.runs_for(request.user).get(pk=run.pk)
     return Response(StepRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class WorkItemOutput(serializers.Serializer):
+    kind = serializers.CharField(help_text="pending, rejected, waiting or run_failed")
+    title = serializers.CharField()
+    tenant = serializers.CharField()
+    connection = serializers.CharField()
+    link = serializers.CharField(help_text="the page of the thing itself")
+    since = serializers.DateTimeField(allow_null=True)
+    waited = serializers.CharField(help_text="how long it has waited, in words")
+    owed_by = serializers.CharField(help_text="who owes the next action")
+    detail = serializers.CharField()
+
+
+class WorkSectionOutput(serializers.Serializer):
+    key = serializers.CharField()
+    title = serializers.CharField()
+    total = serializers.IntegerField()
+    items = WorkItemOutput(many=True)
+
+
+@extend_schema(responses=WorkSectionOutput(many=True), operation_id="me_work")
+@api_view(["GET"])
+def my_work(request: Request) -> Response:
+    """What waits on the caller: decisions, rejections, failed runs, requests waiting on hospital IT."""
+    return Response(WorkSectionOutput(work.work_for(request.user), many=True).data)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.urls import reverse
 
 from onboarding.models import StepRun
-from portal.notifications import NotificationKind, notify
+from portal.notifications.services import NotificationKind, notify
 from portal.people.selectors import staff_assigned_to
 from portal.roles import CUSTOMER_SUCCESS
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from connections.models import EHRConnection
-from onboarding.models import ACTIVE_STATUSES, Onboarding, RunStatus, StepRun
+from onboarding.gates import services as gates
+from onboarding.models import ACTIVE_STATUSES, Approval, Onboarding, RunStatus, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import User, tenants_for
 from portal.models import Tenant
@@ -45,39 +46,105 @@ def get_run_for_user(user: User, code: uuid.UUID | str) -> StepRun:
 
 @dataclass(frozen=True)
 class StepCell:
-    """One step of one pipeline as the pages show it."""
+    """One step of one pipeline as the pages show it, with the gate its result goes to, if any.
+
+    A passed step whose artifact waits on hospital IT is "waiting", never "passed": the chip says
+    who owes the next action.
+    """
 
     key: str
     label: str
     available: bool
     run: StepRun | None
+    gate_label: str = ""
+    # The state of the gate's newest request: pending, approved, rejected, voided, or "" for none.
+    gate_state: str = ""
 
     @property
     def state(self) -> str:
         if not self.available:
             return "unavailable"
-        return self.run.status if self.run is not None else "not_started"
+        if self.run is None:
+            return "not_started"
+        if self.run.status == RunStatus.PASSED and self.gate_label:
+            return {"pending": "waiting", "approved": "passed", "rejected": "rejected"}.get(self.gate_state, "action")
+        return self.run.status
 
     @property
     def state_label(self) -> str:
         if not self.available:
             return "not available yet"
-        return self.run.get_status_display().lower() if self.run is not None else "not started"
+        if self.run is None:
+            return "not started"
+        state = self.state
+        gate = self.gate_label.lower()
+        if state == "waiting":
+            return "waiting for hospital IT"
+        if state == "rejected":
+            return f"{gate} rejected"
+        if state == "action":
+            return f"passed · {gate} to request"
+        if state == "passed" and self.gate_label:
+            return f"passed · {gate} approved"
+        return self.run.get_status_display().lower()
 
 
-def step_cells(runs: list[StepRun]) -> list[StepCell]:
-    """The six steps with the newest attempt of each, from runs already loaded."""
+def step_cells(runs: list[StepRun], approvals: list[Approval] | None = None) -> list[StepCell]:
+    """The six steps with the newest attempt of each, from runs (and approvals) already loaded."""
     newest: dict[str, StepRun] = {}
     for run in runs:
         if run.step not in newest or run.attempt > newest[run.step].attempt:
             newest[run.step] = run
-    return [StepCell(step.key, step.label, step.available, newest.get(step.key)) for step in PIPELINE]
+    latest_request: dict[str, Approval] = {}
+    for approval in approvals or ():
+        held = latest_request.get(approval.gate)
+        if held is None or (approval.requested_at, approval.pk) > (held.requested_at, held.pk):
+            latest_request[approval.gate] = approval
+    cells = []
+    for step in PIPELINE:
+        gate = _gate_shown_on(step.key)
+        request = latest_request.get(gate.key) if gate is not None else None
+        cells.append(
+            StepCell(
+                step.key,
+                step.label,
+                step.available,
+                newest.get(step.key),
+                gate_label=gate.label if gate is not None else "",
+                gate_state=request.state if request is not None else "",
+            )
+        )
+    return cells
+
+
+def approvals_of(onboarding_ids: Iterable[int]) -> dict[int, list[Approval]]:
+    """Every approval of these pipelines, grouped by pipeline: one query, the few fields chips need."""
+    grouped: dict[int, list[Approval]] = {}
+    for approval in Approval.objects.filter(onboarding_id__in=list(onboarding_ids)).only(
+        "id", "onboarding_id", "gate", "requested_at", "decision", "voided_at"
+    ):
+        grouped.setdefault(approval.onboarding_id, []).append(approval)
+    return grouped
+
+
+def _gate_shown_on(step: str) -> gates.Gate | None:
+    """The gate whose state a step's chip shows: the one that approves what the step produced."""
+    for gate in gates.all_gates():
+        if gate.step == step:
+            return gate
+    return None
 
 
 _newer_attempt = StepRun.objects.filter(
     onboarding=OuterRef("onboarding"), step=OuterRef("step"), attempt__gt=OuterRef("attempt")
 )
 _latest_runs = StepRun.objects.annotate(superseded=Exists(_newer_attempt)).filter(superseded=False)
+
+
+def latest_runs_query() -> QuerySet[StepRun]:
+    """Only the newest attempt of each step of each pipeline (unfiltered: callers scope it)."""
+    return _latest_runs.all()
+
 
 DASHBOARD_FILTERS = {
     "running": "In progress",
@@ -120,7 +187,7 @@ class DashboardRow:
 
 
 def dashboard_rows(tenants: Iterable[Tenant]) -> list[DashboardRow]:
-    """The rows of one dashboard page: two queries however many tenants, connections and runs it holds.
+    """The rows of one dashboard page: three queries however many tenants, connections, runs and approvals.
 
     Plain queries grouped here, not prefetch_related: the prefetch machinery builds a queryset per
     tenant and relation, and on a page of 25 tenants that cost more than the queries themselves.
@@ -138,11 +205,13 @@ def dashboard_rows(tenants: Iterable[Tenant]) -> list[DashboardRow]:
         "id", "code", "onboarding_id", "step", "attempt", "status"
     ):
         runs_by_onboarding.setdefault(run.onboarding_id, []).append(run)
+    approvals = approvals_of(onboarding_ids)
     by_tenant: dict[int, list[ConnectionRow]] = {tenant.pk: [] for tenant in tenants}
     for connection in connections:
         onboarding = _onboarding_of(connection)
         runs = runs_by_onboarding.get(onboarding.pk, []) if onboarding is not None else []
-        by_tenant[connection.tenant_id].append(ConnectionRow(connection, step_cells(runs)))
+        gated = approvals.get(onboarding.pk, []) if onboarding is not None else []
+        by_tenant[connection.tenant_id].append(ConnectionRow(connection, step_cells(runs, gated)))
     return [DashboardRow(tenant, by_tenant[tenant.pk]) for tenant in tenants]
 
 
@@ -151,3 +220,36 @@ def _onboarding_of(connection: EHRConnection) -> Onboarding | None:
         return connection.onboarding
     except Onboarding.DoesNotExist:
         return None
+
+
+@dataclass(frozen=True)
+class NextAction:
+    """What a finished run's page offers next: start a step, request a gate, or wait on someone."""
+
+    kind: str  # "start", "request", "wait" or "done"
+    sentence: str
+    step: str = ""
+    step_label: str = ""
+    gate: str = ""
+    gate_state: gates.GateState | None = None
+
+
+def next_action(run: StepRun) -> NextAction | None:
+    """The next thing to do after this run, for whoever owes it; None when the run is not the newest."""
+    onboarding = run.onboarding
+    newest = onboarding.runs.filter(step=run.step).order_by("-attempt").values_list("pk", flat=True).first()
+    if newest != run.pk or run.status != RunStatus.PASSED:
+        return None
+    gate = _gate_shown_on(run.step)
+    if gate is not None:
+        state = gates.gate_state(onboarding, gate.key)
+        if state.status == "pending":
+            return NextAction("wait", state.sentence, gate=gate.key, gate_state=state)
+        if state.status != "approved":
+            return NextAction("request", state.sentence, gate=gate.key, gate_state=state)
+    keys = [step.key for step in PIPELINE]
+    for step in PIPELINE[keys.index(run.step) + 1 :]:
+        if not step.available:
+            return NextAction("done", f"{step.label} is the next step; it is not available yet.")
+        return NextAction("start", f"Next: {step.label}. {step.description}", step=step.key, step_label=step.label)
+    return NextAction("done", "This was the last step.")

@@ -22,6 +22,7 @@ from django.db import connection as db_connection
 from kombu.exceptions import ChannelError
 
 from onboarding.engine import services
+from onboarding.steps import PIPELINE
 
 logger = logging.getLogger(__name__)
 

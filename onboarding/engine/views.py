@@ -12,7 +12,8 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from connections.models import Vendor
 from connections.selectors import get_connection_for_user
-from onboarding.engine import selectors, services
+from onboarding.engine import selectors, services, work
+from onboarding.gates import services as gates
 from onboarding.models import Onboarding, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import get_tenant_for_user, require_perm
@@ -52,11 +53,14 @@ def tenant_detail(request: HttpRequest, code: str) -> HttpResponse:
     tenant = get_tenant_for_user(request.user, code)
     connections = []
     for connection in (
-        tenant.connections.select_related("onboarding").prefetch_related("onboarding__runs").order_by("name")
+        tenant.connections.select_related("onboarding")
+        .prefetch_related("onboarding__runs", "onboarding__approvals")
+        .order_by("name")
     ):
         onboarding = getattr(connection, "onboarding", None)
         runs = list(onboarding.runs.all()) if onboarding is not None else []
-        connections.append({"connection": connection, "cells": selectors.step_cells(runs)})
+        approvals = list(onboarding.approvals.all()) if onboarding is not None else []
+        connections.append({"connection": connection, "cells": selectors.step_cells(runs, approvals)})
     recent = (
         StepRun.objects.filter(onboarding__tenant=tenant)
         .select_related("onboarding__connection", "requested_by")
@@ -75,6 +79,7 @@ def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
     connection = get_connection_for_user(request.user, code)
     onboarding = getattr(connection, "onboarding", None)
     runs = list(onboarding.runs.select_related("requested_by").order_by("-queued_at")) if onboarding else []
+    approvals = list(onboarding.approvals.all()) if onboarding else []
     return render(
         request,
         "onboarding/connection_detail.html",
@@ -82,7 +87,9 @@ def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
             "connection": connection,
             "tenant": connection.tenant,
             "onboarding": onboarding,
-            "cells": selectors.step_cells(runs),
+            "cells": selectors.step_cells(runs, approvals),
+            "gate_states": [gates.gate_state(onboarding, gate.key) for gate in gates.all_gates()] if onboarding else [],
+            "may_request": request.user.has_perm(gates.REQUEST_PERM),
             "runs": runs,
             "can_run": request.user.has_perm("onboarding.run_step"),
             "can_edit": request.user.has_perm("connections.change_ehrconnection"),
@@ -124,6 +131,7 @@ def run_detail(request: HtmxHttpRequest, code: str) -> HttpResponse:
         "tenant": run.onboarding.tenant,
         "can_cancel": request.user.has_perm("onboarding.cancel_step"),
         "can_run": request.user.has_perm("onboarding.run_step"),
+        "next": selectors.next_action(run) if not run.is_active else None,
     }
     if request.htmx:
         response = render(request, "onboarding/run_detail.html#progress", context)
@@ -145,3 +153,10 @@ def cancel_run(request: HttpRequest, code: str) -> HttpResponse:
     else:
         messages.success(request, "The run was cancelled.")
     return redirect("run_detail", code=run.code)
+
+
+@login_required
+@require_GET
+def my_work(request: HttpRequest) -> HttpResponse:
+    """The first page after login: what waits on this person, and who owes each next action."""
+    return render(request, "onboarding/work.html", {"sections": work.work_for(request.user)})

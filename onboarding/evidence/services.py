@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from connections.models import AuthMethod, EHRConnection
 from onboarding.engine.selectors import step_cells
-from onboarding.models import MappingSignOff, Onboarding, RunStatus, Step, StepRun, Waiver
+from onboarding.gates import services as gate_registry
+from onboarding.models import Decision, Onboarding, RunStatus, Step, StepRun, Waiver
 from onboarding.steps import get_step
 from portal.models import AuditEvent
 
@@ -35,6 +36,11 @@ VALIDATION_FIGURES = (
     "mapping_version",
 )
 NOT_AVAILABLE = "not available yet"
+# Gates whose wing is not built yet: the pack lists them as "not available yet", never as passed.
+UNBUILT_GATES = (
+    ("load_test_permission", "Permission to load-test", Step.LOAD_TEST),
+    ("go_live_approval", "Go-live approval", Step.GO_LIVE),
+)
 AUDIT_EXTRACT_LIMIT = 1000
 
 # Where secrets live, stated once so the HTML and the JSON say the same thing.
@@ -101,42 +107,50 @@ def timeline(runs: list[StepRun]) -> dict[str, Any]:
 
 
 def gates(onboarding: Onboarding) -> list[dict[str, Any]]:
-    """The three gates: mapping sign-off, permission to load-test, go-live approval."""
-    return [
-        _mapping_gate(onboarding),
-        _unbuilt_gate("Permission to load-test", Step.LOAD_TEST),
-        _unbuilt_gate("Go-live approval", Step.GO_LIVE),
-    ]
+    """Every gate with its whole history: the registered ones, then those whose wing is not built yet."""
+    registered = gate_registry.all_gates()
+    keys = {gate.key for gate in registered}
+    listed = [_gate_record(onboarding, gate) for gate in registered]
+    for key, name, step in UNBUILT_GATES:
+        if key not in keys:
+            listed.append(_unbuilt_gate(name, step))
+    return listed
 
 
-def _mapping_gate(onboarding: Onboarding) -> dict[str, Any]:
-    sign_offs = list(
-        MappingSignOff.objects.filter(mapping__onboarding=onboarding)
-        .select_related("mapping")
-        .order_by("approved_at", "id")
-    )
-    gate: dict[str, Any] = {"gate": "Mapping sign-off", "step": Step.MAP.value}
-    if not sign_offs and not get_step(Step.MAP).available:
-        return {**gate, "available": False, "note": NOT_AVAILABLE, "approvals": []}
-    gate["available"] = True
-    gate["note"] = "" if sign_offs else "Not signed off yet."
-    gate["approvals"] = [
-        {
-            "approver": sign_off.approver_label,
-            "approved_at": _iso(sign_off.approved_at),
-            "comment": sign_off.comment,
-            "artifact": {
-                "kind": "mapping",
-                "code": str(sign_off.mapping.code),
-                "version": sign_off.version,
-                "content_sha256": sign_off.content_hash,
-            },
-            "voided_at": _iso(sign_off.voided_at),
-            "voided_reason": sign_off.voided_reason,
-        }
-        for sign_off in sign_offs
-    ]
-    return gate
+def _gate_record(onboarding: Onboarding, gate: gate_registry.Gate) -> dict[str, Any]:
+    approvals = list(reversed(gate_registry.history(onboarding, gate.key)))
+    state = gate_registry.gate_state(onboarding, gate.key)
+    return {
+        "gate": gate.label,
+        "key": gate.key,
+        "step": gate.step,
+        "available": True,
+        "status": state.status,
+        "note": state.sentence,
+        "approvals": [
+            {
+                "code": str(approval.code),
+                "state": approval.state,
+                "requested_by": approval.requested_by_label,
+                "requested_at": _iso(approval.requested_at),
+                "decided_by": approval.decided_by_label,
+                "decided_at": _iso(approval.decided_at),
+                # Kept under its old name too: packs exported before gates were one model used it.
+                "approver": approval.decided_by_label,
+                "approved_at": _iso(approval.decided_at) if approval.decision == Decision.APPROVED else None,
+                "comment": approval.comment,
+                "artifact": {
+                    "kind": approval.artifact_kind,
+                    "label": approval.artifact_label,
+                    "version": approval.artifact_version,
+                    "content_sha256": approval.artifact_hash,
+                },
+                "voided_at": _iso(approval.voided_at),
+                "voided_reason": approval.voided_reason,
+            }
+            for approval in approvals
+        ],
+    }
 
 
 def _unbuilt_gate(name: str, step: Step) -> dict[str, Any]:
@@ -225,10 +239,7 @@ def audit_extract(onboarding: Onboarding, runs: list[StepRun]) -> dict[str, Any]
     """Audit events about this onboarding's objects (connection, pipeline, runs, mappings, sign-offs)."""
     codes = {str(onboarding.connection.code), str(onboarding.code)} | {str(run.code) for run in runs}
     codes |= {str(code) for code in onboarding.mappings.values_list("code", flat=True)}
-    codes |= {
-        str(code)
-        for code in MappingSignOff.objects.filter(mapping__onboarding=onboarding).values_list("code", flat=True)
-    }
+    codes |= {str(code) for code in onboarding.approvals.values_list("code", flat=True)}
     events = AuditEvent.objects.filter(tenant=onboarding.tenant, object_id__in=codes).order_by("created_at", "id")
     total = events.count()
     return {

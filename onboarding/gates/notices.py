@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.urls import reverse
 
 from onboarding.models import Approval
-from portal.notifications import NotificationKind, notify
+from portal.notifications.services import NotificationKind, notify
 from portal.people.selectors import approvers_of
 
 

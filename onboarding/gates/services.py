@@ -36,6 +36,16 @@ MAX_COMMENT = 2000
 REMIND_EVERY = timedelta(hours=1)
 
 
+STATUS_LABELS = {
+    "approved": "approved",
+    "pending": "waiting for hospital IT",
+    "rejected": "rejected",
+    "voided": "voided",
+    "ready": "not requested yet",
+    "not_ready": "not ready to request",
+}
+
+
 class GateError(Exception):
     """A gate move refused; the message says what to do."""
 
@@ -57,6 +67,8 @@ class Gate:
 
     key: str
     label: str
+    # The step that produces the artifact: its chip shows the gate's state ("waiting for hospital IT").
+    step: str
     # The artifact that would be approved now, or None when there is none yet.
     current: Callable[[Onboarding], Artifact | None]
     # None when the artifact may be put to hospital IT, else a sentence saying what to finish first.
@@ -143,15 +155,26 @@ class GateState:
         """approved, pending, rejected, voided, ready (may be requested) or not_ready."""
         if self.live is not None:
             return "approved"
-        if self.latest is not None and self.latest.state in ("pending", "rejected", "voided"):
-            if self.latest.state == "pending" or self._latest_is_current:
-                return self.latest.state
+        latest = self.latest
+        if latest is not None and (
+            latest.state == "pending" or (latest.state != "approved" and self._latest_is_current)
+        ):
+            return latest.state
         return "ready" if self.not_ready is None else "not_ready"
 
     @property
     def _latest_is_current(self) -> bool:
         latest, artifact = self.latest, self.artifact
         return latest is not None and artifact is not None and latest.artifact_hash == artifact.content_hash
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS[self.status]
+
+    @property
+    def requestable(self) -> bool:
+        """Whether customer success may put the current artifact to hospital IT now."""
+        return self.status in ("ready", "rejected", "voided") and self.not_ready is None and self.artifact is not None
 
     @property
     def owed_by(self) -> str:
@@ -168,10 +191,16 @@ class GateState:
         if status == "pending" and self.latest is not None:
             return f"{label}: waiting for hospital IT since {_when(self.latest.requested_at)}."
         if status == "rejected" and self.latest is not None:
-            return f"{label}: rejected by {self.latest.decided_by_label}: “{self.latest.comment}”. Change it and ask again."
+            who, why = self.latest.decided_by_label, self.latest.comment
+            return f"{label}: rejected by {who}: “{why}”. Change it and ask again."
         if status == "voided" and self.latest is not None:
             return f"{label}: the approval was voided: {self.latest.voided_reason} Ask again."
         if status == "ready":
+            if self.latest is not None and self.latest.state == "voided":
+                return (
+                    f"{label}: the approval of {self.latest.artifact_label} was voided ({self.latest.voided_reason}) "
+                    f"and {self.artifact.label if self.artifact else 'the new version'} is ready to be requested."
+                )
             return f"{label}: ready to be requested from hospital IT."
         return f"{label}: {self.not_ready}"
 
@@ -266,13 +295,13 @@ def remind(*, user: User, approval: Approval, request: HttpRequest | None = None
         last = locked.reminded_at or locked.requested_at
         if timezone.now() - last < REMIND_EVERY:
             wait = REMIND_EVERY - (timezone.now() - last)
-            raise GateError(
-                f"Hospital IT were told {_ago(last)} ago. You can remind them again in {_duration(wait)}."
-            )
+            raise GateError(f"Hospital IT were told {_ago(last)} ago. You can remind them again in {duration(wait)}.")
         locked.reminders += 1
         locked.reminded_at = timezone.now()
         locked.save(update_fields=["reminders", "reminded_at"])
-        audit.record(action="gate.remind", actor=user, tenant=tenant, obj=locked, request=request, detail=_detail(locked))
+        audit.record(
+            action="gate.remind", actor=user, tenant=tenant, obj=locked, request=request, detail=_detail(locked)
+        )
         notices.approval_requested(locked, gate_label=get_gate(locked.gate).label, reminder=locked.reminders)
     return locked
 
@@ -437,10 +466,10 @@ def _when(moment: datetime) -> str:
 
 
 def _ago(moment: datetime) -> str:
-    return _duration(timezone.now() - moment)
+    return duration(timezone.now() - moment)
 
 
-def _duration(delta: timedelta) -> str:
+def duration(delta: timedelta) -> str:
     """A short human duration: "45 s", "12 min", "3 h 5 min", "2 days"."""
     seconds = max(0, int(delta.total_seconds()))
     if seconds < 60:

@@ -20,10 +20,9 @@ from typing import Any
 
 from django.db import transaction
 from django.http import HttpRequest
-from django.utils import timezone
 
-from onboarding.mapping.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.gates import services as gates
+from onboarding.mapping.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.models import Approval, Mapping, Onboarding, Step, StepRun, ValidationPolicy
 from portal import audit
 from portal.access import AuthUser, User, require_perm
@@ -579,6 +578,7 @@ SIGN_OFF = gates.register(
     gates.Gate(
         key=SIGN_OFF_GATE,
         label="Mapping sign-off",
+        step=Step.MAP,
         current=_current_artifact,
         not_ready=_not_ready,
         link=_mapping_link,

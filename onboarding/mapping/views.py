@@ -1,4 +1,4 @@
-"""Mapping pages: the data profile, the inline code editor, CSV and ConceptMap, hospital IT's sign-off.
+"""Mapping pages: the data profile, the inline code editor, CSV and ConceptMap, and the sign-off gate.
 
 Customer success and engineers edit; hospital IT of the tenant see everything and sign off; anyone
 else gets 404. Every change goes through ``onboarding.mapping.services``, which writes a new version.
@@ -18,10 +18,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from connections.models import EHRConnection
 from connections.selectors import get_connection_for_user
+from onboarding.gates import services as gates
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.models import Mapping, Onboarding, ValidationPolicy
 from portal.access import get_tenant_for_user, require_perm
+from portal.roles import is_vendor_staff
 from portal.types import HtmxHttpRequest
 
 MAX_UPLOAD_BYTES = mappings.MAX_CSV_BYTES
@@ -49,7 +51,7 @@ def _page_context(
 ) -> dict[str, Any]:
     map_run = mappings.latest_map_run(onboarding) if onboarding else None
     tenant = connection.tenant
-    can_sign, sign_reason = mappings.sign_off_state(mapping)
+    _, sign_reason = mappings.sign_off_state(mapping)
     return {
         "connection": connection,
         "tenant": tenant,
@@ -63,15 +65,18 @@ def _page_context(
         "history": list(mapping.onboarding.mappings.order_by("-version")[:10]) if mapping else [],
         "void_sign_offs": _void_sign_offs(onboarding),
         "can_edit": request.user.has_perm(mappings.EDIT_PERM),
-        "can_sign": can_sign and _may_sign(request, connection),
+        "state": gates.gate_state(onboarding, mappings.SIGN_OFF_GATE) if onboarding else None,
+        "may_request": request.user.has_perm(gates.REQUEST_PERM),
+        "may_decide_gate": _may_sign(request, connection),
         "sign_reason": sign_reason,
-        "may_sign": _may_sign(request, connection),
         "extension_choices": mappings.EXTENSION_CHOICES,
         "editing": request.GET.get("edit", ""),
     }
 
 
 def _may_sign(request: HttpRequest, connection: EHRConnection) -> bool:
+    if is_vendor_staff(request.user):
+        return False
     try:
         require_perm(request.user, mappings.SIGN_OFF_PERM, connection.tenant)
     except PermissionDenied:
@@ -82,9 +87,7 @@ def _may_sign(request: HttpRequest, connection: EHRConnection) -> bool:
 def _void_sign_offs(onboarding: Onboarding | None) -> list[Any]:
     if onboarding is None:
         return []
-    from onboarding.models import MappingSignOff
-
-    return list(MappingSignOff.objects.filter(mapping__onboarding=onboarding, voided_at__isnull=False)[:10])
+    return [approval for approval in gates.history(onboarding, mappings.SIGN_OFF_GATE) if approval.voided_at][:10]
 
 
 def _rows(mapping: Mapping | None) -> list[dict[str, Any]]:
@@ -284,28 +287,6 @@ def mapping_concept_map(request: HttpRequest, code: str) -> HttpResponse:
     response = HttpResponse(body, content_type="application/fhir+json; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="conceptmap-{connection.code}-v{mapping.version}.json"'
     return response
-
-
-@login_required
-@require_POST
-def mapping_sign_off(request: HttpRequest, code: str) -> HttpResponse:
-    """Hospital IT sign off the version they were shown."""
-    connection, onboarding, _ = _context(request, code)
-    seen = _seen_version(onboarding, request)
-    try:
-        signed = mappings.sign_off(
-            user=request.user,
-            mapping=seen,
-            version=seen.version,
-            content_hash=request.POST.get("content_hash", ""),
-            comment=request.POST.get("comment", ""),
-            request=request,
-        )
-    except mappings.MappingError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"You signed off mapping version {signed.version}.")
-    return redirect("mapping", code=connection.code)
 
 
 # --- the tenant's validation policy ---------------------------------------------------------------------

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest
 from django.utils import timezone
 
@@ -281,9 +281,28 @@ class QueueFilters:
     until: date | None = None
 
 
+# Failures of a precondition (no signed mapping) say nothing about the hospital's data: never queued.
+PRECONDITION_KINDS = ("not_signed_off",)
+
+
 def failed_runs(user: User, filters: QueueFilters) -> QuerySet[StepRun]:
-    """Failed validation runs across the tenants the user may see, newest first, filtered."""
-    runs = validation_runs_for(user).filter(status=RunStatus.FAILED)
+    """Failed validation runs across the tenants the user may see, newest first, filtered.
+
+    A failure leaves the queue once a later attempt of the same step passed, and a run that failed
+    only on a precondition never enters it.
+    """
+    passed_later = StepRun.objects.filter(
+        onboarding=OuterRef("onboarding"),
+        step=OuterRef("step"),
+        attempt__gt=OuterRef("attempt"),
+        status=RunStatus.PASSED,
+    )
+    runs = (
+        validation_runs_for(user)
+        .filter(status=RunStatus.FAILED)
+        .exclude(error_kind__in=PRECONDITION_KINDS)
+        .exclude(Exists(passed_later))
+    )
     if filters.tenant:
         runs = runs.filter(onboarding__tenant__code=filters.tenant)
     if filters.vendor:
