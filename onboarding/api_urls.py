@@ -10,12 +10,17 @@ from connections.api import ConnectionViewSet
 from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
 from portal.api import TenantViewSet, obtain_token
 from portal.api_docs import SwaggerView
+from portal.people.api import AssignmentViewSet, InvitationViewSet, MemberViewSet, StaffViewSet
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
 router.register("connections", ConnectionViewSet, basename="connection")
 router.register("onboardings", OnboardingViewSet, basename="onboarding")
 router.register("runs", StepRunViewSet, basename="steprun")
+router.register("members", MemberViewSet, basename="member")
+router.register("invitations", InvitationViewSet, basename="invitation")
+router.register("staff", StaffViewSet, basename="staff")
+router.register("assignments", AssignmentViewSet, basename="assignment")
 
 urlpatterns = [
     path("v1/", include(router.urls)),
