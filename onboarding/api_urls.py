@@ -10,6 +10,7 @@ from connections.api import ConnectionViewSet
 from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
 from portal.api import TenantViewSet, obtain_token
 from portal.api_docs import SwaggerView
+from portal.notifications.api import NotificationViewSet, notification_preferences
 from portal.people.api import AssignmentViewSet, InvitationViewSet, MemberViewSet, StaffViewSet
 
 router = DefaultRouter()
@@ -21,10 +22,12 @@ router.register("members", MemberViewSet, basename="member")
 router.register("invitations", InvitationViewSet, basename="invitation")
 router.register("staff", StaffViewSet, basename="staff")
 router.register("assignments", AssignmentViewSet, basename="assignment")
+router.register("notifications", NotificationViewSet, basename="notification")
 
 urlpatterns = [
     path("v1/", include(router.urls)),
     path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),
+    path("v1/account/notification-preferences/", notification_preferences, name="api_notification_preferences"),
     path("v1/auth/token/", obtain_token, name="api_token"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SwaggerView.as_view(url_name="api_schema"), name="api_docs"),

@@ -75,7 +75,13 @@ class AuditEvent(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label or 'system'} {self.action}"
 
 
-# The people models belong to this app; importing them here is how Django finds them.
+# The people and notifications models belong to this app; importing them here is how Django finds them.
+from portal.notifications.models import (  # noqa: E402
+    EmailDelivery,
+    Notification,
+    NotificationKind,
+    NotificationPreference,
+)
 from portal.people.models import (  # noqa: E402
     HospitalRole,
     Invitation,
@@ -89,10 +95,14 @@ from portal.people.models import (  # noqa: E402
 
 __all__ = [
     "AuditEvent",
+    "EmailDelivery",
     "HospitalRole",
     "Invitation",
     "InvitationStatus",
     "Membership",
+    "Notification",
+    "NotificationKind",
+    "NotificationPreference",
     "Person",
     "StaffAssignment",
     "StaffRole",

@@ -44,7 +44,7 @@ def backfill_people(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portal', '0003_auditevent_append_only'),
+        ('portal', '0004_notifications'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
         ('guardian', '0001_initial'),
     ]
