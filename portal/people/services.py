@@ -158,6 +158,8 @@ def change_role(
     require_perm(actor, "portal.manage_members", membership.tenant)
     if role not in HospitalRole.values:
         raise PeopleError(f"Choose a role: {', '.join(label for _, label in HospitalRole.choices)}.")
+    # Locks the tenant's row too, so two changes to one tenant's people take turns and the
+    # last-approver check cannot be raced.
     membership = Membership.objects.select_for_update().select_related("tenant", "user").get(pk=membership.pk)
     if membership.role == role:
         return membership
@@ -346,7 +348,9 @@ def require_manage_invitation(actor: User, invitation: Invitation) -> None:
 
 
 def _locked(invitation: Invitation) -> Invitation:
-    return Invitation.objects.select_for_update().select_related("tenant", "created_by").get(pk=invitation.pk)
+    return (
+        Invitation.objects.select_for_update(of=("self",)).select_related("tenant", "created_by").get(pk=invitation.pk)
+    )
 
 
 @transaction.atomic
