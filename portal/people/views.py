@@ -285,7 +285,8 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     joining = request.user.is_authenticated
     must_log_in = existing is not None and not joining
     form = AcceptForm(request.POST or None) if not (joining or must_log_in) else None
-    status = 200
+    # Posting a password for an address that has an account already is refused: log in instead.
+    status = 409 if request.method == "POST" and must_log_in else 200
     if request.method == "POST" and not must_log_in:
         status = 400
         if form is None or form.is_valid():
