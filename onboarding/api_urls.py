@@ -12,12 +12,17 @@ from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
 from portal.api import TenantViewSet, obtain_token
 from portal.api_docs import SwaggerView
 from portal.notifications.api import NotificationViewSet, notification_preferences
+from portal.people.api import AssignmentViewSet, InvitationViewSet, MemberViewSet, StaffViewSet
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
 router.register("connections", ConnectionViewSet, basename="connection")
 router.register("onboardings", OnboardingViewSet, basename="onboarding")
 router.register("runs", StepRunViewSet, basename="steprun")
+router.register("members", MemberViewSet, basename="member")
+router.register("invitations", InvitationViewSet, basename="invitation")
+router.register("staff", StaffViewSet, basename="staff")
+router.register("assignments", AssignmentViewSet, basename="assignment")
 router.register("notifications", NotificationViewSet, basename="notification")
 router.register("approvals", ApprovalViewSet, basename="approval")
 

@@ -10,8 +10,13 @@ class OnboardingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from onboarding.gates import services as gates
         from onboarding.models import RawResource
         from portal import retention
+        from portal.people import register_pending_approvals
+
+        # Removing a hospital's last approver asks for a confirmation while requests wait on them.
+        register_pending_approvals(gates.pending_count)
 
         # Raw FHIR resources are PHI: purged by `manage.py purge_raw_payloads` and the beat task
         # after RAW_PAYLOAD_RETENTION_DAYS, or sooner when their own expiry passes.

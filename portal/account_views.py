@@ -31,6 +31,7 @@ from portal import audit, reauth, twofactor
 from portal.access import AuthUser
 from portal.forms import OTPTokenForm, ReauthForm
 from portal.middleware import is_api_request
+from portal.people.sessions import track_session
 
 
 def _next_url(request: HttpRequest) -> str:
@@ -157,6 +158,8 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     def form_valid(self, form: PasswordChangeForm) -> HttpResponse:
         response = super().form_valid(form)
         user = form.user
+        # Changing the password gives the session a new key; keep it, so it can still be ended.
+        track_session(self.request, user)
         audit.record(
             action="auth.password_changed", actor=user, tenant=audit.home_tenant(user), obj=user, request=self.request
         )

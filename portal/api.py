@@ -16,15 +16,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from portal import audit, twofactor
-from portal.access import tenants_for
+from portal.access import get_tenant_for_user, require_perm, tenants_for
 from portal.models import Tenant, validate_timezone
-from portal.services import create_tenant
+from portal.services import create_tenant, update_tenant
 
 
 class TenantOutput(serializers.ModelSerializer):
     class Meta:
         model = Tenant
-        fields = ["code", "name", "timezone", "contact_name", "contact_email", "created_at"]
+        fields = ["code", "name", "timezone", "contact_name", "contact_email", "require_two_factor", "created_at"]
         read_only_fields = fields
 
 
@@ -33,6 +33,19 @@ class TenantInput(serializers.Serializer):
     timezone = serializers.CharField(max_length=64, default="America/New_York", validators=[validate_timezone])
     contact_name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     contact_email = serializers.EmailField(required=False, allow_blank=True, default="")
+    require_two_factor = serializers.BooleanField(
+        required=False, default=False, help_text="Everyone of the hospital must set up two-factor sign-in."
+    )
+
+
+class TenantUpdateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    timezone = serializers.CharField(max_length=64, required=False, validators=[validate_timezone])
+    contact_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    contact_email = serializers.EmailField(required=False, allow_blank=True)
+    require_two_factor = serializers.BooleanField(
+        required=False, help_text="Everyone of the hospital must set up two-factor sign-in."
+    )
 
 
 def django_errors(exc: DjangoValidationError) -> serializers.ValidationError:
@@ -43,16 +56,37 @@ def django_errors(exc: DjangoValidationError) -> serializers.ValidationError:
 
 
 class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Hospitals the caller may see. Vendor staff with the permission may create one."""
+    """Hospitals the caller may see. Vendor staff with the permission may create and change one."""
 
     serializer_class = TenantOutput
     lookup_field = "code"
+    http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> Any:
         return tenants_for(self.request.user).order_by("name")
 
     def get_serializer_class(self) -> Any:
-        return TenantInput if self.action == "create" else TenantOutput
+        if self.action == "create":
+            return TenantInput
+        return TenantUpdateInput if self.action == "partial_update" else TenantOutput
+
+    def get_object(self) -> Tenant:
+        return get_tenant_for_user(self.request.user, self.kwargs["code"])
+
+    @extend_schema(request=TenantUpdateInput, responses={200: TenantOutput})
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Change the hospital's details, e.g. require two-factor sign-in of its people."""
+        tenant = self.get_object()
+        require_perm(request.user, "portal.change_tenant", tenant)
+        data = TenantUpdateInput(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        try:
+            tenant = update_tenant(
+                user=request.user, tenant=tenant, fields=data.validated_data, request=request._request
+            )
+        except DjangoValidationError as exc:
+            raise django_errors(exc) from None
+        return Response(TenantOutput(tenant).data)
 
     def create(self, request: Request) -> Response:
         data = TenantInput(data=request.data)

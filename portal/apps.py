@@ -12,8 +12,10 @@ class PortalConfig(AppConfig):
 
     def ready(self) -> None:
         from portal import signals
+        from portal.people import signals as people_signals
         from portal.roles import sync_role_groups
 
         # After every app's migrate, so the permissions of later apps exist already.
         post_migrate.connect(sync_role_groups, dispatch_uid="portal.sync_role_groups")
         signals.connect()
+        people_signals.connect()

@@ -23,8 +23,13 @@ COMMON_ZONES = (
 class TenantForm(forms.ModelForm):
     class Meta:
         model = Tenant
-        fields = ["name", "timezone", "contact_name", "contact_email"]
-        labels = {"name": "Hospital name", "contact_name": "Hospital IT contact", "contact_email": "Contact email"}
+        fields = ["name", "timezone", "contact_name", "contact_email", "require_two_factor"]
+        labels = {
+            "name": "Hospital name",
+            "contact_name": "Hospital IT contact",
+            "contact_email": "Contact email",
+            "require_two_factor": "Require two-factor authentication for this hospital's people",
+        }
         help_texts = {"timezone": "The hospital's time zone; change windows are scheduled in it."}
         widgets = {"timezone": forms.TextInput(attrs={"list": "tz-list"})}
 

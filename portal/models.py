@@ -24,6 +24,11 @@ class Tenant(models.Model):
     timezone = models.CharField(max_length=64, default="America/New_York", validators=[validate_timezone])
     contact_name = models.CharField(max_length=200, blank=True)
     contact_email = models.EmailField(blank=True)
+    # Everyone of this hospital must enrol a second factor before they can work (vendor staff always do).
+    require_two_factor = models.BooleanField(
+        default=False,
+        help_text="Everyone of this hospital must set up two-factor authentication before they can work.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -36,6 +41,9 @@ class Tenant(models.Model):
             ("access_tenant", "Can see this tenant's onboarding"),
             ("approve_gates", "Can approve this tenant's gated steps (hospital IT)"),
             ("view_audit", "Can read this tenant's audit trail and export it"),
+            ("manage_members", "Can invite, change and remove this tenant's people"),
+            ("manage_staff", "Can invite and deactivate vendor staff (vendor administrators)"),
+            ("assign_staff", "Can assign vendor staff to tenants"),
         ]
 
     def __str__(self) -> str:
@@ -67,12 +75,37 @@ class AuditEvent(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label or 'system'} {self.action}"
 
 
-# The notifications' models belong to this app; importing them here is how Django finds them.
+# The people and notifications models belong to this app; importing them here is how Django finds them.
 from portal.notifications.models import (  # noqa: E402
     EmailDelivery,
     Notification,
     NotificationKind,
     NotificationPreference,
 )
+from portal.people.models import (  # noqa: E402
+    HospitalRole,
+    Invitation,
+    InvitationStatus,
+    Membership,
+    Person,
+    StaffAssignment,
+    StaffRole,
+    UserSession,
+)
 
-__all__ = ["AuditEvent", "EmailDelivery", "Notification", "NotificationKind", "NotificationPreference", "Tenant"]
+__all__ = [
+    "AuditEvent",
+    "EmailDelivery",
+    "HospitalRole",
+    "Invitation",
+    "InvitationStatus",
+    "Membership",
+    "Notification",
+    "NotificationKind",
+    "NotificationPreference",
+    "Person",
+    "StaffAssignment",
+    "StaffRole",
+    "Tenant",
+    "UserSession",
+]

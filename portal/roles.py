@@ -1,7 +1,8 @@
-"""The three kinds of people and what each may do.
+"""The kinds of people and what each may do.
 
-Vendor staff (customer success, engineers) get model permissions through groups. Hospital IT get
-object permissions on their own Tenant only (django-guardian), so "which hospital" is data, not code.
+Vendor staff (customer success, engineers, vendor administrators) get model permissions through
+groups. Hospital IT get object permissions on their own Tenant only (django-guardian), following
+their hospital role (a portal.people Membership), so "which hospital" is data, not code.
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ from portal.access import User
 CUSTOMER_SUCCESS = "Customer success"
 ENGINEERS = "Engineers"
 HOSPITAL_IT = "Hospital IT"
+# Invite and deactivate vendor staff; the first one is made by `manage.py create_vendor_admin`.
+VENDOR_ADMINS = "Vendor administrators"
 
-# Object permissions a hospital IT user holds on their tenant.
-HOSPITAL_IT_TENANT_PERMS = ("portal.access_tenant", "portal.approve_gates", "portal.view_audit")
+# Object permissions on their tenant per hospital role (the values of portal.people.models.HospitalRole).
+# An approver decides gates; a hospital admin is an approver who also manages the tenant's people.
+HOSPITAL_ROLE_PERMS: dict[str, tuple[str, ...]] = {
+    "viewer": ("portal.access_tenant", "portal.view_audit"),
+    "approver": ("portal.access_tenant", "portal.view_audit", "portal.approve_gates"),
+    "admin": ("portal.access_tenant", "portal.view_audit", "portal.approve_gates", "portal.manage_members"),
+}
+# Every object permission a hospital role can give, so a role change or removal can take the rest back.
+HOSPITAL_TENANT_PERMS = tuple(dict.fromkeys(perm for perms in HOSPITAL_ROLE_PERMS.values() for perm in perms))
+# What grant_hospital_it gives (an approver), kept under its old name.
+HOSPITAL_IT_TENANT_PERMS = HOSPITAL_ROLE_PERMS["approver"]
 
 # Model permissions per vendor group, as "app_label.codename". Permissions of apps that are not
 # installed yet are skipped, so each app can add its own without this module importing it.
@@ -27,6 +39,8 @@ GROUP_PERMS: dict[str, tuple[str, ...]] = {
         "portal.add_tenant",
         "portal.change_tenant",
         "portal.view_audit",
+        "portal.manage_members",
+        "portal.assign_staff",
         "connections.add_ehrconnection",
         "connections.change_ehrconnection",
         "onboarding.run_step",
@@ -40,6 +54,15 @@ GROUP_PERMS: dict[str, tuple[str, ...]] = {
         "onboarding.review_runs",
     ),
     HOSPITAL_IT: (),
+    VENDOR_ADMINS: (
+        "portal.view_all_tenants",
+        "portal.view_audit",
+        "portal.add_tenant",
+        "portal.change_tenant",
+        "portal.manage_members",
+        "portal.assign_staff",
+        "portal.manage_staff",
+    ),
 }
 
 
@@ -61,9 +84,9 @@ def role_label(user: User) -> str:
     if not user.is_authenticated:
         return ""
     names = set(user.groups.values_list("name", flat=True))
-    for name in (CUSTOMER_SUCCESS, ENGINEERS, HOSPITAL_IT):
+    for name in (VENDOR_ADMINS, CUSTOMER_SUCCESS, ENGINEERS, HOSPITAL_IT):
         if name in names:
-            return name
+            return "Vendor administrator" if name == VENDOR_ADMINS else name
     return "Administrator" if getattr(user, "is_superuser", False) else "No role"
 
 

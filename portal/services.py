@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.db import transaction
 from django.http import HttpRequest
-from guardian.shortcuts import assign_perm
 
 from portal import audit
 from portal.access import AuthUser, User, require_perm
-from portal.models import Tenant
-from portal.roles import HOSPITAL_IT, HOSPITAL_IT_TENANT_PERMS
+from portal.models import HospitalRole, Tenant
+from portal.people import services as people
 
-TENANT_FIELDS = ("name", "timezone", "contact_name", "contact_email")
+TENANT_FIELDS = ("name", "timezone", "contact_name", "contact_email", "require_two_factor")
 
 
 @transaction.atomic
@@ -27,10 +25,31 @@ def create_tenant(*, user: User, fields: dict[str, Any], request: HttpRequest | 
             setattr(tenant, name, fields[name])
     tenant.full_clean()
     tenant.save()
-    if not user.has_perm("portal.view_all_tenants"):
-        # Staff assigned per tenant must still see the tenant they just made.
-        assign_perm("portal.access_tenant", user, tenant)
     audit.record(action="tenant.create", actor=user, tenant=tenant, obj=tenant, request=request)
+    if user.is_authenticated:
+        # The hospital is one of "my hospitals" for whoever made it (and visible to them if they are
+        # staff who see only the tenants assigned to them).
+        people.assign_without_check(tenant=tenant, member=user, actor=user, request=request)
+    return tenant
+
+
+@transaction.atomic
+def update_tenant(*, user: User, tenant: Tenant, fields: dict[str, Any], request: HttpRequest | None = None) -> Tenant:
+    """Change a hospital's details (customer success), recording which fields changed."""
+    require_perm(user, "portal.change_tenant", tenant)
+    tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+    changed = []
+    for name in TENANT_FIELDS:
+        if name in fields and getattr(tenant, name) != fields[name]:
+            setattr(tenant, name, fields[name])
+            changed.append(name)
+    if not changed:
+        return tenant
+    tenant.full_clean()
+    tenant.save()
+    audit.record(
+        action="tenant.update", actor=user, tenant=tenant, obj=tenant, request=request, detail={"fields": changed}
+    )
     return tenant
 
 
@@ -42,18 +61,11 @@ def grant_hospital_it(
     actor: AuthUser | None = None,
     request: HttpRequest | None = None,
 ) -> None:
-    """Make a user hospital IT of this tenant (and only this one)."""
-    member.groups.add(Group.objects.get(name=HOSPITAL_IT))
-    for perm in HOSPITAL_IT_TENANT_PERMS:
-        assign_perm(perm, member, tenant)
-    audit.record(
-        action="role.grant",
-        actor=actor,
-        tenant=tenant,
-        obj=tenant,
-        request=request,
-        detail={"user": member.get_username(), "role": HOSPITAL_IT},
-    )
+    """Make a user hospital IT of this tenant (and only this one), as an approver.
+
+    Kept for set-up code and tests; people are otherwise added by accepting an invitation.
+    """
+    people.add_member(tenant=tenant, user=member, role=HospitalRole.APPROVER, actor=actor, request=request)
 
 
 @transaction.atomic
@@ -64,13 +76,9 @@ def assign_staff_to_tenant(
     actor: AuthUser | None = None,
     request: HttpRequest | None = None,
 ) -> None:
-    """Let a vendor staff member without the global permission see this tenant."""
-    assign_perm("portal.access_tenant", member, tenant)
-    audit.record(
-        action="role.assign",
-        actor=actor,
-        tenant=tenant,
-        obj=tenant,
-        request=request,
-        detail={"user": member.get_username()},
-    )
+    """Assign vendor staff to this tenant, without a permission check (set-up code and tests).
+
+    Staff without the global permission get to see the tenant. The checked way is
+    portal.people.services.assign_staff.
+    """
+    people.assign_without_check(tenant=tenant, member=member, actor=actor, request=request)

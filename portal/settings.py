@@ -229,6 +229,9 @@ AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "portal.account_views.lockout_response"
 AXES_VERBOSE = False
 
+# Invitations (portal.people): a link works this many hours after it was sent (or last resent).
+INVITATION_TTL_HOURS = env_int("INVITATION_TTL_HOURS", 72, minimum=1)
+
 # Two-factor (django-otp): required for vendor staff, optional for hospital IT (see portal/twofactor.py).
 OTP_TOTP_ISSUER = "Onboarding portal"
 

@@ -18,23 +18,26 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from portal import audit
 from portal.access import AuthUser, User
-from portal.roles import CUSTOMER_SUCCESS, ENGINEERS, is_vendor_staff
+from portal.models import Membership
+from portal.roles import CUSTOMER_SUCCESS, ENGINEERS, VENDOR_ADMINS, is_vendor_staff
 
 AUTHENTICATOR_NAME = "Authenticator app"
 BACKUP_NAME = "Backup codes"
-VENDOR_GROUPS = (CUSTOMER_SUCCESS, ENGINEERS)
+VENDOR_GROUPS = (CUSTOMER_SUCCESS, ENGINEERS, VENDOR_ADMINS)
 
 
 def requires_two_factor(user: User) -> bool:
-    """Vendor staff (by group or global permission), admin staff and superusers always; anyone else
-    once they enrolled a device."""
+    """Vendor staff (by group or global permission), admin staff and superusers always; people of a
+    hospital that requires it (Tenant.require_two_factor); anyone else once they enrolled a device."""
     if not user.is_authenticated:
         return False
     if is_vendor_staff(user) or getattr(user, "is_superuser", False) or getattr(user, "is_staff", False):
         return True
     if user.groups.filter(name__in=VENDOR_GROUPS).exists():
         return True
-    return bool(user_has_device(user, confirmed=True))
+    if user_has_device(user, confirmed=True):
+        return True
+    return Membership.objects.filter(user=user, tenant__require_two_factor=True).exists()
 
 
 def is_verified(user: User) -> bool:

@@ -20,7 +20,7 @@ from portal import audit
 from portal.access import get_tenant_for_user, require_perm
 from portal.forms import COMMON_ZONES, AuditFilterForm, TenantForm
 from portal.models import AuditEvent, Tenant
-from portal.services import create_tenant
+from portal.services import create_tenant, update_tenant
 from portal.types import HtmxHttpRequest
 
 AUDIT_PAGE_SIZE = 50
@@ -40,6 +40,25 @@ def tenant_create(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"{tenant.name} was created. Add its EHR connection next.")
             return redirect("tenant_detail", code=tenant.code)
     return render(request, "portal/tenant_form.html", {"form": form, "zones": COMMON_ZONES})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tenant_edit(request: HttpRequest, code: str) -> HttpResponse:
+    """Change a hospital's details, such as whether its people must use two-factor authentication."""
+    tenant = get_tenant_for_user(request.user, code)
+    require_perm(request.user, "portal.change_tenant", tenant)
+    # The form gets its own copy: validating it writes the typed values onto its instance.
+    form = TenantForm(request.POST or None, instance=get_tenant_for_user(request.user, code))
+    if request.method == "POST" and form.is_valid():
+        try:
+            tenant = update_tenant(user=request.user, tenant=tenant, fields=form.cleaned_data, request=request)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"{tenant.name} was saved.")
+            return redirect("tenant_detail", code=tenant.code)
+    return render(request, "portal/tenant_form.html", {"form": form, "zones": COMMON_ZONES, "tenant": tenant})
 
 
 @login_required

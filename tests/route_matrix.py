@@ -83,6 +83,7 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra["approval"] = _pending_approval(onboarding_a, world.extra["mapping"])
     world.approval_b = _pending_approval(onboarding_b, world.extra["mapping"])
     world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
+    world.extra.update(_people(tenant_a=tenant_a))
     return world
 
 
@@ -98,6 +99,49 @@ def _pending_approval(onboarding: Onboarding, mapping: Any) -> Approval:
         artifact_label=f"Mapping version {mapping.version}",
         requested_by_label="cs",
     )
+
+
+def _people(*, tenant_a: Any) -> dict[str, Any]:
+    """Tenant A's viewer, pending invitation (with its link's token) and staff assignment; a vendor
+    staff member to assign and deactivate, and a pending staff invitation."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from portal.models import Invitation, StaffAssignment
+    from portal.people import services as people
+    from portal.people import tokens
+    from portal.roles import CUSTOMER_SUCCESS
+    from tests.factories import UserFactory
+
+    viewer = UserFactory(username="viewer-alpha", first_name="Vera", last_name="Viewer")
+    member = people.add_member(tenant=tenant_a, user=viewer, role="viewer")
+    secret, secret_hash = tokens.new_secret()
+    invitation = Invitation.objects.create(
+        tenant=tenant_a,
+        email="invitee@alpha.example.org",
+        role="approver",
+        secret_hash=secret_hash,
+        expires_at=timezone.now() + timedelta(hours=72),
+    )
+    assigned = UserFactory(username="cs-assigned-alpha", groups=[CUSTOMER_SUCCESS])
+    assignment = StaffAssignment.objects.create(tenant=tenant_a, user=assigned)
+    staff_member = UserFactory(username="cs-spare", groups=[CUSTOMER_SUCCESS])
+    _, staff_hash = tokens.new_secret()
+    staff_invitation = Invitation.objects.create(
+        email="new-engineer@vendor.example.com",
+        role="engineer",
+        secret_hash=staff_hash,
+        expires_at=timezone.now() + timedelta(hours=72),
+    )
+    return {
+        "member_a": member,
+        "invitation_a": invitation,
+        "invitation_token": tokens.make_token(invitation.code, secret),
+        "assignment_a": assignment,
+        "staff_person": staff_member.person,
+        "staff_invitation": staff_invitation,
+    }
 
 
 def _notifications(*, tenant_a: Any, tenant_b: Any, run_a: StepRun, run_b: StepRun) -> dict[str, Any]:
@@ -516,6 +560,240 @@ ROUTES: dict[str, list[Call]] = {
             expect=tenant_a_staff(200, 200, 200),
         )
     ],
+    # --- People: members, invitations, vendor staff ----------------------------------------------
+    # Hospital IT of tenant A is an approver, not a hospital admin: they see the members, and may
+    # not invite, change or remove anyone (403). Customer success manage every tenant's people.
+    "tenant_members": [
+        page(
+            lambda w: _r("tenant_members", code=w.tenant_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            lists=True,
+        )
+    ],
+    "invitation_create": [
+        page(lambda w: _r("invitation_create", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(403, 200, 403)),
+        page(
+            lambda w: _r("invitation_create", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {"email": "matrix@alpha.example.org", "role": "viewer"},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    "tenant_staff_assign": [
+        page(
+            lambda w: _r("tenant_staff_assign", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {"member": str(w.extra["staff_person"].code)},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
+    "member_role": [
+        page(
+            lambda w: _r("member_role", code=w.extra["member_a"].code),
+            method="POST",
+            data=lambda w: {"role": "approver"},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
+    "member_remove": [
+        page(
+            lambda w: _r("member_remove", code=w.extra["member_a"].code),
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
+        page(
+            lambda w: _r("member_remove", code=w.extra["member_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    "assignment_remove": [
+        page(
+            lambda w: _r("assignment_remove", code=w.extra["assignment_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
+    "invitation_resend": [
+        page(
+            lambda w: _r("invitation_resend", code=w.extra["invitation_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
+    "invitation_revoke": [
+        page(
+            lambda w: _r("invitation_revoke", code=w.extra["invitation_a"].code),
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
+        page(
+            lambda w: _r("invitation_revoke", code=w.extra["invitation_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    # The link is the key: anyone may open it, and only its invitee may use it. Signed in as
+    # somebody else, every persona is refused (403) with what to do.
+    "invitation_accept": [
+        public(
+            lambda w: _r("invitation_accept", token=w.extra["invitation_token"]),
+            expect={"anon": 200, **everyone(403)},
+        ),
+        public(
+            lambda w: _r("invitation_accept", token=w.extra["invitation_token"]),
+            method="POST",
+            data=lambda w: {
+                "full_name": "Ina Invitee",
+                "password": "a-long-matrix-passphrase",
+                "password_again": "a-long-matrix-passphrase",
+            },
+            expect={"anon": 302, **everyone(403)},
+        ),
+    ],
+    # Vendor staff pages are for vendor administrators; none of the personas is one.
+    "staff_list": [page(lambda w: _r("staff_list"), expect=everyone(403))],
+    "staff_invite": [page(lambda w: _r("staff_invite"), expect=everyone(403))],
+    # Customer success may look staff up (to assign them), so they get 403; others never find them.
+    "staff_deactivate": [
+        page(
+            lambda w: _r("staff_deactivate", code=w.extra["staff_person"].code),
+            expect={"it_a": 404, "it_b": 404, "cs": 403, "engineer": 404},
+        )
+    ],
+    "tenant_edit": [
+        page(lambda w: _r("tenant_edit", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(403, 200, 403)),
+        page(
+            lambda w: _r("tenant_edit", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {
+                "name": w.tenant_a.name,
+                "timezone": "America/Chicago",
+                "contact_name": "",
+                "contact_email": "",
+                "require_two_factor": "on",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    "member-list": [api(lambda w: "/api/v1/members/", expect=everyone(200), lists=True)],
+    "member-detail": [
+        api(lambda w: f"/api/v1/members/{w.extra['member_a'].code}/", owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: f"/api/v1/members/{w.extra['member_a'].code}/",
+            method="PATCH",
+            data=lambda w: {"role": "approver"},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
+    ],
+    "member-remove": [
+        api(
+            lambda w: f"/api/v1/members/{w.extra['member_a'].code}/remove/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "invitation-list": [
+        api(lambda w: "/api/v1/invitations/", expect=everyone(200), lists=True),
+        api(
+            lambda w: "/api/v1/invitations/",
+            method="POST",
+            data=lambda w: {"tenant": str(w.tenant_a.code), "email": "api@alpha.example.org", "role": "viewer"},
+            owner="a",
+            expect=tenant_a_staff(403, 201, 403),
+        ),
+    ],
+    "invitation-detail": [
+        api(
+            lambda w: f"/api/v1/invitations/{w.extra['invitation_a'].code}/",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "invitation-resend": [
+        api(
+            lambda w: f"/api/v1/invitations/{w.extra['invitation_a'].code}/resend/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "invitation-revoke": [
+        api(
+            lambda w: f"/api/v1/invitations/{w.extra['invitation_a'].code}/revoke/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "invitation-accept": [
+        public(
+            lambda w: "/api/v1/invitations/accept/",
+            method="POST",
+            data=lambda w: {
+                "token": w.extra["invitation_token"],
+                "full_name": "Ina Invitee",
+                "password": "a-long-matrix-passphrase",
+            },
+            expect={"anon": 201, **everyone(403)},
+        )
+    ],
+    "staff-list": [api(lambda w: "/api/v1/staff/", expect={"it_a": 403, "it_b": 403, "cs": 200, "engineer": 403})],
+    "staff-detail": [
+        api(
+            lambda w: f"/api/v1/staff/{w.extra['staff_person'].code}/",
+            expect={"it_a": 403, "it_b": 403, "cs": 200, "engineer": 403},
+        )
+    ],
+    "staff-invite": [
+        api(
+            lambda w: "/api/v1/staff/invite/",
+            method="POST",
+            data=lambda w: {"email": "someone@vendor.example.com", "role": "engineer"},
+            expect=everyone(403),
+        )
+    ],
+    "staff-deactivate": [
+        api(
+            lambda w: f"/api/v1/staff/{w.extra['staff_person'].code}/deactivate/",
+            method="POST",
+            expect=everyone(403),
+        )
+    ],
+    "assignment-list": [
+        api(lambda w: "/api/v1/assignments/", expect=everyone(200), lists=True),
+        api(
+            lambda w: "/api/v1/assignments/",
+            method="POST",
+            data=lambda w: {"tenant": str(w.tenant_a.code), "person": str(w.extra["staff_person"].code)},
+            owner="a",
+            expect=tenant_a_staff(403, 201, 403),
+        ),
+    ],
+    "assignment-detail": [
+        api(
+            lambda w: f"/api/v1/assignments/{w.extra['assignment_a'].code}/",
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        ),
+        api(
+            lambda w: f"/api/v1/assignments/{w.extra['assignment_a'].code}/",
+            method="DELETE",
+            owner="a",
+            expect=tenant_a_staff(403, 204, 403),
+        ),
+    ],
     # --- API --------------------------------------------------------------------------------------
     # --- Notifications: each person's own; another person's is a 404 (owner "a": it_a's) --------
     "inbox": [page(lambda w: _r("inbox"), expect=everyone(200), lists=True, htmx=True)],
@@ -580,7 +858,14 @@ ROUTES: dict[str, list[Call]] = {
         ),
     ],
     "tenant-detail": [
-        api(lambda w: f"/api/v1/tenants/{w.tenant_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200))
+        api(lambda w: f"/api/v1/tenants/{w.tenant_a.code}/", owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: f"/api/v1/tenants/{w.tenant_a.code}/",
+            method="PATCH",
+            data=lambda w: {"require_two_factor": True},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
     ],
     "connection-list": [
         api(lambda w: "/api/v1/connections/", expect=everyone(200), lists=True),
@@ -655,6 +940,12 @@ ADMIN_DEFAULT = (302, "/admin/login/")
 ADMIN_DUMMY_KWARGS = {"object_id": "1", "id": "1", "pk": "1", "app_label": "auth", "content_type_id": "1", "url": "x"}
 
 
+def _invitations_of(tenant: Any) -> Any:
+    from portal.models import Invitation
+
+    return Invitation.objects.filter(tenant=tenant)
+
+
 # IDOR: foreign ids in request bodies and form choices. Each case names a route, what persona
 # sends what, and the status that proves it was refused; test_route_matrix.py also checks the
 # database did not change. Add a case for every route that takes another object's code in its body.
@@ -670,6 +961,24 @@ class IdorCase:
 
 
 IDOR_CASES: list[IdorCase] = [
+    IdorCase(
+        "hospital IT of tenant A cannot invite anyone to tenant B through the API body",
+        persona="it_a",
+        method="POST",
+        url=lambda w: "/api/v1/invitations/",
+        data=lambda w: {"tenant": str(w.tenant_b.code), "email": "smuggled@example.org", "role": "admin"},
+        refused_with=404,
+        unchanged=lambda w: not _invitations_of(w.tenant_b).exists(),
+    ),
+    IdorCase(
+        "customer success assigned to tenant A only cannot assign staff to tenant B through the API body",
+        persona="cs_scoped_a",
+        method="POST",
+        url=lambda w: "/api/v1/assignments/",
+        data=lambda w: {"tenant": str(w.tenant_b.code), "person": str(w.extra["staff_person"].code)},
+        refused_with=404,
+        unchanged=lambda w: not w.tenant_b.staff_assignments.exists(),
+    ),
     IdorCase(
         "customer success assigned to tenant A only cannot add a connection to tenant B through the API body",
         persona="cs_scoped_a",

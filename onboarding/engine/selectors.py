@@ -14,6 +14,8 @@ from onboarding.models import ACTIVE_STATUSES, Approval, Onboarding, RunStatus, 
 from onboarding.steps import PIPELINE
 from portal.access import User, tenants_for
 from portal.models import Tenant
+from portal.people.selectors import tenants_assigned_to
+from portal.roles import CUSTOMER_SUCCESS
 
 
 def onboardings_for(user: User) -> QuerySet[Onboarding]:
@@ -153,9 +155,26 @@ DASHBOARD_FILTERS = {
 }
 
 
-def dashboard_tenants(user: User, *, search: str = "", vendor: str = "", state: str = "") -> QuerySet[Tenant]:
-    """Tenants for the dashboard, filtered and ordered; dashboard_rows() loads what a page shows of them."""
+def default_scope(user: User) -> str:
+    """ "mine" for customer success with hospitals assigned to them, else "all".
+
+    A customer success person with nothing assigned yet would otherwise land on an empty page.
+    """
+    if not user.is_authenticated or not user.groups.filter(name=CUSTOMER_SUCCESS).exists():
+        return "all"
+    return "mine" if tenants_assigned_to(user).exists() else "all"
+
+
+def dashboard_tenants(
+    user: User, *, search: str = "", vendor: str = "", state: str = "", mine: bool = False
+) -> QuerySet[Tenant]:
+    """Tenants for the dashboard, filtered and ordered; dashboard_rows() loads what a page shows of them.
+
+    `mine` keeps the hospitals the user is assigned to (vendor staff's "My hospitals").
+    """
     tenants = tenants_for(user)
+    if mine:
+        tenants = tenants.filter(pk__in=tenants_assigned_to(user).values("pk"))
     if search:
         tenants = tenants.filter(Q(name__icontains=search) | Q(connections__name__icontains=search)).distinct()
     if vendor:

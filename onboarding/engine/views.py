@@ -17,6 +17,7 @@ from onboarding.gates import services as gates
 from onboarding.models import Onboarding, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import get_tenant_for_user, require_perm
+from portal.roles import is_vendor_staff
 from portal.types import HtmxHttpRequest
 
 DASHBOARD_PAGE_SIZE = 25
@@ -30,7 +31,13 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     vendor = vendor if vendor in Vendor.values else ""
     state = request.GET.get("state", "")
     state = state if state in selectors.DASHBOARD_FILTERS else ""
-    tenants = selectors.dashboard_tenants(request.user, search=search, vendor=vendor, state=state)
+    # Vendor staff choose between the hospitals assigned to them and all of them.
+    scopes = is_vendor_staff(request.user)
+    scope = request.GET.get("scope", "")
+    scope = (
+        scope if scopes and scope in ("mine", "all") else (selectors.default_scope(request.user) if scopes else "all")
+    )
+    tenants = selectors.dashboard_tenants(request.user, search=search, vendor=vendor, state=state, mine=scope == "mine")
     page = Paginator(tenants, DASHBOARD_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = selectors.dashboard_rows(page.object_list)
     context = {
@@ -39,6 +46,8 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
         "search": search,
         "vendor": vendor,
         "state": state,
+        "scope": scope,
+        "scopes": scopes,
         "vendors": Vendor.choices,
         "states": selectors.DASHBOARD_FILTERS,
         "steps": PIPELINE,

@@ -27,6 +27,7 @@ from onboarding.gates import notices
 from onboarding.models import Approval, Decision, Onboarding
 from portal import audit
 from portal.access import AuthUser, User, require_perm
+from portal.models import Tenant
 from portal.roles import is_vendor_staff
 
 REQUEST_PERM = "onboarding.run_step"
@@ -430,9 +431,9 @@ def void_for_rerun(
     return voided
 
 
-def pending_count(tenant_id: int) -> int:
+def pending_count(tenant: Tenant) -> int:
     """Requests waiting on a tenant's approvers (the people wing asks before removing the last one)."""
-    return Approval.objects.filter(onboarding__tenant_id=tenant_id, decision="", voided_at__isnull=True).count()
+    return Approval.objects.filter(onboarding__tenant=tenant, decision="", voided_at__isnull=True).count()
 
 
 # --- helpers ------------------------------------------------------------------------------------
