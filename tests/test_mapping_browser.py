@@ -144,30 +144,30 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
     assert Mapping.objects.filter(onboarding=connection.onboarding).count() == versions
     page.goto(f"{live_server.url}/c/{connection.code}/mapping/")
     assert version_on_page(page) == before + 1
-    expect(page.get_by_test_id("sign-off-state")).to_contain_text("re-run map")
 
-    # Re-run map (a real worker): it passes, and the version is offered to hospital IT.
+    # Re-run map (a real worker): it passes, and the version may be put to hospital IT.
     page.goto(f"{live_server.url}/c/{connection.code}/")
     page.get_by_test_id("start-map").click()
     expect(page.get_by_test_id("run-status")).to_have_text("Passed", timeout=30_000)
-    page.get_by_test_id("open-mapping").click()
-    expect(page.get_by_test_id("sign-off-state")).to_contain_text("ready for hospital IT")
+    expect(page.get_by_test_id("next-action")).to_contain_text("ready to be requested")
+    page.get_by_test_id("request-next").click()
+    expect(page.get_by_test_id("approval-state")).to_have_text("pending")
     assert problems == []
     page.close()
 
-    # Hospital IT sign it off.
+    # Hospital IT sign it off on the request's page.
     it_page = browser.new_page()
     it_problems = watch(it_page)
     log_in(it_page, live_server.url, it_a.username, DEFAULT_PASSWORD)
     it_page.goto(f"{live_server.url}/c/{connection.code}/mapping/")
     expect(it_page.get_by_test_id("edit-code")).to_have_count(0)
     signed_version = version_on_page(it_page)
-    it_page.fill("#sign-off-comment", "Checked against the lab's code list")
-    it_page.get_by_test_id("sign-off").click()
-    signed = it_page.get_by_test_id("signed-off")
-    expect(signed).to_contain_text("Signed off by it-alpha")
-    expect(signed).to_contain_text(f"version {signed_version}")
-    expect(signed).to_contain_text("Checked against the lab's code list")
+    it_page.get_by_test_id("gate-request-link-mapping_sign_off").click()
+    it_page.fill("#decision-comment", "Checked against the lab's code list")
+    it_page.get_by_test_id("approve").click()
+    decision = it_page.get_by_test_id("approval-decision")
+    expect(decision).to_contain_text("Approved by it-alpha")
+    expect(it_page.get_by_test_id("approval-comment")).to_contain_text("Checked against the lab's code list")
     if SHOTS:
         it_page.screenshot(path=f"{SHOTS}/mapping-signed-off.png", full_page=True)
     approved = mappings.signed_mapping(connection.onboarding)

@@ -68,8 +68,12 @@ class StepCell:
             return "unavailable"
         if self.run is None:
             return "not_started"
+        if self.gate_label and self.gate_state in ("pending", "approved") and not self.run.is_active:
+            # What the step produced is with hospital IT, or approved: that is its state now, even
+            # when its last run failed (a mapping finished in the editor after an incomplete map).
+            return "waiting" if self.gate_state == "pending" else "passed"
         if self.run.status == RunStatus.PASSED and self.gate_label:
-            return {"pending": "waiting", "approved": "passed", "rejected": "rejected"}.get(self.gate_state, "action")
+            return "rejected" if self.gate_state == "rejected" else "action"
         return self.run.status
 
     @property

@@ -26,6 +26,7 @@ from onboarding.models import Approval, Decision, RunStatus, StepRun
 from onboarding.review import services as review
 from portal.access import User, tenants_for
 from portal.models import Tenant
+from portal.people.selectors import tenants_assigned_to
 from portal.roles import is_vendor_staff
 
 LIMIT = 50
@@ -69,8 +70,10 @@ def work_for(user: User) -> list[WorkSection]:
         return sections
     # Customer success are the vendor staff who create hospitals and drive their onboarding.
     if user.has_perm("portal.add_tenant"):
-        tenants = tenants_for(user)
-        sections += [_rejections(user), _failed_runs(tenants), _waiting_on_hospital(user)]
+        # My hospitals: the ones this person is assigned to; all they may see when none are.
+        mine = tenants_assigned_to(user)
+        tenants = mine if mine.exists() else tenants_for(user)
+        sections += [_rejections(user, tenants), _failed_runs(tenants), _waiting_on_hospital(user, tenants)]
     if user.has_perm("onboarding.review_runs"):
         sections.append(_review_queue(user))
     return sections
@@ -87,13 +90,13 @@ def _decisions(user: User) -> WorkSection:
     return _fill(section, pending, lambda a: _approval_item(a, "pending", "hospital IT"))
 
 
-def _rejections(user: User) -> WorkSection:
+def _rejections(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
     newer = Approval.objects.filter(
         onboarding=OuterRef("onboarding"), gate=OuterRef("gate"), requested_at__gt=OuterRef("requested_at")
     )
     rejected = (
         approvals_for(user)
-        .filter(decision=Decision.REJECTED, voided_at__isnull=True)
+        .filter(onboarding__tenant__in=tenants, decision=Decision.REJECTED, voided_at__isnull=True)
         .exclude(Exists(newer))
         .order_by("decided_at")
     )
@@ -103,8 +106,12 @@ def _rejections(user: User) -> WorkSection:
     return _fill(section, rejected, lambda a: _approval_item(a, "rejected", "customer success"))
 
 
-def _waiting_on_hospital(user: User) -> WorkSection:
-    pending = approvals_for(user).filter(decision="", voided_at__isnull=True).order_by("requested_at")
+def _waiting_on_hospital(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
+    pending = (
+        approvals_for(user)
+        .filter(onboarding__tenant__in=tenants, decision="", voided_at__isnull=True)
+        .order_by("requested_at")
+    )
     section = WorkSection(key="waiting", title="Waiting on hospital IT", empty="Nothing waits on hospital IT.")
     return _fill(section, pending, lambda a: _approval_item(a, "waiting", "hospital IT"))
 

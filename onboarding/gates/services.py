@@ -192,7 +192,7 @@ class GateState:
         if status == "pending" and self.latest is not None:
             return f"{label}: waiting for hospital IT since {_when(self.latest.requested_at)}."
         if status == "rejected" and self.latest is not None:
-            who, why = self.latest.decided_by_label, self.latest.comment
+            who, why = self.latest.decided_by_label, self.latest.comment.rstrip(".")
             return f"{label}: rejected by {who}: “{why}”. Change it and ask again."
         if status == "voided" and self.latest is not None:
             return f"{label}: the approval was voided: {self.latest.voided_reason} Ask again."
