@@ -7,6 +7,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from portal import twofactor
+from portal.notifications.selectors import unread_count
 from portal.roles import is_vendor_staff, role_label
 
 
@@ -15,3 +16,11 @@ def roles(request: HttpRequest) -> dict[str, Any]:
     user = request.user
     pending = user.is_authenticated and not twofactor.is_verified(user) and twofactor.requires_two_factor(user)
     return {"role_label": role_label(user), "is_vendor_staff": is_vendor_staff(user), "second_factor_pending": pending}
+
+
+def inbox(request: HttpRequest) -> dict[str, Any]:
+    """The signed-in person's unread notification count, for the header's inbox link (one COUNT query)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    return {"inbox_unread": unread_count(user)}

@@ -65,3 +65,14 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_label or 'system'} {self.action}"
+
+
+# The notifications' models belong to this app; importing them here is how Django finds them.
+from portal.notifications.models import (  # noqa: E402
+    EmailDelivery,
+    Notification,
+    NotificationKind,
+    NotificationPreference,
+)
+
+__all__ = ["AuditEvent", "EmailDelivery", "Notification", "NotificationKind", "NotificationPreference", "Tenant"]

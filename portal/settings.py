@@ -134,6 +134,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "portal.context_processors.roles",
+                "portal.context_processors.inbox",
             ],
         },
     }
@@ -358,6 +359,9 @@ CELERY_TASK_ROUTES = {
     "onboarding.reap_stale_runs": {"queue": "maintenance"},
     "onboarding.resend_queued_runs": {"queue": "maintenance"},
     "portal.purge_raw_payloads": {"queue": "maintenance"},
+    "portal.deliver_notification_email": {"queue": "notifications"},
+    "portal.sweep_notification_emails": {"queue": "maintenance"},
+    "portal.purge_old_notifications": {"queue": "maintenance"},
 }
 # A sweep not run within its interval is dropped (expires): the next one does the same work, and
 # a backlog of sweeps after an outage would only repeat it.
@@ -366,12 +370,48 @@ CELERY_BEAT_SCHEDULE = {
     "reap-stale-runs": {"task": "onboarding.reap_stale_runs", **_sweep},
     "resend-queued-runs": {"task": "onboarding.resend_queued_runs", **_sweep},
     "purge-raw-payloads": {"task": "portal.purge_raw_payloads", "schedule": 3600.0},
+    "sweep-notification-emails": {
+        "task": "portal.sweep_notification_emails",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
+    "purge-old-notifications": {"task": "portal.purge_old_notifications", "schedule": 3600.0},
 }
 
 # --- Validation findings (issue 4) -------------------------------------------------------------
 # Raw resources behind a failed validation run's findings are kept this many days, encrypted,
 # for the engineers' audited drill-down, then purged.
 RAW_PAYLOAD_RETENTION_DAYS = env_int("RAW_PAYLOAD_RETENTION_DAYS", 14, minimum=1)
+
+# --- Notifications and email (issue 10) ------------------------------------------------------------
+# Emails carry absolute links built on this address: where people reach the portal.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", None if PRODUCTION else "http://127.0.0.1:8000").rstrip("/")
+if not PORTAL_BASE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"PORTAL_BASE_URL must start with http:// or https://, not {PORTAL_BASE_URL!r}.")
+# Django's email backends: the console (emails printed by the worker) in embedded mode, SMTP in
+# production. The filebased backend writes one file per email into EMAIL_FILE_PATH.
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 587 if PRODUCTION else 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", PRODUCTION)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("Set only one of EMAIL_USE_TLS (STARTTLS, port 587) and EMAIL_USE_SSL (port 465).")
+# A hung mail server must not hold a worker: the delivery task's own time limits are longer.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 20, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", None if PRODUCTION else "Onboarding portal <portal@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+if EMAIL_BACKEND == "django.core.mail.backends.filebased.EmailBackend":
+    EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "emails"))
+# An email whose server answers with a temporary error is tried this many times in all, backing off.
+NOTIFICATION_EMAIL_MAX_ATTEMPTS = env_int("NOTIFICATION_EMAIL_MAX_ATTEMPTS", 5, minimum=1)
+# Inbox items (and their email records) older than this many days are deleted by beat.
+NOTIFICATION_RETENTION_DAYS = env_int("NOTIFICATION_RETENTION_DAYS", 60, minimum=1)
 
 # --- Outbound HTTP to hospitals ---------------------------------------------------------------
 # host:port pairs that may be reached although loopback/private: the sandbox hospitals only.

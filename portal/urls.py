@@ -21,6 +21,7 @@ urlpatterns = [
     path("account/two-factor/backup-codes/", account_views.backup_codes, name="backup_codes"),
     path("account/confirm/", account_views.reauthenticate, name="reauthenticate"),
     path("account/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
+    path("", include("portal.notifications.urls")),
     path("tenants/new/", views.tenant_create, name="tenant_create"),
     path("t/<uuid:code>/audit/", views.tenant_audit, name="tenant_audit"),
     path("t/<uuid:code>/audit.csv", views.tenant_audit_csv, name="tenant_audit_csv"),
