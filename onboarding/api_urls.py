@@ -10,16 +10,19 @@ from connections.api import ConnectionViewSet
 from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, start_step
 from portal.api import TenantViewSet, obtain_token
 from portal.api_docs import SwaggerView
+from portal.notifications.api import NotificationViewSet, notification_preferences
 
 router = DefaultRouter()
 router.register("tenants", TenantViewSet, basename="tenant")
 router.register("connections", ConnectionViewSet, basename="connection")
 router.register("onboardings", OnboardingViewSet, basename="onboarding")
 router.register("runs", StepRunViewSet, basename="steprun")
+router.register("notifications", NotificationViewSet, basename="notification")
 
 urlpatterns = [
     path("v1/", include(router.urls)),
     path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),
+    path("v1/account/notification-preferences/", notification_preferences, name="api_notification_preferences"),
     path("v1/auth/token/", obtain_token, name="api_token"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SwaggerView.as_view(url_name="api_schema"), name="api_docs"),

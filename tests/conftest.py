@@ -192,10 +192,23 @@ def _flush_test_broker() -> None:
 
 
 @pytest.fixture(scope="session")
+def worker_email_dir(tmp_path_factory: Any) -> Path:
+    """Where the worker's filebased email backend writes each email it sends, one file per email."""
+    return Path(tmp_path_factory.mktemp("worker-emails"))
+
+
+@pytest.fixture(scope="session")
 def celery_worker_process(
-    django_db_setup: None, django_db_blocker: Any, sandboxes: dict[str, Any], tmp_path_factory: Any
+    django_db_setup: None,
+    django_db_blocker: Any,
+    sandboxes: dict[str, Any],
+    tmp_path_factory: Any,
+    worker_email_dir: Path,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A `celery worker` subprocess on the test database and the Redis broker, as production runs it."""
+    """A `celery worker` subprocess on the test database and the Redis broker, as production runs it.
+
+    Its emails go to files in `worker_email_dir`, so tests can count what it really sent.
+    """
     _flush_test_broker()
     db = settings.DATABASES["default"]
     env = dict(os.environ)
@@ -204,6 +217,8 @@ def celery_worker_process(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         OUTBOUND_ALLOWLIST=",".join(f"127.0.0.1:{h.port}" for h in sandboxes.values()),
         STEP_HEARTBEAT_TIMEOUT="60",
+        EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+        EMAIL_FILE_PATH=str(worker_email_dir),
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed after the process ends
@@ -216,7 +231,7 @@ def celery_worker_process(
             "portal",
             "worker",
             "-Q",
-            "steps,maintenance",
+            "steps,maintenance,notifications",
             "-c",
             "2",
             "-l",

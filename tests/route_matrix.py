@@ -79,7 +79,30 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     run_b = StepRun.objects.create(onboarding=onboarding_b, step="configure", attempt=1, status="passed")
     world = World(tenant_a, tenant_b, conn_a, conn_b, onboarding_a, onboarding_b, run_a, active_run_a, run_b)
     world.extra.update(_mapping_and_findings(onboarding_a))
+    world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
     return world
+
+
+def _notifications(*, tenant_a: Any, tenant_b: Any, run_a: StepRun, run_b: StepRun) -> dict[str, Any]:
+    """An inbox item for hospital IT of each tenant, naming its tenant: nobody else may see or touch it.
+
+    The users are the personas' own (factories get or create them by user name).
+    """
+    from portal.notifications.services import notify
+    from tests.factories import UserFactory
+
+    made = {}
+    for label, username, tenant, run in (("a", "it-alpha", tenant_a, run_a), ("b", "it-beta", tenant_b, run_b)):
+        (made[label],) = notify(
+            kind="run_failed",
+            recipients=[UserFactory(username=username)],
+            subject=f"Configure failed at {tenant.name}",
+            body=f"The configure step of {tenant.name} failed.",
+            link=f"/runs/{run.code}/",
+            key=f"matrix:{run.code}",
+            tenant=tenant,
+        )
+    return {"notification_a": made["a"]}
 
 
 def _mapping_and_findings(onboarding: Onboarding) -> dict[str, Any]:
@@ -417,6 +440,53 @@ ROUTES: dict[str, list[Call]] = {
         )
     ],
     # --- API --------------------------------------------------------------------------------------
+    # --- Notifications: each person's own; another person's is a 404 (owner "a": it_a's) --------
+    "inbox": [page(lambda w: _r("inbox"), expect=everyone(200), lists=True, htmx=True)],
+    "notification_read": [
+        page(
+            lambda w: _r("notification_read", code=w.extra["notification_a"].code),
+            method="POST",
+            owner="a",
+            expect={"it_a": 302, "cs": 404, "engineer": 404},
+        )
+    ],
+    "notifications_read_all": [page(lambda w: _r("notifications_read_all"), method="POST", expect=everyone(302))],
+    "notification_preferences": [
+        page(lambda w: _r("notification_preferences"), expect=everyone(200)),
+        page(
+            lambda w: _r("notification_preferences"),
+            method="POST",
+            data=lambda w: {"run_failed": "on"},
+            expect=everyone(302),
+        ),
+    ],
+    "notification-list": [api(lambda w: "/api/v1/notifications/", expect=everyone(200), lists=True)],
+    "notification-detail": [
+        api(
+            lambda w: f"/api/v1/notifications/{w.extra['notification_a'].code}/",
+            owner="a",
+            expect={"it_a": 200, "cs": 404, "engineer": 404},
+        )
+    ],
+    "notification-read": [
+        api(
+            lambda w: f"/api/v1/notifications/{w.extra['notification_a'].code}/read/",
+            method="POST",
+            owner="a",
+            expect={"it_a": 200, "cs": 404, "engineer": 404},
+        )
+    ],
+    "notification-read-all": [api(lambda w: "/api/v1/notifications/read-all/", method="POST", expect=everyone(200))],
+    "notification-unread-count": [api(lambda w: "/api/v1/notifications/unread-count/", expect=everyone(200))],
+    "api_notification_preferences": [
+        api(lambda w: _r("api_notification_preferences"), expect=everyone(200)),
+        api(
+            lambda w: _r("api_notification_preferences"),
+            method="PATCH",
+            data=lambda w: {"email": {"run_failed": False}},
+            expect=everyone(200),
+        ),
+    ],
     "api-root": [api(lambda w: "/api/v1/", expect=everyone(200))],
     "api_token": [
         public(lambda w: _r("api_token"), method="POST", data=lambda w: {}, expect={"anon": 400, **everyone(400)})

@@ -107,7 +107,10 @@ class EmailDelivery(models.Model):
     # holds its single-use link, which must not outlive the email in a readable column.
     body = EncryptedTextField(blank=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    # Tries at sending it (claims), and times a task for it arrived at all, skipped ones included:
+    # task_runs above attempts shows duplicate deliveries that were turned away.
     attempts = models.PositiveSmallIntegerField(default=0)
+    task_runs = models.PositiveIntegerField(default=0)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # When a pending email is next due: now, or after a retry's back-off. The sweep re-sends a

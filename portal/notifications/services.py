@@ -228,9 +228,10 @@ def deliver_email(*, delivery_id: int) -> DeliveryOutcome:
     """
     now = timezone.now()
     claimed = EmailDelivery.objects.filter(pk=delivery_id, state=State.PENDING).update(
-        state=State.SENDING, attempts=F("attempts") + 1, claimed_at=now
+        state=State.SENDING, attempts=F("attempts") + 1, task_runs=F("task_runs") + 1, claimed_at=now
     )
     if not claimed:
+        EmailDelivery.objects.filter(pk=delivery_id).update(task_runs=F("task_runs") + 1)
         return DeliveryOutcome("skipped")
     delivery = EmailDelivery.objects.get(pk=delivery_id)
     message = EmailMessage(

@@ -82,8 +82,10 @@ class PreferencesForm(forms.Form):
         super().__init__(*args, **kwargs)
         for kind in NotificationKind:
             available = kind.value in AVAILABLE_KINDS
+            attrs = {} if available else {"aria-describedby": f"id_{kind.value}-help"}
             self.fields[kind.value] = forms.BooleanField(
                 required=False,
+                widget=forms.CheckboxInput(attrs=attrs),
                 initial=initial_email[kind.value],
                 label=kind.label,
                 help_text="" if available else "Not available yet: the portal does not send these yet.",
