@@ -42,6 +42,8 @@ def production_env(**overrides: str) -> dict[str, str]:
         "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
         "ALLOWED_HOSTS": "onboarding.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://onboarding.example.com",
+        "PORTAL_BASE_URL": "https://onboarding.example.com",
+        "DEFAULT_FROM_EMAIL": "Onboarding portal <onboarding@example.com>",
         "PORTAL_VAR_DIR": "/tmp/portal-check-deploy",
     }
     env.update(overrides)

@@ -97,7 +97,8 @@ class NotificationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
 class PreferenceOutput(serializers.Serializer):
     kind = serializers.ChoiceField(choices=NotificationKind.choices)
-    label = serializers.CharField()
+    # Not "label": that name is a Field attribute every serializer already has.
+    description = serializers.CharField()
     email = serializers.BooleanField()
     available = serializers.BooleanField(help_text="False for kinds the portal does not send yet.")
 
@@ -123,7 +124,7 @@ def _preferences(user: AuthUser) -> list[dict[str, Any]]:
     return [
         {
             "kind": kind.value,
-            "label": kind.label,
+            "description": kind.label,
             "email": email[kind.value],
             "available": kind.value in AVAILABLE_KINDS,
         }
