@@ -88,8 +88,8 @@ def prepare(base_url: str, patients: int) -> tuple[Any, Any]:
 
     from connections.models import EHRConnection
     from connections.sandbox.defects import LOCAL_LAB_CODES, LOCAL_LAB_SYSTEMS
-    from onboarding import mapping as mappings
-    from onboarding import services
+    from onboarding.engine import services
+    from onboarding.mapping import services as mappings
     from onboarding.models import StepRun
     from portal.models import Tenant
 
@@ -132,7 +132,7 @@ def prepare(base_url: str, patients: int) -> tuple[Any, Any]:
 
 
 def run_validate(user: Any, connection: Any) -> tuple[float, Any]:
-    from onboarding import services
+    from onboarding.engine import services
 
     run = services.start_step(user=user, onboarding=connection.onboarding, step="validate")
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def ours(groups: list[list[bytes]], connection: Any) -> int:
     """The validate step's checks over JSON bytes, patient by patient, as the step runs them."""
     from django.utils import timezone
 
-    from onboarding import mapping as mappings
+    from onboarding.mapping import services as mappings
     from onboarding.steps.validate import MappingRules, Validator
 
     mapping = mappings.signed_mapping(connection.onboarding)

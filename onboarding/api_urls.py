@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from connections.api import ConnectionViewSet
-from onboarding.api import OnboardingViewSet, StepRunViewSet, start_step
+from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, start_step
 from portal.api import TenantViewSet, obtain_token
 from portal.api_docs import SwaggerView
 from portal.notifications.api import NotificationViewSet, notification_preferences

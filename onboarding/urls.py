@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
-from onboarding import evidence_views, mapping_views, review_views, views
+from onboarding.engine import views
+from onboarding.evidence import views as evidence_views
+from onboarding.mapping import views as mapping_views
+from onboarding.review import views as review_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),

@@ -330,7 +330,7 @@ CELERY_WORKER_LOST_WAIT = 2.0
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Celery's Django fixup closes the database connection around every task, so each step paid for a
 # new PostgreSQL connection; keep it for 100 tasks instead. A connection that died meanwhile is
-# replaced by the engine on first use (onboarding.services._reconnecting).
+# replaced by the engine on first use (onboarding.engine.services._reconnecting).
 CELERY_DB_REUSE_MAX = 100
 CELERY_TASK_SOFT_TIME_LIMIT = STEP_SOFT_TIME_LIMIT
 CELERY_TASK_TIME_LIMIT = STEP_TIME_LIMIT

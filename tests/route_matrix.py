@@ -33,7 +33,7 @@ from typing import Any
 from django.urls import reverse
 
 from connections.models import EHRConnection
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import MappingSignOff, Onboarding, StepRun
 from tests.factories import ConnectionFactory
 
@@ -155,7 +155,7 @@ def _mapping_and_findings(onboarding: Onboarding) -> dict[str, Any]:
 
     from django.utils import timezone
 
-    from onboarding import mapping as mappings
+    from onboarding.mapping import services as mappings
     from onboarding.models import Finding, RawResource
 
     profile = {

@@ -9,7 +9,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from onboarding import services
+from onboarding.engine import services
 from tests.conftest import client_for
 from tests.factories import ConnectionFactory
 

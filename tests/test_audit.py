@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from connections.services import update_connection
-from onboarding import services
+from onboarding.engine import services
 from portal import audit
 from portal.models import AuditEvent
 from portal.roles import ENGINEERS

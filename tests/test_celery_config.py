@@ -13,7 +13,7 @@ import pytest
 from celery.worker.request import Request
 from django.conf import settings
 
-from onboarding import tasks
+from onboarding.engine import tasks
 from portal.celery import app, broker_persistence_problems
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def test_a_killed_pool_process_gives_its_task_back_at_once() -> None:
     assert tasks.run_step.acks_late is True
     assert tasks.run_step.reject_on_worker_lost is True
     # The request class that tells the engine, from the worker's main process, which run lost its process.
-    assert tasks.run_step.Request == "onboarding.tasks:StepRequest"
+    assert tasks.run_step.Request == "onboarding.engine.tasks:StepRequest"
     assert issubclass(tasks.StepRequest, Request)
 
 

@@ -84,7 +84,7 @@ def test_unbuilt_steps_are_marked_not_available(cs_user: Any) -> None:
 
 
 def test_rows_hold_each_connection_with_its_newest_attempts_and_empty_tenants(cs_user: Any) -> None:
-    from onboarding import selectors
+    from onboarding.engine import selectors
     from onboarding.templatetags.pipeline import step_cells
 
     empty = Tenant.objects.create(name="Aaa No Connection Hospital")
@@ -115,7 +115,7 @@ def test_rows_hold_each_connection_with_its_newest_attempts_and_empty_tenants(cs
 
 
 def test_step_cells_escape_what_they_show() -> None:
-    from onboarding.selectors import StepCell
+    from onboarding.engine.selectors import StepCell
     from onboarding.templatetags.pipeline import step_cells
 
     html = str(step_cells([StepCell("configure", "<b>Configure</b>", True, None)]))

@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import RunStatus, StepRun
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from portal.models import AuditEvent
@@ -177,7 +177,10 @@ def test_reaper_declares_a_run_dead_at_the_delivery_limit(
         deliveries=settings.STEP_MAX_DELIVERIES,
         heartbeat_at=timezone.now() - timedelta(seconds=settings.STEP_HEARTBEAT_TIMEOUT + 5),
     )
-    with caplog.at_level(logging.ERROR, logger="onboarding.services"), django_capture_on_commit_callbacks(execute=True):
+    with (
+        caplog.at_level(logging.ERROR, logger="onboarding.engine.services"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         assert services.reap_stale_runs() == 1
     run.refresh_from_db()
     assert (run.status, run.error_kind) == (RunStatus.FAILED, "dead")
@@ -225,7 +228,7 @@ def test_sweep_gives_up_after_the_delivery_limit(onboarding: Any, cs_user: Any, 
 def test_sweep_sends_runs_whose_publish_failed_once_past_the_grace(
     onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
 ) -> None:
-    from onboarding import tasks
+    from onboarding.engine import tasks
 
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("Redis is down")
@@ -246,7 +249,7 @@ def test_sweep_sends_runs_whose_publish_failed_once_past_the_grace(
 def test_a_successful_send_records_its_time_without_time_limits_in_the_message(
     onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from onboarding import tasks
+    from onboarding.engine import tasks
 
     published: list[dict[str, Any]] = []
     monkeypatch.setattr(tasks.run_step, "apply_async", lambda **kwargs: published.append(kwargs))
@@ -299,7 +302,10 @@ def test_a_run_that_loses_its_worker_too_often_is_declared_dead(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
-    with caplog.at_level(logging.ERROR, logger="onboarding.services"), django_capture_on_commit_callbacks(execute=True):
+    with (
+        caplog.at_level(logging.ERROR, logger="onboarding.engine.services"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         for delivery in range(1, settings.STEP_MAX_DELIVERIES + 1):
             assert services.claim(run.pk, worker=f"h:{delivery}") == delivery
             expected = "retried" if delivery < settings.STEP_MAX_DELIVERIES else "dead"

@@ -14,7 +14,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from connections.services import create_connection
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import Finding, Mapping, MappingSignOff, StepRun, Waiver
 from portal import audit
 from tests.browser import log_in

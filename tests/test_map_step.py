@@ -19,10 +19,10 @@ from django.core.exceptions import PermissionDenied
 from connections.adapters.structure import strict_parse_problems, structure_problems
 from connections.models import EHRConnection
 from connections.sandbox.defects import LEGACY_MRN_SYSTEMS, LOCAL_LAB_SYSTEMS, UNKNOWN_EXTENSION, parse_defects
-from onboarding import mapping as mappings
-from onboarding import services
+from onboarding.engine import services
+from onboarding.mapping import services as mappings
+from onboarding.mapping.profile import LOINC
 from onboarding.models import Mapping, RunStatus, StepRun
-from onboarding.profile import LOINC
 from portal.models import AuditEvent
 from tests.factories import ConnectionFactory
 

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from connections.sandbox.defects import LOCAL_LAB_CODES
-from onboarding import mapping as mappings
+from onboarding.mapping import services as mappings
 from onboarding.models import Mapping, RunStatus
 from tests.browser import log_in
 from tests.factories import DEFAULT_PASSWORD

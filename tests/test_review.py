@@ -16,9 +16,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from onboarding import mapping as mappings
-from onboarding import review, services
+from onboarding.engine import services
+from onboarding.mapping import services as mappings
 from onboarding.models import Finding, Mapping, RawResource, StepRun, Waiver
+from onboarding.review import services as review
 from portal.models import AuditEvent
 from tests.conftest import client_for, reauthenticated
 from tests.factories import ConnectionFactory, TenantFactory
@@ -441,7 +442,7 @@ def test_the_queue_rule_filter_lists_only_rules_of_visible_runs(tenant_a: Any, t
     ],
 )
 def test_an_unreadable_csv_header_is_a_file_error_not_a_crash(data: bytes) -> None:
-    from onboarding.mapping import ImportResult, _parse_csv
+    from onboarding.mapping.services import ImportResult, _parse_csv
 
     result = ImportResult()
     assert _parse_csv(data, result) == []

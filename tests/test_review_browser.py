@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, expect
 
-from onboarding import mapping as mappings
+from onboarding.mapping import services as mappings
 from onboarding.models import RunStatus, StepRun, Waiver
 from portal.models import AuditEvent
 from tests.browser import log_in, reauthenticate

@@ -35,7 +35,7 @@ from connections.forms import ConnectionForm
 from connections.models import EHRConnection
 from connections.sandbox import SandboxHospital
 from connections.services import create_connection, generate_key_pair, update_connection
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import RawResource, StepRun
 from portal import crypto, retention
 from portal.models import AuditEvent

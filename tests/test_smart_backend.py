@@ -34,7 +34,7 @@ from connections.http import GuardedClient, OutboundPolicy
 from connections.models import EHRConnection
 from connections.sandbox import SandboxHospital
 from connections.services import generate_key_pair
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import RunStatus, StepRun
 from portal.models import AuditEvent
 from tests.conftest import client_for

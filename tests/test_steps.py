@@ -17,7 +17,7 @@ import pytest
 from django.forms.models import model_to_dict
 
 from connections.models import EHRConnection
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import RunStatus, StepRun
 from portal.models import AuditEvent
 from tests.factories import ConnectionFactory

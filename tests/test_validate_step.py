@@ -19,9 +19,9 @@ from django.utils import timezone
 
 from connections.adapters.structure import element_path, strict_parse_problems, structure_problems
 from connections.sandbox import SandboxHospital
-from onboarding import mapping as mappings
-from onboarding import review
+from onboarding.mapping import services as mappings
 from onboarding.models import Finding, RawResource, RunStatus, StepRun
+from onboarding.review import services as review
 from portal.models import AuditEvent
 from tests.test_map_step import (
     planted,
@@ -372,7 +372,7 @@ def _misshapen(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_misshapen_resources_become_findings_not_crashes(allow_extra: dict[str, Any]) -> None:
-    from onboarding.profile import ProfileBuilder
+    from onboarding.mapping.profile import ProfileBuilder
     from onboarding.steps.validate import MappingRules, Validator
 
     hospital = allow_extra["clean"]

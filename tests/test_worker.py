@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection as db_connection
 
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import RunStatus, StepRun
 from tests.factories import ConnectionFactory
 

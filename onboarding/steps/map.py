@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from onboarding import mapping as mappings
-from onboarding.profile import CLINICAL_TYPES, ProfileBuilder
-from onboarding.review import active_run_of
+from onboarding.mapping import services as mappings
+from onboarding.mapping.profile import CLINICAL_TYPES, ProfileBuilder
+from onboarding.review.services import active_run_of
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 
 PATIENT_PAGE_SIZE = 50

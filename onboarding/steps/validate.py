@@ -2,7 +2,7 @@
 
 One patient at a time (never the whole pull in memory), every resource is checked for:
 - structure, against fhirclient's models (through the adapters package);
-- US Core 6.1.0 mandatory elements, required categories and fixed codes (``onboarding.uscore``);
+- US Core 6.1.0 mandatory elements, required categories and fixed codes (``onboarding.validation.uscore``);
 - code systems after the mapping: each coded element carries a system the product accepts, or a
   local code the mapping maps; an unmapped local code is an error;
 - references: ``subject``/``patient`` point at the patient pulled, ``encounter`` at one of its
@@ -31,14 +31,15 @@ from django.utils import timezone
 
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
-from onboarding import mapping as mappings
-from onboarding import review, uscore
-from onboarding.fhirjson import as_items
+from onboarding.mapping import services as mappings
+from onboarding.mapping.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
 from onboarding.models import Mapping, Severity, StepRun
-from onboarding.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
-from onboarding.review import NewFinding
+from onboarding.review import services as review
+from onboarding.review.services import NewFinding
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, readable_types
+from onboarding.validation import uscore
+from onboarding.validation.fhirjson import as_items
 
 ERROR, WARNING = Severity.ERROR.value, Severity.WARNING.value
 EARLIEST_PLAUSIBLE = "1900-01-01"

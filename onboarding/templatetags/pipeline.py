@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from onboarding.selectors import StepCell
+from onboarding.engine.selectors import StepCell
 
 register = template.Library()
 

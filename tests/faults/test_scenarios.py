@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection as db_connection
 from django.db import transaction
 
-from onboarding import services
+from onboarding.engine import services
 from onboarding.models import FINAL_STATUSES, RunStatus, StepRun
 from portal.models import AuditEvent
 from tests.conftest import client_for

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onboarding.fhirjson import as_items, as_object
-from onboarding.uscore import KNOWN_EXTENSIONS
+from onboarding.validation.fhirjson import as_items, as_object
+from onboarding.validation.uscore import KNOWN_EXTENSIONS
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"

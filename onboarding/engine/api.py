@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from connections.selectors import get_connection_for_user
-from onboarding import selectors, services
+from onboarding.engine import selectors, services
 from onboarding.models import Onboarding, StepRun
 
 

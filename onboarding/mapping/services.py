@@ -21,8 +21,8 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from onboarding.mapping.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.models import Mapping, MappingSignOff, Onboarding, RunStatus, Step, StepRun, ValidationPolicy
-from onboarding.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
 from portal import audit
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant

@@ -12,7 +12,7 @@ from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
 from connections.models import Vendor
 from connections.selectors import get_connection_for_user
-from onboarding import selectors, services
+from onboarding.engine import selectors, services
 from onboarding.models import Onboarding, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import get_tenant_for_user, require_perm

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from onboarding.fhirjson import as_items, as_object
+from onboarding.validation.fhirjson import as_items, as_object
 
 BASE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 LOINC = "http://loinc.org"

@@ -1,7 +1,7 @@
 """Mapping pages: the data profile, the inline code editor, CSV and ConceptMap, hospital IT's sign-off.
 
 Customer success and engineers edit; hospital IT of the tenant see everything and sign off; anyone
-else gets 404. Every change goes through ``onboarding.mapping``, which writes a new version.
+else gets 404. Every change goes through ``onboarding.mapping.services``, which writes a new version.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from connections.models import EHRConnection
 from connections.selectors import get_connection_for_user
-from onboarding import mapping as mappings
+from onboarding.mapping import services as mappings
+from onboarding.mapping.profile import ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.models import Mapping, Onboarding, ValidationPolicy
-from onboarding.profile import ELEMENTS_BY_KEY, SYSTEM_LABELS
 from portal.access import get_tenant_for_user, require_perm
 from portal.types import HtmxHttpRequest
 

@@ -17,9 +17,9 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from onboarding import evidence
+from onboarding.engine.selectors import get_onboarding_for_user
+from onboarding.evidence import services as evidence
 from onboarding.models import Onboarding
-from onboarding.selectors import get_onboarding_for_user
 from portal import audit
 from portal.access import require_perm
 

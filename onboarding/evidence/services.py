@@ -17,8 +17,8 @@ from django.db.models import Count
 from django.utils import timezone
 
 from connections.models import AuthMethod, EHRConnection
+from onboarding.engine.selectors import step_cells
 from onboarding.models import MappingSignOff, Onboarding, RunStatus, Step, StepRun, Waiver
-from onboarding.selectors import step_cells
 from onboarding.steps import get_step
 from portal.models import AuditEvent
 

@@ -18,8 +18,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from connections.models import Vendor
-from onboarding import review
 from onboarding.models import Severity
+from onboarding.review import services as review
 from portal.access import tenants_for
 from portal.middleware import send_to
 from portal.reauth import recently_authenticated

@@ -167,7 +167,7 @@ def send_run(run_id: int) -> bool:
     The send time is written only once the broker took the message, so a run whose publish failed
     (or whose process died before publishing) has none, and the next sweep sends it.
     """
-    from onboarding.tasks import run_step
+    from onboarding.engine.tasks import run_step
 
     try:
         run_step.apply_async(args=(run_id,), **WORKER_TIME_LIMITS)

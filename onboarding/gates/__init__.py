@@ -1,0 +1,1 @@
+"""Gates: hospital IT's approvals of exact artifacts, which the engine checks before a gated step starts."""

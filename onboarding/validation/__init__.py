@@ -1,0 +1,1 @@
+"""Validation rules: the US Core rule table and the helpers that read FHIR JSON safely."""
