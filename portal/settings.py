@@ -274,6 +274,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets share the field name "role": name each after its meaning.
+    "ENUM_NAME_OVERRIDES": {
+        "HospitalRoleEnum": "portal.people.models.HospitalRole",
+        "StaffRoleEnum": "portal.people.models.StaffRole",
+    },
 }
 
 # --- The pipeline ---------------------------------------------------------------------------

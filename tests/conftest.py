@@ -257,3 +257,14 @@ def celery_worker_process(
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many pages the browser tests put through axe-core (tests/browser.py), when any did."""
+    from tests.browser import WCAG_TAGS, checked_pages
+
+    if checked_pages:
+        terminalreporter.write_line(
+            f"axe-core ({', '.join(WCAG_TAGS)}): {len(checked_pages)} page checks, "
+            f"{len(set(checked_pages))} distinct pages or parts"
+        )

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from portal.models import Tenant
-from tests.browser import log_in
+from tests.browser import assert_accessible, log_in
 from tests.factories import DEFAULT_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -33,19 +33,24 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     expect(page.locator("h1")).to_have_text("My work")  # the first page after login
     page.get_by_role("link", name="Hospitals").click()
     expect(page.get_by_text("No hospitals yet.")).to_be_visible()
+    assert_accessible(page)
 
     # Create a hospital; a bad time zone is refused with a field message first.
     page.get_by_role("link", name="New hospital").first.click()
+    assert_accessible(page)
     page.fill("#id_name", "Northwind Children's Hospital")
     page.fill("#id_timezone", "Mars/Olympus")
     page.click("button:has-text('Create hospital')")
     expect(page.locator("p.error[data-field=timezone]")).to_contain_text("not a time zone")
+    assert_accessible(page)
     page.fill("#id_timezone", "America/Chicago")
     page.click("button:has-text('Create hospital')")
     expect(page.locator("h1")).to_have_text("Northwind Children's Hospital")
+    assert_accessible(page)
 
     # Add its EHR connection to the sandbox hospital.
     page.get_by_role("link", name="Add EHR connection").first.click()
+    assert_accessible(page)
     page.fill("#id_name", "Main FHIR endpoint")
     page.select_option("#id_vendor", "generic")
     page.fill("#id_base_url", sandbox.base_url)
@@ -55,11 +60,13 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     for step in ("load_test", "go_live"):
         expect(page.get_by_test_id(f"state-{step}")).to_have_text("not available yet")
         expect(page.get_by_test_id(f"start-{step}")).to_have_count(0)
+    assert_accessible(page)
 
     # Configure, watched live until it passes.
     page.get_by_test_id("start-configure").click()
     expect(page.get_by_test_id("run-status")).to_have_text("Passed", timeout=30_000)
     expect(page.locator("#progress")).to_contain_text("FHIR version")
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/configure-passed.png", full_page=True)
 
@@ -68,6 +75,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     page.get_by_test_id("start-test").click()
     expect(page.get_by_test_id("run-status")).to_have_text("Passed", timeout=30_000)
     expect(page.locator("#progress table")).to_contain_text("Read one Patient")
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/test-passed.png", full_page=True)
 
@@ -77,6 +85,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     expect(row.locator("[data-step=test]")).to_have_attribute("data-state", "passed")
     expect(row.locator("[data-step=map]")).to_have_attribute("data-state", "not_started")
     expect(row.locator("[data-step=load_test]")).to_have_attribute("data-state", "unavailable")
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/dashboard.png", full_page=True)
     assert Tenant.objects.filter(name="Northwind Children's Hospital").exists()

@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from connections.services import create_connection
 from onboarding.engine import services
 from onboarding.models import Finding, Mapping, StepRun, Waiver
-from tests.browser import log_in
+from tests.browser import assert_accessible, log_in
 from tests.factories import DEFAULT_PASSWORD, sign_mapping_off
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -121,10 +121,13 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     problems = csp_watch(page)
     log_in(page, live_server.url, it_a.username, DEFAULT_PASSWORD)
     expect(page.locator("h1")).to_have_text("My work")  # the first page after login
+    assert_accessible(page)
     page.get_by_role("link", name="Hospitals").click()
     page.get_by_role("link", name="Alpha main FHIR").first.click()
+    assert_accessible(page)
     page.get_by_test_id("evidence-link").click()
     expect(page.locator("h1")).to_have_text("Security evidence pack")
+    assert_accessible(page)
 
     timeline = page.get_by_test_id("evidence-timeline")
     expect(timeline).to_contain_text("The hospital refused the credentials.")
@@ -206,4 +209,6 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
         response = page.goto(live_server.url + reverse(name, kwargs={"code": onboarding.code}))
         assert response is not None and response.status == 404, name
         expect(page.locator("body")).not_to_contain_text("Alpha")
+        if name == "evidence_pack":
+            assert_accessible(page)  # the HTML 404 page
     other.close()

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, expect
 from connections.sandbox.defects import LOCAL_LAB_CODES
 from onboarding.mapping import services as mappings
 from onboarding.models import Mapping, RunStatus
-from tests.browser import log_in
+from tests.browser import assert_accessible, log_in
 from tests.factories import DEFAULT_PASSWORD
 from tests.test_map_step import ready_connection, run_on_worker, set_sizes
 
@@ -74,9 +74,11 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
     problems = watch(page)
     log_in(page, live_server.url, cs_user.username, DEFAULT_PASSWORD)
     page.goto(f"{live_server.url}/c/{connection.code}/")
+    assert_accessible(page)
     page.get_by_test_id("mapping-link").click()
     expect(page.locator("h1")).to_have_text("Mapping")
     expect(page.get_by_test_id("profile")).to_contain_text("Identifier systems on patients")
+    assert_accessible(page)
     rows = page.get_by_test_id("code-row")
     codes = [rows.nth(i).get_attribute("data-code") for i in range(rows.count())]
     assert len(codes) >= 2 and all(code in LOINC_OF for code in codes)
@@ -91,6 +93,8 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
         form.get_by_test_id("target-system").select_option(label="LOINC")
         form.get_by_test_id("target-code").fill(loinc)
         form.get_by_test_id("target-display").fill(display)
+        if code == codes[0]:  # the inline form htmx swapped in, once
+            assert_accessible(page, context=f"[data-testid=code-edit][data-code='{code}']")
         form.get_by_test_id("save-code").click()
         expect(page.locator(f"[data-testid=code-row][data-code='{code}'] [data-testid=target]")).to_contain_text(loinc)
     expect(page.get_by_test_id("coverage")).to_have_text("Every required element is covered.")
@@ -139,6 +143,7 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
     expect(errors.locator("li[data-line='2']")).to_contain_text("not a LOINC code")
     expect(errors.locator("li[data-line='3']")).to_contain_text("must be mapped to LOINC")
     expect(errors.locator(f"li[data-line='{len(broken)}']")).to_contain_text("already mapped on line 3")
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/mapping-bad-csv.png", full_page=True)
     assert Mapping.objects.filter(onboarding=connection.onboarding).count() == versions
@@ -149,9 +154,11 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
     page.goto(f"{live_server.url}/c/{connection.code}/")
     page.get_by_test_id("start-map").click()
     expect(page.get_by_test_id("run-status")).to_have_text("Passed", timeout=30_000)
+    assert_accessible(page)
     expect(page.get_by_test_id("next-action")).to_contain_text("ready to be requested")
     page.get_by_test_id("request-next").click()
     expect(page.get_by_test_id("approval-state")).to_have_text("pending")
+    assert_accessible(page)
     assert problems == []
     page.close()
 
@@ -161,8 +168,10 @@ def test_customer_success_maps_inline_round_trips_csv_and_hospital_it_signs_off(
     log_in(it_page, live_server.url, it_a.username, DEFAULT_PASSWORD)
     it_page.goto(f"{live_server.url}/c/{connection.code}/mapping/")
     expect(it_page.get_by_test_id("edit-code")).to_have_count(0)
+    assert_accessible(it_page)
     signed_version = version_on_page(it_page)
     it_page.get_by_test_id("gate-request-link-mapping_sign_off").click()
+    assert_accessible(it_page)
     it_page.fill("#decision-comment", "Checked against the lab's code list")
     it_page.get_by_test_id("approve").click()
     decision = it_page.get_by_test_id("approval-decision")

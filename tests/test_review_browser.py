@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, expect
 from onboarding.mapping import services as mappings
 from onboarding.models import RunStatus, StepRun, Waiver
 from portal.models import AuditEvent
-from tests.browser import log_in, reauthenticate
+from tests.browser import assert_accessible, log_in, reauthenticate
 from tests.factories import DEFAULT_PASSWORD, sign_mapping_off
 from tests.test_map_step import ready_connection, run_on_worker, set_sizes, signed_off_mapping
 from tests.test_mapping_browser import watch
@@ -56,10 +56,12 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     expect(page.locator("h1")).to_have_text("Failed validation runs")
     queue_row = page.locator(f"tr[data-run='{failed.code}']")
     expect(queue_row).to_contain_text("Alpha FHIR")
+    assert_accessible(page)
     page.select_option("select[name=rule]", "references.unresolved")
     expect(page.locator(f"tr[data-run='{failed.code}']")).to_be_visible()
     page.locator(f"tr[data-run='{failed.code}']").get_by_test_id("review-link").click()
     expect(page.get_by_test_id("review-status")).to_have_text("Failed")
+    assert_accessible(page)
 
     # Drill from a rule group to examples, then to the resource with the element highlighted.
     group = page.locator("tbody[data-rule='references.unresolved'][data-path='Observation.encounter']")
@@ -67,15 +69,18 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     group.get_by_test_id("show-examples").click()
     examples = group.get_by_test_id("example")
     expect(examples.first).to_be_visible()
+    assert_accessible(page, context="tbody[data-rule='references.unresolved'][data-path='Observation.encounter']")
     views_before = AuditEvent.objects.filter(action="phi.view").count()
     run_page = page.url
     examples.first.get_by_test_id("raw-link").click()
     expect(page.locator("h1")).to_have_text("Confirm it is you")
+    assert_accessible(page)
     assert AuditEvent.objects.filter(action="phi.view", actor=engineer).count() == views_before
     reauthenticate(page, engineer.username, DEFAULT_PASSWORD)
     expect(page.locator("h1")).to_contain_text("Raw")
     expect(page.get_by_test_id("highlight").first).to_contain_text('"encounter"')
     expect(page.get_by_test_id("raw-json")).to_contain_text('"resourceType": "')
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/review-raw.png", full_page=True)
     assert AuditEvent.objects.filter(action="phi.view", actor=engineer).count() == views_before + 1
@@ -85,6 +90,7 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     structure = page.locator("tbody[data-rule='structure.invalid']")
     structure.get_by_test_id("waive-toggle").click()
     structure.get_by_test_id("waive-reason").fill("The lab interface sends text values until its upgrade")
+    assert_accessible(page, context="tbody[data-rule='structure.invalid']")
     structure.get_by_test_id("waive-submit").click()
     expect(page.locator("tbody[data-rule='structure.invalid'] [data-testid=waived]")).to_contain_text("waived until")
     assert Waiver.objects.filter(tenant=tenant_a, rule="structure.invalid", approver=engineer).count() == 1
@@ -92,6 +98,7 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     # Re-run, on a real worker; the new run's diff shows the extension findings fixed.
     page.get_by_test_id("rerun-validate").click()
     expect(page.get_by_test_id("run-status")).to_have_text(re.compile("Passed|Failed"), timeout=60_000)
+    assert_accessible(page)
     page.get_by_test_id("open-review").click()
     expect(page.get_by_test_id("diff")).to_contain_text("attempt 1")
     fixed = page.get_by_test_id("diff-fixed-list")
@@ -100,6 +107,7 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     gone = failed.findings.filter(rule="extensions.unknown").count()
     assert gone > 0 and not second.findings.filter(rule="extensions.unknown").exists()
     expect(page.get_by_test_id("diff-fixed")).to_have_text(str(gone))
+    assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/review-rerun-diff.png", full_page=True)
     expect(page.locator("tbody[data-rule='structure.invalid'] [data-testid=waived]")).to_be_visible()
@@ -128,4 +136,5 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     other.goto(f"{live_server.url}/review/")
     expect(other.locator(f"tr[data-run='{failed.code}']")).to_have_count(0)
     expect(other.get_by_text("No failed validation runs match.")).to_be_visible()
+    assert_accessible(other)
     other.close()

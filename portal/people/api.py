@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -317,6 +317,10 @@ class DeactivateOutput(serializers.Serializer):
     tokens_revoked = serializers.IntegerField()
 
 
+STAFF_CODE = OpenApiParameter("code", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The person's code.")
+
+
+@extend_schema_view(retrieve=extend_schema(parameters=[STAFF_CODE]), deactivate=extend_schema(parameters=[STAFF_CODE]))
 class StaffViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Vendor staff: listed for those who assign them to hospitals; invited and deactivated by vendor administrators."""
 
