@@ -211,8 +211,10 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 # Raw PHI is shown only to someone who typed their password (and second factor) this recently.
 REAUTH_MAX_AGE = env_int("REAUTH_MAX_AGE", 5 * 60, minimum=30)
-# Tracebacks and error reports never carry secrets, whatever the view forgot to declare.
+# Tracebacks and error reports never carry secrets, whatever the view forgot to declare: frame locals
+# are shown by name and type only, and credential-named fields and query parameters are hidden.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "portal.reporting.SecretScrubbingFilter"
+DEFAULT_EXCEPTION_REPORTER = "portal.reporting.SecretScrubbingReporter"
 
 # Lockout (django-axes): this many wrong passwords for one user name lock that account.
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
