@@ -60,7 +60,7 @@ class SecretScrubbingFilter(SafeExceptionReporterFilter):
         # Names tell a developer what was in scope; values can be anything the request carried.
         return [(name, HiddenValue(value)) for name, value in tb_frame.f_locals.items()]
 
-    def get_safe_request_meta(self, request: HttpRequest | None) -> Any:
+    def get_safe_request_meta(self, request: HttpRequest) -> Any:
         meta = super().get_safe_request_meta(request)
         if isinstance(meta.get("QUERY_STRING"), str):
             meta["QUERY_STRING"] = self.scrubbed_query(meta["QUERY_STRING"])
