@@ -92,7 +92,7 @@ INSTALLED_APPS = [
     "template_partials",
     "guardian",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "portal",
@@ -251,7 +251,8 @@ CONTENT_SECURITY_POLICY = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # django-rest-knox: hashed tokens that expire, several per person, each revocable.
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -265,6 +266,14 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# API tokens (POST /api/v1/auth/token/) end API_TOKEN_TTL seconds after they are issued; a person
+# lists and revokes theirs on the account page or at /api/v1/auth/tokens/.
+API_TOKEN_TTL = env_int("API_TOKEN_TTL", 24 * 60 * 60, minimum=60)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(seconds=API_TOKEN_TTL),
+    "AUTO_REFRESH": False,  # a fixed lifetime: using a token does not keep it alive
+    "AUTH_HEADER_PREFIX": "Token",  # the header clients already send
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hospital onboarding portal API",
