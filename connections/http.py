@@ -15,7 +15,6 @@ import contextvars
 import email.utils
 import functools
 import ipaddress
-import json as jsonlib
 import logging
 import math
 import random
@@ -36,6 +35,7 @@ import httpcore
 import httpx
 
 from connections.errors import ErrorKind, Redactor, RemoteError, is_secret_name
+from portal import safejson
 
 logger = logging.getLogger(__name__)
 
@@ -508,7 +508,7 @@ def _looks_like_html(content: bytes, content_type: str) -> bool:
 
 def _parse_json(response: Response) -> Any:
     try:
-        return jsonlib.loads(response.content)
+        return safejson.loads(response.content)
     except ValueError as exc:
         error = _bad_json(response, exc)
     raise error
@@ -534,11 +534,22 @@ def _bad_json(response: Response, exc: ValueError) -> RemoteError:
             "The address answered with a web page, not FHIR JSON. Check the FHIR base URL.",
             detail=detail,
         )
+    if isinstance(exc, safejson.JSONTooDeep):
+        detail["json_error"] = str(exc)
+        return RemoteError(ErrorKind.BAD_PAYLOAD, too_deep_message("an answer", exc), detail=detail)
     detail["json_error"] = f"{type(exc).__name__} at position {getattr(exc, 'pos', '?')}"
     message = "The hospital's server sent JSON we could not read (it may be cut off)."
     if not response.content:
         message = "The hospital's server sent an empty answer where JSON was expected."
     return RemoteError(ErrorKind.BAD_PAYLOAD, message, detail=detail)
+
+
+def too_deep_message(what: str, exc: safejson.JSONTooDeep) -> str:
+    """The message for a hospital's JSON nested deeper than anyone reads."""
+    return (
+        f"The hospital's server sent {what} nested more than {exc.max_depth} levels deep; "
+        "no FHIR resource is, so it was refused unread."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,7 +643,10 @@ def _default_message(kind: ErrorKind) -> str:
 def _error_body_summary(body: bytes, redactor: Redactor) -> dict[str, Any]:
     """OperationOutcome diagnostics or an OAuth error code, when the body is one."""
     try:
-        data = jsonlib.loads(body)
+        data = safejson.loads(body)
+    except safejson.JSONTooDeep as exc:
+        # The status says what went wrong; the body is only left unread.
+        return {"body_error": str(exc)}
     except ValueError:
         return {}
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ from rest_framework.routers import DefaultRouter
 from connections.api import ConnectionViewSet
 from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, my_work, start_step
 from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
-from portal.api import TenantViewSet, obtain_token
+from portal.api import TenantViewSet, obtain_token, token_detail, token_list
 from portal.api_docs import SwaggerView
 from portal.notifications.api import NotificationViewSet, notification_preferences
 from portal.people.api import AssignmentViewSet, InvitationViewSet, MemberViewSet, StaffViewSet
@@ -34,6 +34,8 @@ urlpatterns = [
     path("v1/me/work/", my_work, name="api_my_work"),
     path("v1/account/notification-preferences/", notification_preferences, name="api_notification_preferences"),
     path("v1/auth/token/", obtain_token, name="api_token"),
+    path("v1/auth/tokens/", token_list, name="api_tokens"),
+    path("v1/auth/tokens/<slug:token_id>/", token_detail, name="api_token_detail"),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", SwaggerView.as_view(url_name="api_schema"), name="api_docs"),
 ]

@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from django_otp import devices_for_user
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from portal import audit, reauth, twofactor
+from portal import audit, reauth, tokens, twofactor
 from portal.access import AuthUser
 from portal.forms import OTPTokenForm, ReauthForm
 from portal.middleware import is_api_request
@@ -110,8 +110,26 @@ def account_security(request: HttpRequest) -> HttpResponse:
         {"name": device.name, "kind": type(device).__name__, "codes_left": _codes_left(device)}
         for device in devices_for_user(user, confirmed=True)
     ]
-    context = {"devices": devices, "required": twofactor.requires_two_factor(user)}
+    context = {
+        "devices": devices,
+        "required": twofactor.requires_two_factor(user),
+        "api_tokens": [
+            {"id": tokens.token_id(t), "created": t.created, "expiry": t.expiry} for t in tokens.live_tokens(user)
+        ],
+        "api_token_hours": settings.API_TOKEN_TTL / 3600,
+    }
     return render(request, "registration/account_security.html", context)
+
+
+@login_required
+@require_POST
+def revoke_api_token(request: HttpRequest, token_id: str) -> HttpResponse:
+    """End one of the person's own API tokens; someone else's is a 404, as a missing one."""
+    user = _signed_in(request)
+    token = tokens.get_own_token(user, token_id)
+    tokens.revoke_token(user=user, token=token, request=request)
+    messages.success(request, f"API token {token_id} was revoked: clients using it are refused from now on.")
+    return redirect("account_security")
 
 
 def _codes_left(device: object) -> int | None:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from knox.models import AuthToken
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.authtoken.models import Token
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal import audit, twofactor
-from portal.access import get_tenant_for_user, require_perm, tenants_for
+from portal import audit, tokens, twofactor
+from portal.access import AuthUser, get_tenant_for_user, require_perm, tenants_for
 from portal.models import Tenant, validate_timezone
 from portal.services import create_tenant, update_tenant
 
@@ -111,7 +110,25 @@ class TokenRequest(serializers.Serializer):
 
 
 class TokenResponse(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Send it as `Authorization: Token <token>`; it is shown only this once.")
+    id = serializers.CharField(help_text="Names the token in /api/v1/auth/tokens/ and on the account page.")
+    expires_at = serializers.DateTimeField(allow_null=True)
+
+
+class TokenOutput(serializers.Serializer):
+    """One of the caller's tokens; the key itself is never shown again."""
+
+    id = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField(source="created")
+    expires_at = serializers.DateTimeField(source="expiry", allow_null=True)
+    current = serializers.SerializerMethodField(help_text="Whether this request was made with this token.")
+
+    def get_id(self, token: AuthToken) -> str:
+        return tokens.token_id(token)
+
+    def get_current(self, token: AuthToken) -> bool:
+        used = self.context["request"].auth
+        return isinstance(used, AuthToken) and used.digest == token.digest
 
 
 @extend_schema(request=TokenRequest, responses={200: TokenResponse}, operation_id="auth_token_create")
@@ -139,9 +156,22 @@ def obtain_token(request: Request) -> Response:
             {"otp_token": ["Give the current code of your authenticator app (or a backup code) as otp_token."]},
             status=status.HTTP_400_BAD_REQUEST,
         )
-    with transaction.atomic():
-        token, _ = Token.objects.get_or_create(user=user)
-        audit.record(
-            action="auth.api_token_issued", actor=user, tenant=audit.home_tenant(user), request=request._request
-        )
-    return Response({"token": token.key})
+    token, key = tokens.issue_token(user=user, request=request._request)
+    return Response({"token": key, "id": tokens.token_id(token), "expires_at": token.expiry})
+
+
+@extend_schema(responses={200: TokenOutput(many=True)}, operation_id="auth_tokens_list")
+@api_view(["GET"])
+def token_list(request: Request) -> Response:
+    """The caller's live API tokens (never their keys), newest first."""
+    live = tokens.live_tokens(request.user)
+    return Response(TokenOutput(live, many=True, context={"request": request}).data)
+
+
+@extend_schema(responses={204: OpenApiResponse(description="Revoked.")}, operation_id="auth_tokens_destroy")
+@api_view(["DELETE"])
+def token_detail(request: Request, token_id: str) -> Response:
+    """Revoke one of the caller's own tokens at once (another person's is a 404, as a missing one)."""
+    token = tokens.get_own_token(request.user, token_id)
+    tokens.revoke_token(user=cast(AuthUser, request.user), token=token, request=request._request)
+    return Response(status=status.HTTP_204_NO_CONTENT)

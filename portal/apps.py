@@ -1,4 +1,5 @@
-"""App config: keeps the role groups in step with the code after every migrate, and wires audit signals."""
+"""App config: keeps the role groups in step with the code after every migrate, and wires audit signals
+and the removal of a deactivated person's API tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ class PortalConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from portal import signals
+        from portal import signals, tokens
         from portal.people import signals as people_signals
         from portal.roles import sync_role_groups
 
@@ -19,3 +20,4 @@ class PortalConfig(AppConfig):
         post_migrate.connect(sync_role_groups, dispatch_uid="portal.sync_role_groups")
         signals.connect()
         people_signals.connect()
+        tokens.connect()

@@ -1,18 +1,38 @@
-"""Error reports that never carry secrets, even from views that forgot `@sensitive_*` decorators.
+"""Error reports that never carry secrets (or patients' data), DEBUG on or off.
 
-Django's default filter hides only what views declare, and only when DEBUG is off. A connection
-form posts `secret`, a service takes `secret=`, and the embedded demo runs with DEBUG on, so this
-filter is always active and hides any POST field, local variable or dict key whose name looks
-like a credential (the same pattern Django uses for settings).
+Django's default filter hides only what views declare, and only when DEBUG is off. The embedded demo
+runs with DEBUG on, and its technical 500 page lists every frame's local variables: a crash while a
+JSON body is parsed shows the body, password and all, in the parser's and the JSON decoder's locals,
+whatever their names; a crash in a review view would show a patient's record. So this filter is
+always active:
+- frame locals are listed by name and type only, never by value;
+- POST fields, settings and request headers named like a credential are hidden (the pattern Django
+  uses for settings), and so are query parameters (``SecretScrubbingReporter``).
 """
 
 from __future__ import annotations
 
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from django.http import HttpRequest, QueryDict
-from django.views.debug import SafeExceptionReporterFilter
+from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
+
+
+class HiddenValue:
+    """Stands in for a local variable's value on an error page: its type, and its size for containers."""
+
+    def __init__(self, value: Any) -> None:
+        kind = type(value).__name__
+        try:
+            size = f", {len(value):,} long" if isinstance(value, str | bytes | list | tuple | dict | set) else ""
+        except TypeError:
+            size = ""
+        self._text = f"<{kind}{size}: value hidden>"
+
+    def __repr__(self) -> str:
+        return self._text
 
 
 class SecretScrubbingFilter(SafeExceptionReporterFilter):
@@ -23,29 +43,45 @@ class SecretScrubbingFilter(SafeExceptionReporterFilter):
         params = super().get_post_parameters(request)
         if request is None or not isinstance(params, QueryDict):
             return params
+        return self.scrubbed(params)
+
+    def get_cleansed_multivaluedict(self, request: HttpRequest, multivaluedict: Any) -> Any:
+        return self.scrubbed(super().get_cleansed_multivaluedict(request, multivaluedict))
+
+    def scrubbed(self, params: QueryDict) -> QueryDict:
+        """A copy of a QueryDict with the values of credential-named keys hidden."""
         cleansed = params.copy()
         for name in cleansed:
             if self.hidden_settings.search(name):
                 cleansed[name] = self.cleansed_substitute
         return cleansed
 
-    def get_cleansed_multivaluedict(self, request: HttpRequest, multivaluedict: Any) -> Any:
-        # request.POST held in a local variable (e.g. `data = request.POST`) is scrubbed the same way.
-        cleansed = super().get_cleansed_multivaluedict(request, multivaluedict).copy()
-        for name in cleansed:
-            if self.hidden_settings.search(name):
-                cleansed[name] = self.cleansed_substitute
-        return cleansed
-
     def get_traceback_frame_variables(self, request: HttpRequest | None, tb_frame: FrameType) -> Any:
-        return [
-            (name, self._scrub(name, value)) for name, value in super().get_traceback_frame_variables(request, tb_frame)
-        ]
+        # Names tell a developer what was in scope; values can be anything the request carried.
+        return [(name, HiddenValue(value)) for name, value in tb_frame.f_locals.items()]
 
-    def _scrub(self, name: str, value: Any) -> Any:
-        if self.hidden_settings.search(name):
-            return self.cleansed_substitute
-        if isinstance(value, dict):
-            # cleaned_data, validated_data, a service's `fields`: hide credential-named keys inside.
-            return self.cleanse_setting(name, value)
-        return value
+    def get_safe_request_meta(self, request: HttpRequest) -> Any:
+        meta = super().get_safe_request_meta(request)
+        if isinstance(meta.get("QUERY_STRING"), str):
+            meta["QUERY_STRING"] = self.scrubbed_query(meta["QUERY_STRING"])
+        return meta
+
+    def scrubbed_query(self, query: str) -> str:
+        """A query string with the values of credential-named parameters hidden."""
+        pairs = parse_qsl(query, keep_blank_values=True)
+        return urlencode([(k, self.cleansed_substitute if self.hidden_settings.search(k) else v) for k, v in pairs])
+
+
+class SecretScrubbingReporter(ExceptionReporter):
+    """Django's reporter, with the query string (GET items and the URL) scrubbed like POST fields."""
+
+    def get_traceback_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = super().get_traceback_data()
+        scrubber = self.filter if isinstance(self.filter, SecretScrubbingFilter) else SecretScrubbingFilter()
+        if self.request is not None:
+            data["request_GET_items"] = scrubber.scrubbed(self.request.GET).items()
+            uri = data.get("request_insecure_uri", "")
+            if isinstance(uri, str) and "?" in uri:
+                path, query = uri.split("?", 1)
+                data["request_insecure_uri"] = f"{path}?{scrubber.scrubbed_query(query)}"
+        return data

@@ -92,7 +92,7 @@ INSTALLED_APPS = [
     "template_partials",
     "guardian",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "portal",
@@ -213,8 +213,10 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
 # Raw PHI is shown only to someone who typed their password (and second factor) this recently.
 REAUTH_MAX_AGE = env_int("REAUTH_MAX_AGE", 5 * 60, minimum=30)
-# Tracebacks and error reports never carry secrets, whatever the view forgot to declare.
+# Tracebacks and error reports never carry secrets, whatever the view forgot to declare: frame locals
+# are shown by name and type only, and credential-named fields and query parameters are hidden.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "portal.reporting.SecretScrubbingFilter"
+DEFAULT_EXCEPTION_REPORTER = "portal.reporting.SecretScrubbingReporter"
 
 # Lockout (django-axes): this many wrong passwords for one user name lock that account.
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
@@ -254,14 +256,29 @@ CONTENT_SECURITY_POLICY = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # django-rest-knox: hashed tokens that expire, several per person, each revocable.
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's parsers, with JSON nesting capped (a body nested thousands of levels deep is a 400).
+    "DEFAULT_PARSER_CLASSES": [
+        "portal.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# API tokens (POST /api/v1/auth/token/) end API_TOKEN_TTL seconds after they are issued; a person
+# lists and revokes theirs on the account page or at /api/v1/auth/tokens/.
+API_TOKEN_TTL = env_int("API_TOKEN_TTL", 24 * 60 * 60, minimum=60)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(seconds=API_TOKEN_TTL),
+    "AUTO_REFRESH": False,  # a fixed lifetime: using a token does not keep it alive
+    "AUTH_HEADER_PREFIX": "Token",  # the header clients already send
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hospital onboarding portal API",

@@ -19,6 +19,7 @@ urlpatterns = [
     path("account/two-factor/", account_views.two_factor_verify, name="two_factor_verify"),
     path("account/two-factor/setup/", account_views.two_factor_setup, name="two_factor_setup"),
     path("account/two-factor/backup-codes/", account_views.backup_codes, name="backup_codes"),
+    path("account/tokens/<slug:token_id>/revoke/", account_views.revoke_api_token, name="api_token_revoke"),
     path("account/confirm/", account_views.reauthenticate, name="reauthenticate"),
     path("account/password/", account_views.PasswordChangeView.as_view(), name="password_change"),
     path("", include("portal.notifications.urls")),

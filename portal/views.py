@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from typing import Any
 
 from django.contrib import messages
@@ -16,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from portal import audit
+from portal import audit, csvsafe
 from portal.access import get_tenant_for_user, require_perm
 from portal.forms import COMMON_ZONES, AuditFilterForm, TenantForm
 from portal.models import AuditEvent, Tenant
@@ -124,17 +123,7 @@ def _audit_csv(request: HttpRequest, events: QuerySet[AuditEvent], *, tenant: Te
             request=request,
             detail={"format": "csv", "filters": {k: str(v) for k, v in filters.items()}, "rows": matching.count()},
         )
-    writer = csv.writer(_Echo())
-    response = StreamingHttpResponse(
-        (writer.writerow(row) for row in audit.csv_rows(matching)), content_type="text/csv"
-    )
+    response = StreamingHttpResponse(csvsafe.lines(audit.csv_rows(matching)), content_type="text/csv")
     scope = f"{tenant.code}" if tenant else "all"
     response["Content-Disposition"] = f'attachment; filename="audit-{scope}-{timezone.now():%Y%m%d-%H%M}.csv"'
     return response
-
-
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a streaming response."""
-
-    def write(self, value: str) -> str:
-        return value

@@ -84,6 +84,7 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.approval_b = _pending_approval(onboarding_b, world.extra["mapping"])
     world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
     world.extra.update(_people(tenant_a=tenant_a))
+    world.extra["foreign_token_id"] = _someone_elses_api_token()
     return world
 
 
@@ -164,6 +165,17 @@ def _notifications(*, tenant_a: Any, tenant_b: Any, run_a: StepRun, run_b: StepR
             tenant=tenant,
         )
     return {"notification_a": made["a"]}
+
+
+def _someone_elses_api_token() -> str:
+    """The id of an API token held by a person who is none of the personas: nobody may revoke it."""
+    from knox.models import AuthToken
+
+    from portal import tokens
+    from tests.factories import UserFactory
+
+    token, _ = AuthToken.objects.create(user=UserFactory(username="token-holder"))
+    return tokens.token_id(token)
 
 
 def _mapping_and_findings(onboarding: Onboarding) -> dict[str, Any]:
@@ -277,6 +289,12 @@ ROUTES: dict[str, list[Call]] = {
     "login": [public(lambda w: _r("login"), expect={"anon": 200, **everyone(200)})],
     "logout": [public(lambda w: _r("logout"), method="POST", expect={"anon": 302, **everyone(302)})],
     "account_security": [page(lambda w: _r("account_security"), expect=everyone(200))],
+    # Someone else's API token is a 404 for everyone, exactly like a missing one.
+    "api_token_revoke": [
+        page(
+            lambda w: _r("api_token_revoke", token_id=w.extra["foreign_token_id"]), method="POST", expect=everyone(404)
+        )
+    ],
     # Already verified (staff) or nothing to verify (hospital IT without a device): sent on.
     "two_factor_verify": [page(lambda w: _r("two_factor_verify"), expect=everyone(302))],
     "two_factor_setup": [page(lambda w: _r("two_factor_setup"), expect=everyone(200))],
@@ -845,6 +863,14 @@ ROUTES: dict[str, list[Call]] = {
     "api-root": [api(lambda w: "/api/v1/", expect=everyone(200))],
     "api_token": [
         public(lambda w: _r("api_token"), method="POST", data=lambda w: {}, expect={"anon": 400, **everyone(400)})
+    ],
+    "api_tokens": [api(lambda w: _r("api_tokens"), expect=everyone(200))],
+    "api_token_detail": [
+        api(
+            lambda w: _r("api_token_detail", token_id=w.extra["foreign_token_id"]),
+            method="DELETE",
+            expect=everyone(404),
+        )
     ],
     "api_schema": [api(lambda w: _r("api_schema"), expect=everyone(200))],
     "api_docs": [api(lambda w: _r("api_docs"), expect=everyone(200))],

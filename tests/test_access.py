@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from onboarding.engine import services
@@ -55,7 +55,7 @@ def test_hospital_it_of_another_tenant_gets_404_on_pages(world: dict[str, Any], 
 
 def test_hospital_it_of_another_tenant_gets_404_on_the_api(world: dict[str, Any], it_b: Any) -> None:
     api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=it_b).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=it_b)[1]}")
     for url in api_of_tenant_a(world):
         assert api.get(url).status_code == 404, url
     assert api.post(f"/api/v1/connections/{world['conn'].code}/steps/configure/start/").status_code == 404

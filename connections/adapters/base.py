@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from fhirclient.models.patient import Patient
 
 from connections.auth import AuthConfig, Authenticator, TokenInfo
 from connections.errors import ErrorKind, RemoteError
-from connections.http import DEFAULT_ACCEPT, GuardedClient
+from connections.http import DEFAULT_ACCEPT, GuardedClient, too_deep_message
+from portal import safejson
 
 SUPPORTED_FHIR_VERSION = "4.0."
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -416,7 +416,13 @@ def _security_summary(security: Mapping[str, Any]) -> dict[str, Any]:
 def _json_or_not_fhir(content: bytes, content_type: str) -> Any:
     """Parse a metadata answer: anything that is not JSON means this is not a FHIR endpoint."""
     try:
-        return json.loads(content)
+        return safejson.loads(content)
+    except safejson.JSONTooDeep as exc:
+        raise RemoteError(
+            ErrorKind.BAD_PAYLOAD,
+            too_deep_message("a CapabilityStatement", exc),
+            detail={"length": len(content), "content_type": content_type, "json_error": str(exc)},
+        ) from None
     except ValueError:
         pass
     if content.lstrip().startswith(b"{"):

@@ -198,6 +198,12 @@ def _optional_resource_type(value: Any) -> str | None:
     return value
 
 
+def _optional_deep_json(value: Any) -> str | None:
+    if value not in (None, *DEEP_JSON_PLACES):
+        raise ValueError(f"expected one of {', '.join(map(repr, DEEP_JSON_PLACES))} or null, got {value!r}")
+    return None if value is None else str(value)
+
+
 def _optional_origin(value: Any) -> str | None:
     if value is None:
         return None
@@ -206,6 +212,10 @@ def _optional_origin(value: Any) -> str | None:
         raise ValueError(f"expected an origin such as 'http://10.0.0.7:8080', got {value!r}")
     return value
 
+
+# Where the deep_json fault nests an element DEEP_JSON_LEVELS deep (hostile or broken servers do).
+DEEP_JSON_PLACES = ("metadata", "search", "error")
+DEEP_JSON_LEVELS = 50_000
 
 # The fault table: adding a fault means adding a row here and, if it acts on
 # every request, a handler in REQUEST_FAULTS below.
@@ -236,6 +246,12 @@ FAULT_SPECS: dict[str, FaultSpec] = {
     "next_link_loop": FaultSpec(False, _boolean, "Point each search Bundle's next link back at the page itself."),
     "clock_offset_s": FaultSpec(
         0, _bounded_int(-86400, 86400), "Seconds the sandbox's clock is off (Date header, SMART assertion checks)."
+    ),
+    "deep_json": FaultSpec(
+        None,
+        _optional_deep_json,
+        f"Nest an element {DEEP_JSON_LEVELS:,} levels deep in the CapabilityStatement ('metadata'), in read and "
+        "search answers ('search'), or in a 500 OperationOutcome answering every FHIR request ('error').",
     ),
 }
 
@@ -317,6 +333,12 @@ def _fault_429(values: dict[str, Any], state: FaultState) -> Response | None:
     )
 
 
+def _fault_deep_error(values: dict[str, Any], state: FaultState) -> Response | None:
+    if values["deep_json"] != "error":
+        return None
+    return _deepened(operation_outcome(500, "exception", "Simulated crash with a runaway error body."))
+
+
 def _fault_5xx(values: dict[str, Any], state: FaultState) -> Response | None:
     if not state.hit(values["rate_5xx"]):
         return None
@@ -332,6 +354,7 @@ REQUEST_FAULTS: dict[str, RequestFault] = {
     "not_fhir": _fault_not_fhir,
     "rate_429": _fault_429,
     "rate_5xx": _fault_5xx,
+    "deep_json": _fault_deep_error,
 }
 
 
@@ -372,6 +395,16 @@ def _fault_gzip_bomb(response: Response, value: Any) -> Response:
     return replace(response, body=_gzip_bomb(value), headers={**response.headers, "Content-Encoding": "gzip"})
 
 
+def _fault_deep_json(response: Response, value: Any) -> Response:
+    return _deepened(response) if value == "search" else response
+
+
+def _deepened(response: Response) -> Response:
+    """The JSON object answer with one more element, DEEP_JSON_LEVELS arrays deep (json.dumps cannot write it)."""
+    nested = b"[" * DEEP_JSON_LEVELS + b"]" * DEEP_JSON_LEVELS
+    return replace(response, body=response.body[:-1] + b',"_deep":' + nested + b"}")
+
+
 def _fault_slow_drip(response: Response, value: Any) -> Response:
     return replace(response, drip_bps=value) if value else response
 
@@ -382,6 +415,7 @@ RESPONSE_FAULTS: dict[str, ResponseFault] = {
     "truncated_json": _fault_truncated_json,
     "oversized_bytes": _fault_oversized,
     "gzip_bomb_mib": _fault_gzip_bomb,
+    "deep_json": _fault_deep_json,
     "slow_drip_bps": _fault_slow_drip,
 }
 
@@ -1106,7 +1140,8 @@ class SandboxHospital:
         statement["fhirVersion"] = self._faults.values["fhir_version"] or FHIR_VERSION
         for extension in statement["rest"][0].get("security", {}).get("extension", []):
             extension["extension"][0]["valueUri"] = base + "/oauth2/token"
-        return _json_response(200, statement)
+        response = _json_response(200, statement)
+        return _deepened(response) if self._faults.values["deep_json"] == "metadata" else response
 
     def _smart_configuration(self, base: str) -> Response:
         if self.auth not in TOKEN_MODES:

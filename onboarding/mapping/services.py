@@ -24,7 +24,7 @@ from django.http import HttpRequest
 from onboarding.gates import services as gates
 from onboarding.mapping.profile import CODE_FORMATS, ELEMENTS_BY_KEY, SYSTEM_LABELS
 from onboarding.models import Approval, Mapping, Onboarding, Step, StepRun, ValidationPolicy
-from portal import audit
+from portal import audit, csvsafe
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
 
@@ -369,23 +369,21 @@ class ImportResult:
 
 def export_csv(mapping: Mapping) -> str:
     """The mapping's code rows as CSV, in the columns the import reads back."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in mapping.codes:
-        writer.writerow(
-            [
-                row["element"],
-                row["system"],
-                row["code"],
-                row.get("display", ""),
-                row.get("count", 0),
-                row.get("target_system", ""),
-                row.get("target_code", ""),
-                row.get("target_display", ""),
-            ]
-        )
-    return out.getvalue()
+    rows = [
+        [
+            row["element"],
+            row["system"],
+            row["code"],
+            row.get("display", ""),
+            row.get("count", 0),
+            row.get("target_system", ""),
+            row.get("target_code", ""),
+            row.get("target_display", ""),
+        ]
+        for row in mapping.codes
+    ]
+    # Local codes and displays are the hospital's data and targets are typed in: defuse formulas.
+    return csvsafe.text([list(CSV_COLUMNS), *rows], lineterminator="\n")
 
 
 def import_csv(*, user: User, mapping: Mapping, data: bytes, request: HttpRequest | None = None) -> ImportResult:
@@ -480,7 +478,8 @@ def _parse_csv(data: bytes, result: ImportResult) -> list[tuple[int, dict[str, s
             if None in row:
                 result.errors.append((line, "This row has more cells than the header."))
                 continue
-            values = {k: (v or "").strip() for k, v in row.items() if k}
+            # The export quotes cells that look like formulas (portal.csvsafe): read back the value.
+            values = {k: csvsafe.undefuse((v or "").strip()) for k, v in row.items() if k}
             if not any(values.values()):
                 continue
             _check_source(line, values, seen, result)

@@ -14,7 +14,6 @@ from django.conf import settings
 from django.contrib.sessions.models import Session
 from django.http import HttpRequest
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 
 from portal.access import AuthUser
 from portal.models import UserSession
@@ -60,5 +59,5 @@ def end_sessions_and_tokens(user: AuthUser) -> Ended:
             store.delete(key)
             ended += 1
     UserSession.objects.filter(user=user).delete()
-    tokens, _ = Token.objects.filter(user=user).delete()
-    return Ended(sessions=ended, tokens=tokens)
+    # Token storage belongs to portal.tokens (django-rest-knox): it deletes whatever model is in use.
+    return Ended(sessions=ended, tokens=tokens.revoke_all_tokens(user))
