@@ -393,9 +393,8 @@ def _rate_limited(style: str, wait: int, now: float) -> Response:
         headers = {"RateLimit-Limit": "100", "RateLimit-Remaining": "0", "RateLimit-Reset": str(wait)}
     else:
         headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(now) + wait)}
-    return operation_outcome(
-        429, "throttled", f"Rate limit of 100 interactions a minute exceeded: {wait} s until the reset.", headers=headers
-    )
+    diagnostics = f"Rate limit of 100 interactions a minute exceeded: {wait} s until the reset."
+    return operation_outcome(429, "throttled", diagnostics, headers=headers)
 
 
 def _fault_5xx(values: dict[str, Any], state: FaultState) -> Response | None:
@@ -987,7 +986,8 @@ class SandboxHospital:
             self._require_get(method)
             if values["smart_config_status"]:
                 status = values["smart_config_status"]
-                return operation_outcome(status, "exception", f"Simulated error {status} reading the SMART configuration.")
+                said = f"Simulated error {status} reading the SMART configuration."
+                return operation_outcome(status, "exception", said)
             return self._smart_configuration(base)
         if relative == "oauth2/token":
             return self._token(method, headers, body)
