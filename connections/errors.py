@@ -115,11 +115,16 @@ DEFAULT_TEXT: Mapping[ErrorKind, tuple[str, str]] = {
     ),
     ErrorKind.THROTTLED: (
         "The hospital's server is limiting how fast we may call it.",
-        "Wait a few minutes and try again; if it persists, agree a higher rate limit with the hospital.",
+        "Re-run once its limit has reset (the details say when, if the server said); if it keeps happening, "
+        "agree a higher rate limit with the hospital or use a smaller sample.",
     ),
     ErrorKind.SERVER_ERROR: (
         "The hospital's server had an internal error.",
-        "Try again later; if it persists, send the hospital's IT team the time and the request shown in the details.",
+        # Only the statuses that say "unavailable for now" (502, 503, 504) get this hint; the client
+        # gives a plain 500 one that does not promise a retry will help.
+        "The server, or a gateway in front of it, said it is unavailable on every attempt: if the hospital has "
+        "maintenance under way, re-run afterwards; otherwise send their IT team the time and the request shown in "
+        "the details.",
     ),
     ErrorKind.BAD_PAYLOAD: (
         "The hospital's server sent an answer we could not read.",
