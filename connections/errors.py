@@ -57,6 +57,7 @@ class ErrorKind(enum.StrEnum):
     SERVER_ERROR = "server_error"
     BAD_PAYLOAD = "bad_payload"
     NOT_FHIR = "not_fhir"
+    NO_CAPABILITY_STATEMENT = "no_capability_statement"
     WRONG_VERSION = "wrong_version"
     BAD_REQUEST = "bad_request"
     UNSUPPORTED = "unsupported"
@@ -133,6 +134,13 @@ DEFAULT_TEXT: Mapping[ErrorKind, tuple[str, str]] = {
     ErrorKind.NOT_FHIR: (
         "This address does not look like a FHIR server.",
         "Check the FHIR base URL: it usually ends in something like /fhir/r4, not a login or portal page.",
+    ),
+    ErrorKind.NO_CAPABILITY_STATEMENT: (
+        "The server answers FHIR, but /metadata is not a CapabilityStatement.",
+        "The base URL is probably right: the server answered FHIR. Ask the hospital whether it publishes its "
+        "CapabilityStatement elsewhere; if it has none, choose “Continue without a CapabilityStatement” on the "
+        "connection and re-run configure: the checks that need it are skipped and listed, and the test step's "
+        "searches show what the server supports.",
     ),
     ErrorKind.WRONG_VERSION: (
         "The hospital's server speaks a FHIR version we do not support (we need R4, 4.0.x).",
