@@ -32,7 +32,14 @@ from django.utils import timezone
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from onboarding.mapping import services as mappings
-from onboarding.mapping.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
+from onboarding.mapping.profile import (
+    ELEMENTS_BY_TYPE,
+    KNOWN_SYSTEM_LABELS,
+    SYSTEM_LABELS,
+    best_coding,
+    codings,
+    is_mrn_typed,
+)
 from onboarding.models import Mapping, Severity, StepRun
 from onboarding.review import services as review
 from onboarding.review.services import NewFinding
@@ -291,14 +298,16 @@ class Validator:
             ):
                 continue
             system = str(coding.get("system") or "")
-            label = SYSTEM_LABELS.get(system) or system or "no system"
+            known = SYSTEM_LABELS.get(system) or KNOWN_SYSTEM_LABELS.get(system)
+            what = f"{known} code" if known else "Local code"
+            label = known or system or "no system"
             found.append(
                 _f(
                     ERROR,
                     "codes.unmapped-local",
                     resource_type,
                     element.key,
-                    f"Local code {coding.get('code')} ({label}) is not mapped to {element.accepted_labels}: "
+                    f"{what} {coding.get('code')} ({label}) is not mapped to {element.accepted_labels}: "
                     "add it to the mapping.",
                     f"{element.json_name}.coding[{all_codings.index(coding)}]",
                 )
