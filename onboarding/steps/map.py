@@ -77,11 +77,12 @@ class MapStep(StepModule):
         onboarding = run.onboarding
         size = mappings.policy_for(onboarding.tenant).map_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")
-        types = ClinicalTypes(ctx, verb="profiled")
         builder = ProfileBuilder(vendor_mrn_systems=ctx.adapter.mrn_systems())
         progress = Progress(ctx, size, "Profiled")
         done = 0
+        types: ClinicalTypes | None = None
         try:
+            types = ClinicalTypes(ctx, verb="profiled")
             for patient in ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
                 builder.add(patient)
                 patient_id = str(patient.get("id") or "")
@@ -92,7 +93,7 @@ class MapStep(StepModule):
                 progress(done)
         except RemoteError as exc:
             # No mapping version from a part of the sample: it would drop the codes not seen yet.
-            partial = {"patients": done, "types_skipped": types.skipped, **pull_report(ctx)}
+            partial = {"patients": done, "types_skipped": types.skipped if types else [], **pull_report(ctx)}
             return stopped_outcome(ctx, exc, done=done, size=size, verb="profiled", summary=partial)
         if builder.patients < size:
             progress(builder.patients, final=True)  # the server had fewer patients than asked

@@ -63,6 +63,9 @@ class TestStep(StepModule):
                 )
             state["page"] = page
             state["patient_id"] = page.patients[0].id
+            # The page's last patient for the Observation search: a server that ignores `patient=` answers in
+            # its own order, which usually starts with the first patient's resources and would hide the fault.
+            state["observed_id"] = page.patients[-1].id
             return f"{page.returned} patients on the first page, as asked (_count={page.asked})"
 
         def follow_next_page() -> str:
@@ -73,7 +76,7 @@ class TestStep(StepModule):
             return mrn_detail(ctx, patient)
 
         def search_observations() -> str:
-            patient_id = state["patient_id"]
+            patient_id = state["observed_id"]
             observations = ctx.adapter.search_clinical("Observation", patient_id, count=OBSERVATION_PAGE)
             owners = [owner_id(r) for r in observations]
             foreign = [owner for owner in owners if owner is not None and owner != patient_id]

@@ -457,14 +457,15 @@ class ValidateStep(StepModule):
         sink = review.FindingSink(run)
         size = policy.validate_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")
-        types = ClinicalTypes(ctx, verb="validated")
         checked: list[str] = []  # pseudonymous keys of the patients checked to the end, for the diff
+        types: ClinicalTypes | None = None
         try:
+            types = ClinicalTypes(ctx, verb="validated")
             self._pull(ctx, validator, sink, size, types, checked)
         except RemoteError as exc:
             sink.flush()
             # A partial run says how far it got; its findings stand, and its diff compares only those patients.
-            partial = _summary(run, validator, sink, policy, types.skipped, checked, ctx)
+            partial = _summary(run, validator, sink, policy, types.skipped if types else [], checked, ctx)
             return stopped_outcome(ctx, exc, done=len(checked), size=size, verb="validated", summary=partial)
         sink.flush()
         return _outcome(run, policy, _summary(run, validator, sink, policy, types.skipped, checked, ctx))
