@@ -487,3 +487,48 @@ def test_a_throttling_wait_beyond_the_runs_time_fails_with_the_time_it_needed(
     assert run.error_detail["would_need_s"] == 53.0
     assert run.error_detail["throttling"]["throttled"] == 1
     assert "wait a few minutes" not in run.error_hint.lower()
+
+
+def test_a_wildcard_granted_type_by_type_is_not_reported_missing(
+    ready: dict[str, Any], sandboxes: dict[str, Any]
+) -> None:
+    from connections.auth import missing_scopes
+
+    epic = sandboxes["epic"]
+    epic.set_faults(per_type_scopes=True)
+    conn = sandbox_connection(ready["tenant"], epic, **AUTH_BY_FLAVOUR["epic"], token_url=epic.token_url)
+    assert run_now(conn, "configure", ready["user"]).status == RunStatus.PASSED
+    test = run_now(conn, "test", ready["user"])
+    assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
+    assert test.result["credential"]["scopes"] == [
+        f"system/{t}.read" for t in ("Patient", "Observation", "Condition", "Encounter")
+    ]
+    assert test.result["credential"]["missing_scopes"] == []
+    assert "not granted" not in check_of(test, "auth")["detail"]
+    # A type the product reads that the server left out is named, not the wildcard.
+    assert missing_scopes(["system/*.read"], ("system/Patient.read", "system/Observation.rs")) == (
+        "system/Condition.read",
+        "system/Encounter.read",
+    )
+    assert missing_scopes(["system/*.read"], ("user/Patient.read",)) == ("system/*.read",)
+    assert missing_scopes(["system/*.read", "launch"], ("system/*.read",)) == ("launch",)
+
+
+def test_the_token_url_found_by_discovery_is_shown_on_the_connection(
+    ready: dict[str, Any], sandboxes: dict[str, Any]
+) -> None:
+    from tests.conftest import client_for
+
+    epic = sandboxes["epic"]
+    conn = sandbox_connection(ready["tenant"], epic, **AUTH_BY_FLAVOUR["epic"], token_url="")
+    client = client_for(ready["user"])
+    before = client.get(f"/c/{conn.code}/").content.decode()
+    assert "run configure to see it" in before
+    configure = run_now(conn, "configure", ready["user"])
+    assert configure.status == RunStatus.PASSED
+    page = client.get(f"/c/{conn.code}/").content.decode()
+    assert f"<code>{epic.token_url}</code> (discovered from .well-known/smart-configuration" in page
+    test = run_now(conn, "test", ready["user"])
+    assert test.result["credential"]["token_url"] == epic.token_url
+    assert test.result["credential"]["token_url_source"] == "discovered"
+    assert epic.token_url in client.get(f"/runs/{test.code}/").content.decode()

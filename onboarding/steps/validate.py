@@ -299,16 +299,15 @@ class Validator:
                 continue
             system = str(coding.get("system") or "")
             known = SYSTEM_LABELS.get(system) or KNOWN_SYSTEM_LABELS.get(system)
-            what = f"{known} code" if known else "Local code"
-            label = known or system or "no system"
+            code = coding.get("code")
+            what = f"{known} code {code}" if known else f"Local code {code} ({system or 'no system'})"
             found.append(
                 _f(
                     ERROR,
                     "codes.unmapped-local",
                     resource_type,
                     element.key,
-                    f"{what} {coding.get('code')} ({label}) is not mapped to {element.accepted_labels}: "
-                    "add it to the mapping.",
+                    f"{what} is not mapped to {element.accepted_labels}: add it to the mapping.",
                     f"{element.json_name}.coding[{all_codings.index(coding)}]",
                 )
             )
