@@ -19,7 +19,13 @@ from connections import forms
 from connections.keys import ALGORITHMS
 from connections.models import AuthMethod, EHRConnection, Environment
 from connections.selectors import connections_for
-from connections.services import EDITABLE_FIELDS, create_connection, generate_key_pair, update_connection
+from connections.services import (
+    EDITABLE_FIELDS,
+    create_connection,
+    generate_key_pair,
+    set_without_capability_statement,
+    update_connection,
+)
 from portal.access import get_tenant_for_user, require_perm
 from portal.api import django_errors
 
@@ -50,6 +56,7 @@ class ConnectionOutput(serializers.ModelSerializer):
             "scope",
             "mrn_system",
             "extra_search_params",
+            "without_capability_statement",
             "has_secret",
             "secret_updated_at",
             "has_key",
@@ -112,6 +119,13 @@ class GenerateKeyInput(serializers.Serializer):
     algorithm = serializers.ChoiceField(choices=list(ALGORITHMS), default="RS384")
     replace = serializers.BooleanField(
         default=False, help_text="Must be true to replace an existing key pair; the old key stops working at once."
+    )
+
+
+class CapabilityStatementInput(serializers.Serializer):
+    continue_without = serializers.BooleanField(
+        help_text="True: go on without a CapabilityStatement (configure skips and lists the checks that need it); "
+        "false: require one again."
     )
 
 
@@ -183,6 +197,22 @@ class ConnectionViewSet(
         except DjangoValidationError as exc:
             raise django_errors(exc) from None
         return Response(ConnectionOutput(connection).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=CapabilityStatementInput, responses=ConnectionOutput)
+    @action(detail=True, methods=["post"], url_path="capability-statement")
+    def capability_statement(self, request: Request, code: str | None = None) -> Response:
+        """Choose to go on without a CapabilityStatement for a server that has none, or require one again (audited)."""
+        connection = self.get_object()
+        require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
+        data = CapabilityStatementInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        connection = set_without_capability_statement(
+            user=request.user,
+            connection=connection,
+            enabled=data.validated_data["continue_without"],
+            request=request._request,
+        )
+        return Response(ConnectionOutput(connection).data)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         connection = self.get_object()

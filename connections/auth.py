@@ -418,6 +418,41 @@ def _parse_token(body: Any, obtained_at: float, requested_scope: str) -> tuple[s
         expires_in=max(0, expires_in),
         scopes=scopes,
         obtained_at=obtained_at,
-        missing_scopes=tuple(s for s in requested_scope.split() if s not in scopes),
+        missing_scopes=missing_scopes(requested_scope.split(), scopes),
     )
     return body["access_token"], info
+
+
+# The resource types the product reads, so a wildcard asked for is granted when each of them is.
+PRODUCT_RESOURCE_TYPES = ("Patient", "Observation", "Condition", "Encounter")
+# SMART v1 "read" and v2 "rs" (read and search) grant the same reads; "*" grants everything.
+_READ_ACCESS = {"read": ("read", "rs", "*", "cruds"), "rs": ("read", "rs", "*", "cruds"), "*": ("*",)}
+
+
+def missing_scopes(requested: list[str], granted: tuple[str, ...]) -> tuple[str, ...]:
+    """The requested scopes the token does not carry, as narrowly as can be said.
+
+    A server may answer a wildcard (``system/*.read``) with one scope per resource type. The wildcard
+    then counts as granted when every type the product reads was granted, and otherwise the missing
+    types are named (``system/Encounter.read``), never the wildcard that was in fact mostly granted.
+    """
+    have = set(granted)
+    missing: list[str] = []
+    for scope in requested:
+        if scope in have:
+            continue
+        context, _, rest = scope.partition("/")
+        resource_type, _, access = rest.partition(".")
+        if resource_type != "*" or not context or access not in _READ_ACCESS:
+            missing.append(scope)
+            continue
+        if not any(g.startswith(f"{context}/") for g in have):
+            missing.append(scope)  # nothing of this context was granted: the wildcard itself is missing
+            continue
+        covers = _READ_ACCESS[access]
+        missing.extend(
+            f"{context}/{rtype}.{access}"
+            for rtype in PRODUCT_RESOURCE_TYPES
+            if not any(f"{context}/{rtype}.{a}" in have or f"{context}/*.{a}" in have for a in covers)
+        )
+    return tuple(missing)

@@ -57,6 +57,7 @@ class ErrorKind(enum.StrEnum):
     SERVER_ERROR = "server_error"
     BAD_PAYLOAD = "bad_payload"
     NOT_FHIR = "not_fhir"
+    NO_CAPABILITY_STATEMENT = "no_capability_statement"
     WRONG_VERSION = "wrong_version"
     BAD_REQUEST = "bad_request"
     UNSUPPORTED = "unsupported"
@@ -115,11 +116,16 @@ DEFAULT_TEXT: Mapping[ErrorKind, tuple[str, str]] = {
     ),
     ErrorKind.THROTTLED: (
         "The hospital's server is limiting how fast we may call it.",
-        "Wait a few minutes and try again; if it persists, agree a higher rate limit with the hospital.",
+        "Re-run once its limit has reset (the details say when, if the server said); if it keeps happening, "
+        "agree a higher rate limit with the hospital or use a smaller sample.",
     ),
     ErrorKind.SERVER_ERROR: (
         "The hospital's server had an internal error.",
-        "Try again later; if it persists, send the hospital's IT team the time and the request shown in the details.",
+        # Only the statuses that say "unavailable for now" (502, 503, 504) get this hint; the client
+        # gives a plain 500 one that does not promise a retry will help.
+        "The server, or a gateway in front of it, said it is unavailable on every attempt: if the hospital has "
+        "maintenance under way, re-run afterwards; otherwise send their IT team the time and the request shown in "
+        "the details.",
     ),
     ErrorKind.BAD_PAYLOAD: (
         "The hospital's server sent an answer we could not read.",
@@ -128,6 +134,13 @@ DEFAULT_TEXT: Mapping[ErrorKind, tuple[str, str]] = {
     ErrorKind.NOT_FHIR: (
         "This address does not look like a FHIR server.",
         "Check the FHIR base URL: it usually ends in something like /fhir/r4, not a login or portal page.",
+    ),
+    ErrorKind.NO_CAPABILITY_STATEMENT: (
+        "The server answers FHIR, but /metadata is not a CapabilityStatement.",
+        "The base URL is probably right: the server answered FHIR. Ask the hospital whether it publishes its "
+        "CapabilityStatement elsewhere; if it has none, choose “Continue without a CapabilityStatement” on the "
+        "connection and re-run configure: the checks that need it are skipped and listed, and the test step's "
+        "searches show what the server supports.",
     ),
     ErrorKind.WRONG_VERSION: (
         "The hospital's server speaks a FHIR version we do not support (we need R4, 4.0.x).",

@@ -97,6 +97,34 @@ class OutboundPolicy:
 
 
 @dataclass
+class ClientStats:
+    """What one client met: how often the hospital throttled it and how long it waited before retrying.
+
+    Counted per client, so a step that reads them from its adapter's client sees its own run's figures.
+    """
+
+    requests: int = 0
+    throttled: int = 0  # answers 429
+    retries: int = 0
+    waited_s: float = 0.0  # back-off and Retry-After waits, all causes
+    throttle_waited_s: float = 0.0  # the part of it spent waiting out a 429
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy, waits rounded to tenths of a second."""
+        return {
+            "requests": self.requests,
+            "throttled": self.throttled,
+            "retries": self.retries,
+            "waited_s": round(self.waited_s, 1),
+            "throttle_waited_s": round(self.throttle_waited_s, 1),
+        }
+
+
+# A server-requested wait must leave this much of the run's time for the retried request itself.
+WAIT_MARGIN_S = 5.0
+
+
+@dataclass
 class Response:
     """A fully read, size-checked answer."""
 
@@ -624,6 +652,11 @@ def _status_error(response: httpx.Response, body: bytes, redactor: Redactor) -> 
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     if retry_after is not None:
         detail["retry_after"] = retry_after
+    elif status in RETRYABLE_STATUSES:
+        # Many API gateways say when the quota resets in RateLimit fields instead of Retry-After.
+        reset = parse_rate_limit_reset(response.headers)
+        if reset is not None:
+            detail["retry_after"], detail["retry_after_source"] = reset
     if response.headers.get("date"):
         # The server's clock, so a refused signed assertion can be blamed on clock skew.
         detail["server_date"] = response.headers["date"][:64]
@@ -633,7 +666,19 @@ def _status_error(response: httpx.Response, body: bytes, redactor: Redactor) -> 
     said = summary.get("diagnostics") or [summary.get("oauth_error_description", "")]
     if said and said[0]:
         message = f"{_default_message(_status_kind(status))} The server said: {said[0]}"
-    return RemoteError(_status_kind(status), message, detail=detail)
+    kind = _status_kind(status)
+    return RemoteError(kind, message, hint=_status_hint(kind, status), detail=detail)
+
+
+def _status_hint(kind: ErrorKind, status: int) -> str | None:
+    """A hint for what this status means; "try again later" only where trying again can help."""
+    if kind is ErrorKind.SERVER_ERROR and status not in RETRYABLE_STATUSES:
+        return (
+            f"The server failed this request with an internal error (HTTP {status}); the same request usually "
+            "fails the same way until the hospital fixes it. Send the hospital's IT team the time and the request "
+            "shown in the details."
+        )
+    return None
 
 
 def _default_message(kind: ErrorKind) -> str:
@@ -687,6 +732,65 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None or when.tzinfo is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# An X-RateLimit-Reset above this is a moment (epoch seconds) rather than a number of seconds to wait.
+_EPOCH_FLOOR = 1_000_000_000
+
+
+def parse_rate_limit_reset(headers: Mapping[str, str], now: float | None = None) -> tuple[float, str] | None:
+    """Seconds until a throttling server's quota resets, and the field that said so, when no Retry-After did.
+
+    Understands the IETF RateLimit field (``RateLimit: "fhirInteractions";r=0;t=53``, the quota's
+    remaining ``r`` and seconds to reset ``t``; the wait is the longest ``t`` of an exhausted quota),
+    the older drafts' ``RateLimit-Reset: 53`` and ``RateLimit: limit=100, remaining=0, reset=53``, and
+    the common ``X-RateLimit-Reset``, in seconds or as an epoch moment.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    field = lowered.get("ratelimit")
+    if field:
+        wait = _ietf_rate_limit_wait(field)
+        if wait is not None:
+            return wait, "RateLimit"
+    for name in ("ratelimit-reset", "x-ratelimit-reset"):
+        seconds = _finite(lowered.get(name, ""))
+        if seconds is None:
+            continue
+        if seconds > _EPOCH_FLOOR * 1000:  # milliseconds since the epoch
+            seconds = seconds / 1000
+        if seconds > _EPOCH_FLOOR:
+            seconds -= time.time() if now is None else now
+        return max(0.0, seconds), {"ratelimit-reset": "RateLimit-Reset", "x-ratelimit-reset": "X-RateLimit-Reset"}[name]
+    return None
+
+
+def _ietf_rate_limit_wait(field: str) -> float | None:
+    items = [item.strip() for item in field.split(",") if item.strip()]
+    if items and all("=" in item.split(";")[0] for item in items):
+        # The older drafts' dictionary: "limit=100, remaining=0, reset=53".
+        values = {key.strip().lower(): value for key, _, value in (item.partition("=") for item in items)}
+        reset = _finite(values.get("reset", ""))
+        return None if reset is None else max(0.0, reset)
+    exhausted: list[float] = []
+    waits: list[float] = []
+    for item in items:
+        params = {key.strip().lower(): value for key, _, value in (p.partition("=") for p in item.split(";")[1:])}
+        seconds = _finite(params.get("t", ""))
+        if seconds is None:
+            continue
+        waits.append(max(0.0, seconds))
+        if _finite(params.get("r", "")) == 0:
+            exhausted.append(max(0.0, seconds))
+    chosen = exhausted or waits
+    return max(chosen) if chosen else None
+
+
+def _finite(value: str) -> float | None:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _secrets_in(headers: Mapping[str, str] | None, *bodies: Any) -> list[str]:
@@ -763,6 +867,10 @@ class GuardedClient:
     ) -> None:
         self._policy = policy
         self._sleep = sleep
+        self.stats = ClientStats()
+        # When the work this client serves must end (time.monotonic()); a server-requested wait that
+        # would not fit is refused at once, with the wait it asked for. None: policy.max_retry_after caps it.
+        self.wait_deadline: float | None = None
         self._dns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="guarded-dns")
         backend = _PinnedBackend(policy, resolver or default_resolver, self._dns_pool)
         self._http = httpx.Client(
@@ -820,6 +928,7 @@ class GuardedClient:
         attempts = 0
         while True:
             attempts += 1
+            self.stats.requests += 1
             error: RemoteError | None = None
             try:
                 response = self._attempt(method, url, headers, params, data, json, expect_json, redactor)
@@ -847,10 +956,16 @@ class GuardedClient:
                 },
             )
             self._log(method, safe_url, error.status, elapsed_ms, attempts, error.kind)
+            if error.status == 429:
+                self.stats.throttled += 1
             wait = self._next_wait(error, attempts)
             if isinstance(wait, RemoteError):
                 raise wait
             waits.append(wait)
+            self.stats.retries += 1
+            self.stats.waited_s += wait
+            if error.status == 429:
+                self.stats.throttle_waited_s += wait
             self._sleep(wait)
 
     def _next_wait(self, error: RemoteError, attempts: int) -> float | RemoteError:
@@ -860,18 +975,37 @@ class GuardedClient:
             return error
         retry_after = error.detail.get("retry_after")
         if retry_after is not None:
-            if retry_after > self._policy.max_retry_after:
-                return RemoteError(
-                    ErrorKind.THROTTLED,
-                    f"The hospital's server asked us to wait {retry_after:.0f} seconds before "
-                    f"trying again, longer than the {self._policy.max_retry_after:.0f} seconds we "
-                    "wait.",
-                    detail=error.detail,
-                )
-            return float(retry_after)
+            return self._server_wait(error, float(retry_after))
         # Exponential back-off with full jitter, so many workers retrying do not stampede.
         ceiling = min(self._policy.backoff_max, self._policy.backoff_base * 2 ** (attempts - 1))
         return random.uniform(0, ceiling)
+
+    def _server_wait(self, error: RemoteError, wait: float) -> float | RemoteError:
+        """Honour a wait the server asked for if it fits the time left; otherwise say what it would have needed."""
+        source = error.detail.get("retry_after_source", "Retry-After")
+        kind = ErrorKind.THROTTLED if error.status == 429 else error.kind
+        if self.wait_deadline is None:
+            if wait <= self._policy.max_retry_after:
+                return wait
+            return RemoteError(
+                kind,
+                f"The hospital's server asked us to wait {wait:.0f} seconds before trying again ({source}), "
+                f"longer than the {self._policy.max_retry_after:.0f} seconds we wait.",
+                hint=f"Re-run after {wait:.0f} seconds; if it keeps happening, agree a higher rate limit with the "
+                "hospital.",
+                detail={**error.detail, "would_need_s": round(wait, 1)},
+            )
+        left = self.wait_deadline - time.monotonic() - WAIT_MARGIN_S
+        if wait <= left:
+            return wait
+        return RemoteError(
+            kind,
+            f"The hospital's server is throttling us and asked us to wait {wait:.0f} s ({source}), but this run "
+            f"has only {max(0.0, left):.0f} s left before its time limit: it would have needed {wait:.0f} s more.",
+            hint=f"Re-run once the hospital's limit has reset (in {wait:.0f} s), with a smaller sample, or agree a "
+            "higher rate limit with the hospital.",
+            detail={**error.detail, "would_need_s": round(wait, 1), "time_left_s": round(max(0.0, left), 1)},
+        )
 
     def _attempt(
         self,

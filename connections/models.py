@@ -74,6 +74,12 @@ class EHRConnection(models.Model):
         "ah-practice=Organization/a-1.Practice-195900.",
     )
     secret_updated_at = models.DateTimeField(null=True, blank=True)
+    # Some servers publish no CapabilityStatement. Choosing to go on without one is explicit and
+    # audited (connections.services.set_without_capability_statement); configure then skips, and
+    # lists, the checks that need it.
+    without_capability_statement = models.BooleanField(
+        default=False, verbose_name="continue without a CapabilityStatement"
+    )
     # SMART Backend Services: the portal makes the key pair. The private key is write-only (never
     # rendered or serialised); the public JWK is what the hospital registers.
     private_key = EncryptedTextField(blank=True, verbose_name="private key (PEM)")

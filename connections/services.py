@@ -15,6 +15,7 @@ from django.utils import timezone
 from connections import keys
 from connections.adapters import ConnectionConfig, FHIRAdapter, get_adapter
 from connections.auth import AuthConfig, with_discovery
+from connections.errors import RemoteError
 from connections.http import GuardedClient, OutboundPolicy
 from connections.models import AuthMethod, EHRConnection
 from portal import audit
@@ -82,7 +83,19 @@ def build_adapter(connection: EHRConnection) -> FHIRAdapter:
     adapter = get_adapter(config, client)
     needs_discovery = config.auth.needs_token and not config.auth.token_url
     if needs_discovery or config.auth.method == AuthMethod.SMART_BACKEND:
-        auth = with_discovery(config.auth, adapter.smart_configuration())
+        try:
+            smart = adapter.smart_configuration()
+        except RemoteError as exc:
+            if not needs_discovery:
+                raise
+            raise RemoteError(
+                exc.kind,
+                f"The token URL is read from .well-known/smart-configuration, which could not be read: {exc.message}",
+                hint="Set the token URL on the connection (the hospital's documentation gives it) so it need not be "
+                "discovered, or ask the hospital's IT team to fix the document.",
+                detail=exc.detail,
+            ) from None
+        auth = with_discovery(config.auth, smart)
         if auth != config.auth:
             adapter = get_adapter(replace(config, auth=auth), client)
     return adapter
@@ -211,5 +224,31 @@ def generate_key_pair(
         obj=connection,
         request=request,
         detail={"algorithm": pair.algorithm, "key_id": pair.key_id, "replaced_key_id": replaced or None},
+    )
+    return connection
+
+
+@transaction.atomic
+def set_without_capability_statement(
+    *, user: User, connection: EHRConnection, enabled: bool, request: HttpRequest | None = None
+) -> EHRConnection:
+    """Choose to go on without a CapabilityStatement (for a server that has none), or to require one again.
+
+    Its own audit event: a security reviewer should see who decided that the portal may skip the
+    checks a CapabilityStatement makes possible.
+    """
+    require_perm(user, "connections.change_ehrconnection", connection.tenant)
+    connection = EHRConnection.objects.select_for_update().get(pk=connection.pk)
+    if connection.without_capability_statement == enabled:
+        return connection
+    connection.without_capability_statement = enabled
+    connection.save(update_fields=["without_capability_statement", "updated_at"])
+    audit.record(
+        action="connection.capability_statement_" + ("skipped" if enabled else "required"),
+        actor=user,
+        tenant=connection.tenant,
+        obj=connection,
+        request=request,
+        detail={"without_capability_statement": enabled},
     )
     return connection

@@ -10,11 +10,16 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from connections.forms import ConnectionForm, KeyPairForm
 from connections.selectors import get_connection_for_user
-from connections.services import create_connection, generate_key_pair, update_connection
+from connections.services import (
+    create_connection,
+    generate_key_pair,
+    set_without_capability_statement,
+    update_connection,
+)
 from portal.access import get_tenant_for_user, require_perm
 
 
@@ -103,6 +108,26 @@ def smart_key(request: HttpRequest, code: str) -> HttpResponse:
         "connections/smart_key.html",
         {"form": form, "connection": connection, "tenant": connection.tenant},
     )
+
+
+@login_required
+@require_POST
+def capability_statement_choice(request: HttpRequest, code: str) -> HttpResponse:
+    """Go on without a CapabilityStatement (a server that has none), or require one again; audited."""
+    connection = get_connection_for_user(request.user, code)
+    enabled = request.POST.get("continue_without") == "1"
+    connection = set_without_capability_statement(
+        user=request.user, connection=connection, enabled=enabled, request=request
+    )
+    if enabled:
+        messages.success(
+            request,
+            "This connection goes on without a CapabilityStatement. Re-run configure: it skips, and lists, the "
+            "checks that need one.",
+        )
+    else:
+        messages.success(request, "This connection requires a CapabilityStatement again. Re-run configure.")
+    return redirect("connection_detail", code=connection.code)
 
 
 @login_required

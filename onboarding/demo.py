@@ -71,11 +71,16 @@ def seed() -> list[tuple[str, str]]:
     return made
 
 
-def backup_codes(count: int = 5) -> dict[str, list[str]]:
+# Each backup code signs in once, and a person trying the demo signs in again and again.
+BACKUP_CODES = 10
+
+
+def backup_codes(count: int = BACKUP_CODES) -> dict[str, list[str]]:
     """Fresh single-use backup codes for each demo user who needs a second factor.
 
     Vendor staff must pass two-factor authentication; a person trying the demo has no authenticator
-    app set up, so each start prints new codes (the old ones stop working).
+    app set up, so each start prints new codes (the old ones stop working), and ``manage.py demo
+    --codes`` prints new ones while the demo runs.
     """
     User = get_user_model()
     codes = {}

@@ -14,7 +14,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from portal import audit, tokens, twofactor
+from portal import tokens, twofactor
 from portal.access import AuthUser, get_tenant_for_user, require_perm, tenants_for
 from portal.models import Tenant, validate_timezone
 from portal.services import create_tenant, update_tenant

@@ -338,6 +338,15 @@ ROUTES: dict[str, list[Call]] = {
     "connection_jwks": [
         page(lambda w: _r("connection_jwks", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
     ],
+    "connection_capability_statement": [
+        page(
+            lambda w: _r("connection_capability_statement", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"continue_without": "1"},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
     "connection_detail": [
         page(lambda w: _r("connection_detail", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
     ],
@@ -922,6 +931,15 @@ ROUTES: dict[str, list[Call]] = {
     ],
     "connection-jwks": [
         api(lambda w: f"/api/v1/connections/{w.conn_a.code}/jwks/", owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "connection-capability-statement": [
+        api(
+            lambda w: f"/api/v1/connections/{w.conn_a.code}/capability-statement/",
+            method="POST",
+            data=lambda w: {"continue_without": True},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
     ],
     "connection-generate-key": [
         api(

@@ -42,6 +42,7 @@ from connections.http import (
     check_url,
     default_resolver,
     is_public_address,
+    parse_rate_limit_reset,
     parse_retry_after,
 )
 
@@ -576,6 +577,93 @@ def test_retry_after_beyond_the_cap_gives_up_throttled(server: LoopbackServer, s
     error = raises(lambda: make_client(server, sleeps=sleeps, max_retry_after=30).get_json(server.url("/p")))
     assert error.kind is ErrorKind.THROTTLED and "120 seconds" in error.message
     assert sleeps == [] and server.hits["/p"] == 1
+
+
+# --- Throttling: RateLimit fields, the run's deadline, and the counts ------------------------------
+
+
+def test_rate_limit_fields_parsing() -> None:
+    now = 1_800_000_000.0
+    assert parse_rate_limit_reset({"RateLimit": '"fhirInteractions";r=0;t=53'}) == (53.0, "RateLimit")
+    # Several quotas: the wait is the longest one among those used up.
+    assert parse_rate_limit_reset({"RateLimit": '"burst";r=5;t=1, "day";r=0;t=3600'})[0] == 3600.0
+    assert parse_rate_limit_reset({"RateLimit": "limit=100, remaining=0, reset=20"})[0] == 20.0
+    assert parse_rate_limit_reset({"RateLimit-Reset": "7"}) == (7.0, "RateLimit-Reset")
+    assert parse_rate_limit_reset({"X-RateLimit-Reset": "12"}, now=now) == (12.0, "X-RateLimit-Reset")
+    assert parse_rate_limit_reset({"X-RateLimit-Reset": str(int(now) + 45)}, now=now) == (45.0, "X-RateLimit-Reset")
+    in_ms = {"X-RateLimit-Reset": str(int(now + 9) * 1000)}
+    assert parse_rate_limit_reset(in_ms, now=now) == (9.0, "X-RateLimit-Reset")
+    for useless in ({}, {"RateLimit": "garbage"}, {"RateLimit-Reset": "soon"}, {"X-RateLimit-Reset": "nan"}):
+        assert parse_rate_limit_reset(useless) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"RateLimit": '"fhirInteractions";r=0;t=4', "RateLimit-Policy": '"fhirInteractions";q=100;w=60'},
+        {"RateLimit-Reset": "4"},
+        {"X-RateLimit-Reset": "4"},
+    ],
+)
+def test_without_retry_after_the_rate_limit_fields_say_how_long_to_wait(
+    server: LoopbackServer, sleeps: list[float], headers: dict[str, str]
+) -> None:
+    server.routes["/p"] = sequence(status(429, **headers), ok())
+    client = make_client(server, sleeps=sleeps)
+    response = client.get_json(server.url("/p"))
+    # One wait of what the server said, not three quick back-offs.
+    assert response.attempts == 2 and sleeps == [4.0]
+    assert client.stats.as_dict() == {
+        "requests": 2,
+        "throttled": 1,
+        "retries": 1,
+        "waited_s": 4.0,
+        "throttle_waited_s": 4.0,
+    }
+
+
+def test_a_rate_limit_wait_that_fits_the_run_is_waited_out(server: LoopbackServer, sleeps: list[float]) -> None:
+    server.routes["/p"] = sequence(status(429, RateLimit='"fhirInteractions";r=0;t=53'), ok())
+    client = make_client(server, sleeps=sleeps)
+    client.wait_deadline = time.monotonic() + 600
+    assert client.get_json(server.url("/p")).attempts == 2
+    assert sleeps == [53.0]
+
+
+def test_a_rate_limit_wait_beyond_the_runs_deadline_fails_with_the_time_it_needed(
+    sleeps: list[float],
+) -> None:
+    """The production server of the report: 429, no Retry-After, RateLimit t=53 (here a sandbox quirk)."""
+    from connections.sandbox import SandboxHospital
+
+    hospital = SandboxHospital(
+        flavour="generic",
+        patients=3,
+        faults={"rate_429": 1.0, "retry_after": 53, "throttle_style": "ratelimit"},
+    ).start()
+    try:
+        client = GuardedClient(OutboundPolicy(allowlist=frozenset({f"127.0.0.1:{hospital.port}"})), sleep=sleeps.append)
+        _OPEN_CLIENTS.append(client)
+        client.wait_deadline = time.monotonic() + 20
+        error = raises(lambda: client.get_json(f"{hospital.base_url}/Patient"))
+    finally:
+        hospital.stop()
+    assert error.kind is ErrorKind.THROTTLED
+    assert "53 s" in error.message and "would have needed 53 s" in error.message
+    assert "RateLimit" in error.message and "try again" not in (error.message + error.hint).lower()
+    assert error.detail["would_need_s"] == 53.0 and error.detail["time_left_s"] <= 15
+    # Refused at once: no sleep, one request, and the 429 counted.
+    assert sleeps == [] and client.stats.throttled == 1 and client.stats.requests == 1
+
+
+def test_a_plain_500_does_not_promise_that_a_retry_helps(server: LoopbackServer) -> None:
+    server.routes["/p"] = status(500)
+    error = raises(lambda: make_client(server).get_json(server.url("/p")))
+    assert error.kind is ErrorKind.SERVER_ERROR
+    assert "try again" not in error.hint.lower() and "500" in error.hint
+    server.routes["/q"] = status(503)
+    unavailable = raises(lambda: make_client(server, max_attempts=1).get_json(server.url("/q")))
+    assert "re-run afterwards" in unavailable.hint
 
 
 def test_backoff_is_exponential_with_full_jitter(server: LoopbackServer, sleeps: list[float]) -> None:

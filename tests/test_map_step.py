@@ -411,3 +411,146 @@ def test_the_concept_map_export_is_valid_fhir(defects: Any, tenant_a: Any, cs_us
         r["code"]: r["target_code"] for r in mapping.codes
     }
     json.dumps(resource)  # plain JSON
+
+
+# --- what real servers get wrong, as sandbox quirks -------------------------------------------------------
+
+
+@pytest.fixture
+def generic(sandbox_allowlist: str, clean_faults: None, sandboxes: dict[str, Any]) -> Any:
+    return sandboxes["generic"]
+
+
+def test_map_refuses_other_patients_resources_from_a_server_that_ignores_patient(
+    defects: Any, tenant_a: Any, cs_user: Any
+) -> None:
+    size = 10
+    set_sizes(tenant_a, map_size=size, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    clean = run_now(connection, "map", cs_user).result["profile"]["resources"]
+    defects.set_faults(ignore_patient_param=True)
+    run = run_now(connection, "map", cs_user)
+    counted = run.result["profile"]["resources"]
+    foreign = run.result["foreign_resources"]
+    # Nothing of another patient is counted (a server ignoring patient= used to count 30x too many)...
+    assert counted["Patient"] == size
+    for resource_type, count in counted.items():
+        assert count <= clean[resource_type], resource_type
+    # ...they are refused and said so, and each patient's pull stops at the first page of others: bounded.
+    assert foreign["Observation"] > 0
+    for resource_type, count in foreign.items():
+        assert count <= size * 100, resource_type  # one page of 100 per patient and type, not the population
+    (warning,) = [w for w in run.result["warnings"] if "patient=" in w]
+    assert f"{sum(foreign.values())} resources" in warning and "the server ignores `patient=`" in warning
+    assert any("the server ignores `patient=`" in line["message"] for line in run.log)
+
+
+def test_map_says_when_the_server_never_pages(defects: Any, tenant_a: Any, cs_user: Any) -> None:
+    set_sizes(tenant_a, map_size=30, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    defects.set_faults(ignore_count=True, never_pages=True)
+    run = run_now(connection, "map", cs_user)
+    # The server's 20-patient page is all there is: the run says why it profiled 20 of the 30 asked for.
+    assert run.result["profile"]["patients"] == 20
+    note = run.result["server_notes"]["never_pages"]
+    served = len(defects.patient_ids)
+    assert note.startswith(f"The server does not page: its first Patient page held 20 of the {served} matches")
+    assert any(note in warning for warning in run.result["warnings"])
+
+
+def test_map_reports_throttling_in_its_progress_and_result(
+    defects: Any, tenant_a: Any, cs_user: Any, settings: Any
+) -> None:
+    from tests.conftest import client_for
+
+    settings.OUTBOUND_MAX_ATTEMPTS = 8
+    set_sizes(tenant_a, map_size=10, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    defects.set_faults(rate_429=0.2, retry_after=0)
+    run = run_now(connection, "map", cs_user)
+    assert run.error_kind == "mapping_incomplete", (run.error_kind, run.error_message)
+    throttled = run.result["throttling"]["throttled"]
+    assert throttled > 0 and run.result["throttling"]["requests"] > throttled
+    assert run.progress_message == f"Profiled 10 of 10 patients · throttled {throttled} times (HTTP 429), 0 s waiting"
+    assert any(f"throttled this run {throttled} times" in w for w in run.result["warnings"])
+    page = client_for(cs_user).get(f"/runs/{run.code}/").content.decode()
+    assert f"throttled this run {throttled} times" in page
+
+
+def test_a_failed_run_keeps_a_progress_line_that_matches_its_counts(
+    defects: Any, tenant_a: Any, cs_user: Any, settings: Any
+) -> None:
+    set_sizes(tenant_a, map_size=12, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    # No progress report reaches the database while the step works: only its outcome does.
+    settings.STEP_PROGRESS_INTERVAL = 3600
+    run = run_now(connection, "map", cs_user)
+    assert run.status == RunStatus.FAILED and run.error_kind == "mapping_incomplete"
+    assert (run.progress_done, run.progress_total) == (12, 12)
+    assert run.progress_message == "Profiled 12 of 12 patients"
+
+
+def test_icd9_conditions_are_labelled_by_name_not_local(generic: Any, tenant_a: Any, cs_user: Any) -> None:
+    set_sizes(tenant_a, map_size=10, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, generic)
+    generic.set_faults(icd9_conditions=True)
+    run = run_now(connection, "map", cs_user)
+    condition = next(e for e in run.result["profile"]["elements"] if e["element"] == "Condition.code")
+    labels = {s["system"]: s["label"] for s in condition["systems"]}
+    assert labels == {"http://hl7.org/fhir/sid/icd-9-cm": "ICD-9-CM"}
+    # Still codes to map: ICD-9-CM is known, but not what the product reads.
+    assert condition["local_codes"] and run.error_kind == "mapping_incomplete"
+
+
+def test_saving_an_unchanged_mrn_system_makes_no_version_and_says_so(defects: Any, tenant_a: Any, cs_user: Any) -> None:
+    from django.contrib.messages import get_messages
+
+    from tests.conftest import client_for
+
+    set_sizes(tenant_a, map_size=10, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    run_now(connection, "map", cs_user)
+    mapping = mappings.latest_mapping(connection.onboarding)
+    assert mapping is not None
+    client = client_for(cs_user)
+    url = f"/c/{connection.code}/mapping/mrn/"
+    response = client.post(url, {"system": mapping.mrn_system, "version": mapping.version})
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert said == [f"Nothing changed: the mapping stays version {mapping.version}."]
+    assert connection.onboarding.mappings.count() == 1
+    response = client.post(url, {"system": LEGACY_MRN_SYSTEMS["generic"], "version": mapping.version})
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert said[-1] == f"MRN system saved: the mapping is now version {mapping.version + 1}."
+
+
+def test_the_test_step_checks_the_mrn_in_the_signed_mappings_system(
+    generic: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    moved = "urn:oid:2.999.7.1"
+    generic.set_faults(mrn_system=moved)
+    set_sizes(tenant_a, map_size=10, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, generic)
+    first = next(c for c in connection.onboarding.runs.get(step="test").result["checks"] if c["id"] == "patient_read")
+    assert first["detail"] == "read; no MRN with the configured identifier system"
+    mapping = signed_off_mapping(cs_user, it_a, connection)
+    assert mapping.mrn_system == moved  # the profile found the MRN-typed system
+    again = run_now(connection, "test", cs_user)
+    check = next(c for c in again.result["checks"] if c["id"] == "patient_read")
+    assert check["detail"] == f"MRN found (in {moved}, the MRN system of signed mapping version {mapping.version})"
+
+
+def test_without_a_capability_statement_map_tries_each_type_and_skips_the_refused(
+    generic: Any, tenant_a: Any, cs_user: Any
+) -> None:
+    from connections.services import set_without_capability_statement
+
+    set_sizes(tenant_a, map_size=5, validate_size=5)
+    generic.set_faults(no_capability_statement="not_found")
+    connection = sandbox_connection(tenant_a, generic)
+    set_without_capability_statement(user=cs_user, connection=connection, enabled=True)
+    connection.refresh_from_db()
+    for step in ("configure", "test"):
+        assert run_now(connection, step, cs_user).status == RunStatus.PASSED
+    run = run_now(connection, "map", cs_user)
+    assert run.result["types_skipped"] == ["MedicationRequest", "AllergyIntolerance", "Procedure", "Immunization"]
+    assert {"Encounter", "Observation", "Condition"} <= set(run.result["profile"]["resources"])

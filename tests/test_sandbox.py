@@ -842,3 +842,121 @@ def test_management_command_serves_and_announces_its_base_url() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# --- quirks: what real servers do that misleads a client ----------------------------------------------
+
+
+def test_a_server_that_ignores_patient_answers_every_patients_resources(make: Callable[..., SandboxHospital]) -> None:
+    hospital = make(flavour="oracle_health", patients=8)
+    patient = hospital.patient_ids[0]
+    with httpx.Client(timeout=10) as http:
+        url = f"{hospital.base_url}/Observation"
+        own = http.get(url, params={"patient": patient, "_count": 100}).json()
+        hospital.set_faults(ignore_patient_param=True)
+        every = http.get(url, params={"patient": patient, "_count": 100}).json()
+        # The patient must still be named (the flavour insists), it is just not applied.
+        assert_outcome(http.get(url), 400, "required")
+    owners = {e["resource"]["subject"]["reference"] for e in every["entry"]}
+    assert {e["resource"]["subject"]["reference"] for e in own["entry"]} == {f"Patient/{patient}"}
+    assert len(owners) == 8 and every["total"] > own["total"]
+
+
+def test_a_server_that_ignores_count_or_never_pages(make: Callable[..., SandboxHospital]) -> None:
+    hospital = make(flavour="generic", patients=30, faults={"ignore_count": True})
+    with httpx.Client(timeout=10) as http:
+        page = http.get(f"{hospital.base_url}/Patient", params={"_count": 3}).json()
+        assert len(page["entry"]) == FLAVOURS["generic"].default_count
+        assert "next" in {link["relation"] for link in page["link"]}
+        hospital.set_faults(never_pages=True)
+        page = http.get(f"{hospital.base_url}/Patient", params={"_count": 3}).json()
+    assert len(page["entry"]) == 3 and page["total"] == 30
+    assert [link["relation"] for link in page["link"]] == ["self"]
+
+
+@pytest.mark.parametrize(
+    ("quirk", "status", "resource_type"),
+    [("empty_bundle", 200, "Bundle"), ("operation_outcome", 200, "OperationOutcome"), ("not_found", 404, None)],
+)
+def test_a_server_without_a_capability_statement(
+    make: Callable[..., SandboxHospital], quirk: str, status: int, resource_type: str | None
+) -> None:
+    hospital = make(flavour="generic", faults={"no_capability_statement": quirk})
+    with httpx.Client(timeout=10) as http:
+        response = http.get(f"{hospital.base_url}/metadata")
+        assert http.get(f"{hospital.base_url}/Patient").status_code == 200
+    assert response.status_code == status
+    if resource_type:
+        assert response.json()["resourceType"] == resource_type
+    else:
+        assert_outcome(response, 404, "not-found")
+
+
+def test_a_smart_configuration_that_fails_whatever_the_auth(make: Callable[..., SandboxHospital]) -> None:
+    hospital = make(flavour="generic", faults={"smart_config_status": 500})
+    with httpx.Client(timeout=10) as http:
+        assert_outcome(http.get(f"{hospital.base_url}/.well-known/smart-configuration"), 500, "exception")
+        assert http.get(f"{hospital.base_url}/metadata").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("style", "header", "expected"),
+    [
+        ("ratelimit", "ratelimit", '"fhirInteractions";r=0;t=53'),
+        ("ratelimit_reset", "ratelimit-reset", "53"),
+        ("x_ratelimit_reset", "x-ratelimit-reset", None),
+    ],
+)
+def test_429s_can_say_when_to_come_back_with_ratelimit_fields(
+    make: Callable[..., SandboxHospital], style: str, header: str, expected: str | None
+) -> None:
+    hospital = make(flavour="generic", faults={"rate_429": 1.0, "retry_after": 53, "throttle_style": style})
+    with httpx.Client(timeout=10) as http:
+        response = http.get(f"{hospital.base_url}/Patient")
+    outcome = assert_outcome(response, 429, "throttled")
+    assert "retry-after" not in response.headers
+    assert "53 s until the reset" in outcome["issue"][0]["diagnostics"]
+    if expected is None:  # X-RateLimit-Reset is the moment of the reset, in epoch seconds
+        assert 50 <= int(response.headers[header]) - time.time() <= 54
+    else:
+        assert response.headers[header] == expected
+
+
+def test_a_token_endpoint_that_spells_out_the_wildcard(make: Callable[..., SandboxHospital]) -> None:
+    hospital = make(flavour="epic", auth="client_credentials", faults={"per_type_scopes": True})
+    with httpx.Client(timeout=10) as http:
+        token = http.post(
+            hospital.token_url,
+            data={"grant_type": "client_credentials", "scope": "system/*.read"},
+            auth=("demo-client", "demo-secret"),
+        ).json()
+    assert token["scope"].split() == [f"system/{t}.read" for t in ("Patient", "Observation", "Condition", "Encounter")]
+
+
+def test_mrn_system_and_icd9_quirks_rewrite_what_is_served(make: Callable[..., SandboxHospital]) -> None:
+    hospital = make(flavour="generic", faults={"mrn_system": "urn:oid:2.999.1", "icd9_conditions": True})
+    patient = hospital.patient_ids[0]
+    with httpx.Client(timeout=10) as http:
+        read = http.get(f"{hospital.base_url}/Patient/{patient}").json()
+        conditions = http.get(f"{hospital.base_url}/Condition", params={"patient": patient}).json()
+    systems = {i["system"] for i in read["identifier"]}
+    assert "urn:oid:2.999.1" in systems and FLAVOURS["generic"].mrn_system not in systems
+    codings = [c for e in conditions["entry"] for c in e["resource"]["code"]["coding"]]
+    assert codings and {c["system"] for c in codings} == {"http://hl7.org/fhir/sid/icd-9-cm"}
+
+
+def test_the_management_command_switches_quirks_and_lists_them() -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from connections.management.commands.sandbox import Command, parse_switch
+
+    assert parse_switch("never_pages=true") == ("never_pages", True)
+    assert parse_switch("throttle_style=ratelimit") == ("throttle_style", "ratelimit")
+    with pytest.raises(CommandError):
+        parse_switch("never_pages")
+    help_text = Command().create_parser("manage.py", "sandbox").format_help()
+    for name in ("ignore_patient_param", "ignore_count", "never_pages", "no_capability_statement", "throttle_style"):
+        assert name in help_text
+    with pytest.raises(CommandError, match="unknown fault"):
+        call_command("sandbox", "--port", "0", "--fault", "no_such_quirk=1")

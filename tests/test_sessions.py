@@ -302,3 +302,26 @@ def test_the_test_helper_marks_a_session_reauthenticated(phi_route: str, enginee
     client = client_for(engineer)
     assert client.get(phi_route).status_code == 302
     assert reauthenticated(client).get(phi_route).content == b"RAW-PHI"
+
+
+def test_the_demo_prints_ten_backup_codes_and_says_how_to_get_more() -> None:
+    import io
+
+    from django.core.management import call_command
+
+    from onboarding import demo
+
+    out = io.StringIO()
+    call_command("demo", "--codes", stdout=out)
+    printed = out.getvalue()
+    assert "manage.py demo --codes" in printed and "New backup codes" in printed
+    lines = printed.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  cs "))
+    cs_codes = lines[at].split()[1:] + lines[at + 1].split()  # printed on two lines of five
+    assert len(cs_codes) == demo.BACKUP_CODES == 10
+    # They are the codes that work: ten sign-ins, not five.
+    for code in cs_codes:
+        client = Client()
+        client.post(reverse("login"), {"username": "cs", "password": demo.DEMO_PASSWORD})
+        assert client.post(reverse("two_factor_verify"), {"otp_token": code}).status_code == 302
+        assert client.get(reverse("dashboard")).status_code == 200

@@ -423,3 +423,87 @@ def test_pseudonymous_keys_survive_an_encryption_key_rotation(tenant_a: Any, set
     assert review.patient_key(tenant_a, "patient-1") == before
     settings.PSEUDONYM_KEY = "another-pseudonym-key-0123456789-abcdefghij"
     assert review.patient_key(tenant_a, "patient-1") != before
+
+
+# --- what real servers get wrong, as sandbox quirks -------------------------------------------------------
+
+
+def test_validate_refuses_other_patients_resources_from_a_server_that_ignores_patient(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    set_sizes(tenant_a, map_size=30, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    defects.set_faults(ignore_patient_param=True)
+    run = run_now(connection, "validate", cs_user)
+    # Another patient's Observation is not this patient's "unresolved reference": it is refused, not reported.
+    owner_findings = run.findings.filter(rule="references.unresolved", location__in=("subject", "patient"))
+    assert owner_findings.count() == 0
+    assert run.result["foreign_resources"]["Observation"] > 0
+    assert any("the server ignores `patient=`" in w for w in run.result["warnings"])
+    # Counted resources belong to the 10 patients pulled: no more than a clean pull of them finds.
+    defects.set_faults()
+    clean = run_now(connection, "validate", cs_user)
+    for resource_type, count in run.result["resources"].items():
+        assert count <= clean.result["resources"][resource_type], resource_type
+    assert "foreign_resources" not in clean.result
+
+
+def test_a_validate_run_stopped_part_way_says_so_and_diffs_only_what_both_runs_checked(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any, settings: Any
+) -> None:
+    from tests.conftest import client_for
+
+    planned = len(defects.patient_ids)
+    set_sizes(tenant_a, map_size=planned, validate_size=planned)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    full = run_now(connection, "validate", cs_user)
+    assert full.result["patients"] == planned and full.findings.exists()
+
+    # A production-like throttle: 429 with RateLimit t=53 and no Retry-After, more than the run has left.
+    settings.STEP_SOFT_TIME_LIMIT = 20
+    defects.set_faults(rate_429=0.02, retry_after=53, throttle_style="ratelimit")
+    run = run_now(connection, "validate", cs_user)
+    done = run.result["patients"]
+    assert run.status == RunStatus.FAILED and run.error_kind == "throttled"
+    assert 0 < done < planned, done
+    assert run.result["partial"] is True and run.result["planned_patients"] == planned
+    assert len(run.result["patient_keys"]) == done
+    assert run.error_message.startswith(f"Stopped after {done} of {planned} patients validated: ")
+    assert "would have needed 53 s" in run.error_message
+    assert run.progress_message.startswith(f"Stopped after {done} of {planned} patients")
+    assert run.result["throttling"]["throttled"] == 1
+    # The findings of the patients it did check are kept, and counted on those patients only.
+    assert run.findings.exists()
+    assert run.result["patients_with_error"] <= done
+
+    page = client_for(engineer).get(f"/review/runs/{run.code}/").content.decode()
+    assert f"Stopped after {done} of {planned} patients" in page
+    assert f"{done} of {planned} planned" in page
+    # The diff compares the patients both runs checked: the rest were not fixed, only not looked at.
+    diff = review.diff_against_previous(run)
+    assert diff.previous == full
+    assert diff.compared_patients == done and diff.only_previous == planned - done and diff.only_this_run == 0
+    assert diff.fixed_count == 0 and diff.new_count == 0
+    assert diff.not_compared_count > 0
+    assert 'data-testid="diff-fixed">0<' in page and 'data-testid="diff-not-compared"' in page
+
+
+def test_a_smaller_sample_diffs_only_the_patients_both_runs_pulled(
+    defects: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    set_sizes(tenant_a, map_size=30, validate_size=30)
+    connection = ready_connection(tenant_a, cs_user, defects)
+    signed_off_mapping(cs_user, it_a, connection)
+    first = run_now(connection, "validate", cs_user)
+    set_sizes(tenant_a, map_size=30, validate_size=10)
+    second = run_now(connection, "validate", cs_user)
+    diff = review.diff_against_previous(second)
+    # Nothing was fixed: the 20 patients no longer pulled were not checked.
+    assert (diff.fixed_count, diff.new_count) == (0, 0)
+    assert diff.compared_patients == 10 and diff.only_previous == 20
+    kept = set(second.result["patient_keys"])
+    outside = first.findings.exclude(patient_key__in=kept).values("fingerprint").distinct().count()
+    assert diff.not_compared_count == outside > 0
+    assert diff.unchanged == second.findings.values("fingerprint").distinct().count()

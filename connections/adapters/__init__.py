@@ -12,6 +12,8 @@ from connections.adapters.base import (
     ConnectionConfig,
     FHIRAdapter,
     NormalizedPatient,
+    PatientPage,
+    owner_id,
 )
 from connections.adapters.epic import EpicAdapter
 from connections.adapters.generic import GenericAdapter
@@ -44,5 +46,7 @@ __all__ = [
     "ConnectionConfig",
     "FHIRAdapter",
     "NormalizedPatient",
+    "PatientPage",
     "get_adapter",
+    "owner_id",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +34,8 @@ OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefiniti
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _MAX_PATHS = 10
+# What servers without a CapabilityStatement answer at /metadata: an empty search, or an outcome.
+_NO_CAPABILITY_ANSWERS = frozenset({"Bundle", "OperationOutcome"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,20 @@ class NormalizedPatient:
     given: tuple[str, ...]
     birth_date: str | None
     gender: str | None
+    # The systems of the identifiers that carry a value (never the values): which MRN system is there.
+    # Left out of comparisons: vendors name the same patient's identifiers differently.
+    identifier_systems: frozenset[str] = field(default=frozenset(), compare=False)
+
+
+@dataclass(frozen=True)
+class PatientPage:
+    """The first page of a Patient search, with what it says about the server's paging."""
+
+    patients: list[NormalizedPatient]
+    asked: int  # the _count sent
+    returned: int  # matched Patients on the page
+    total: int | None  # Bundle.total, when the server gives one
+    next_url: str | None
 
 
 @dataclass
@@ -97,6 +114,10 @@ class FHIRAdapter:
         self.client = client
         self.base_url = config.base_url.rstrip("/")
         self.auth = Authenticator(config.auth, client)
+        # What the raw pulls met, for the steps to report: resources refused because they name another
+        # patient than the one searched (per type), and what the server's paging gave away (by code).
+        self.foreign_resources: Counter[str] = Counter()
+        self.paging_notes: dict[str, str] = {}
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -107,14 +128,10 @@ class FHIRAdapter:
         response = self.client.request(
             "GET", self._url("metadata"), headers={"Accept": DEFAULT_ACCEPT}, expect_json=False
         )
-        body = _json_or_not_fhir(response.content, response.headers.get("content-type", ""))
+        content_type = response.headers.get("content-type", "")
+        body = _json_or_not_fhir(response.content, content_type)
         if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
-            found = body.get("resourceType") if isinstance(body, dict) else type(body).__name__
-            raise RemoteError(
-                ErrorKind.NOT_FHIR,
-                "The address answered JSON, but not a FHIR CapabilityStatement.",
-                detail={"resource_type": str(found)[:64]},
-            )
+            raise _not_a_capability_statement(body, content_type)
         _check_version(body.get("fhirVersion"))
         parse_resource(CapabilityStatement, body, "CapabilityStatement")
         return summarize_capability(body)
@@ -153,9 +170,28 @@ class FHIRAdapter:
 
     def search_patients(self, *, count: int = 10) -> list[NormalizedPatient]:
         """The first page of a Patient search, at most ``count`` patients."""
+        return self.patient_page(count=count).patients[:count]
+
+    def patient_page(self, *, count: int = 10) -> PatientPage:
+        """The first page of a Patient search as sent (all of it, even past ``count``), and its paging facts."""
         size = self._page_size(count)
         bundle = self._get("Patient", self._search_params("Patient", {"_count": str(size)}))
-        return [self.normalize_patient(r) for r in self._bundle_resources(bundle, "Patient")][:count]
+        resources = self._bundle_resources(bundle, "Patient")
+        total = bundle.get("total")
+        return PatientPage(
+            patients=[self.normalize_patient(r) for r in resources],
+            asked=size,
+            returned=len(resources),
+            total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+            next_url=self._next_link(bundle),
+        )
+
+    def follow_patient_page(self, url: str) -> list[NormalizedPatient]:
+        """The Patients of a next page a ``PatientPage`` pointed at (same server only)."""
+        if _origin(url) != _origin(self.base_url):
+            raise _paging_error("The server's next link points at a different server.")
+        bundle = self._get_url(url)
+        return [self.normalize_patient(r) for r in self._bundle_resources(bundle, "Patient")]
 
     def iter_patients(self, *, limit: int, page_size: int | None = None) -> Iterator[NormalizedPatient]:
         """Up to ``limit`` distinct patients, following the server's next links."""
@@ -173,6 +209,11 @@ class FHIRAdapter:
             given=tuple(str(g) for g in name.get("given") or []),
             birth_date=resource.get("birthDate"),
             gender=resource.get("gender"),
+            identifier_systems=frozenset(
+                str(i["system"])
+                for i in resource.get("identifier") or []
+                if isinstance(i, dict) and i.get("system") and i.get("value")
+            ),
         )
 
     def mrn_systems(self) -> tuple[str, ...]:
@@ -287,13 +328,19 @@ class FHIRAdapter:
         yield from self._iter_search("Patient", params, limit=limit)
 
     def search_clinical_raw(self, resource_type: str, patient_id: str, *, page_size: int = 100) -> list[dict[str, Any]]:
-        """Every one of a patient's resources of one type, all pages, merged without duplicates."""
+        """Every one of a patient's resources of one type, all pages, merged without duplicates.
+
+        A resource whose subject or patient names another patient is refused (counted in
+        ``foreign_resources``): a server that ignores the patient parameter answers everyone's, and
+        paging on through them would pull the whole population once per patient, so the search stops
+        at the first page that holds another patient's resources.
+        """
         if not _RESOURCE_TYPE.fullmatch(resource_type):
             raise RemoteError(ErrorKind.BAD_REQUEST, f"{resource_type!r} is not a resource type.")
         merged: dict[str, dict[str, Any]] = {}
         unnamed: list[dict[str, Any]] = []
         for params in self.clinical_queries(resource_type, _path_id(patient_id), page_size):
-            for resource in self._iter_search(resource_type, params, limit=None):
+            for resource in self._iter_search(resource_type, params, limit=None, patient_id=patient_id):
                 if resource.get("id"):
                     merged.setdefault(str(resource["id"]), resource)
                 else:
@@ -301,11 +348,16 @@ class FHIRAdapter:
         return [*merged.values(), *unnamed]
 
     def _iter_search(
-        self, resource_type: str, params: dict[str, str], *, limit: int | None
+        self, resource_type: str, params: dict[str, str], *, limit: int | None, patient_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Matched resources of one search across its pages: a page cap, loop and stall detection, no repeats."""
+        """Matched resources of one search across its pages: a page cap, loop and stall detection, no repeats.
+
+        With ``patient_id``, resources naming another patient are refused and end the search (see
+        ``search_clinical_raw``).
+        """
         url = self._url(resource_type)
         current: dict[str, str] | None = params
+        asked = int(params["_count"]) if str(params.get("_count", "")).isdigit() else None
         # Ids seen, as 64-bit digests: a thousand patients' ids cost a few kilobytes.
         seen_ids: set[int] = set()
         seen_links: set[str] = set()
@@ -315,8 +367,15 @@ class FHIRAdapter:
             if pages > self.max_pages:
                 raise _paging_error(f"The server kept paging past {self.max_pages} pages.")
             bundle = self._get_url(url, current)
-            new = 0
-            for resource in self._bundle_resources(bundle, resource_type):
+            new = foreign = 0
+            matched = self._bundle_resources(bundle, resource_type)
+            self._note_page(resource_type, bundle, matched, asked, yielded, pages)
+            for resource in matched:
+                owner = owner_id(resource) if patient_id is not None else None
+                if owner is not None and owner != patient_id:
+                    self.foreign_resources[resource_type] += 1
+                    foreign += 1
+                    continue
                 resource_id = str(resource.get("id") or "")
                 digest = int.from_bytes(hashlib.blake2b(resource_id.encode(), digest_size=8).digest(), "big")
                 if resource_id and digest in seen_ids:
@@ -327,6 +386,8 @@ class FHIRAdapter:
                 yielded += 1
                 if limit is not None and yielded >= limit:
                     return
+            if foreign:
+                return  # the server ignores the patient: the next pages are other patients' too
             stalled = 0 if new else stalled + 1
             if stalled >= self.max_pages_without_progress:
                 raise _paging_error(f"The server's {resource_type} pages stopped returning new resources.")
@@ -338,8 +399,110 @@ class FHIRAdapter:
             seen_links.add(next_url)
             url, current = next_url, None
 
+    def _note_page(
+        self,
+        resource_type: str,
+        bundle: Mapping[str, Any],
+        matched: list[dict[str, Any]],
+        asked: int | None,
+        yielded: int,
+        pages: int,
+    ) -> None:
+        """Write down what a page says about the server's paging: more than _count asked, or no next link."""
+        if asked and len(matched) > asked and "ignores_count" not in self.paging_notes:
+            self.paging_notes["ignores_count"] = (
+                f"The server ignores _count: a {resource_type} page held {len(matched)} resources where we asked "
+                f"for at most {asked}."
+            )
+        total = bundle.get("total")
+        if (
+            pages == 1
+            and isinstance(total, int)
+            and total > len(matched)
+            and self._next_link(bundle) is None
+            and "never_pages" not in self.paging_notes
+        ):
+            self.paging_notes["never_pages"] = (
+                f"The server does not page: its first {resource_type} page held {len(matched)} of the {total} "
+                "matches it counts, with no link to the next page."
+            )
+
 
 # ---- helpers shared by the vendor modules ----------------------------------------------------
+
+
+def owner_id(resource: Mapping[str, Any]) -> str | None:
+    """The id of the patient a clinical resource's subject (or patient) names; None when it names none."""
+    for name in ("subject", "patient"):
+        reference = resource.get(name)
+        if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+            parts = reference["reference"].rstrip("/").split("/")
+            if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+                return parts[-1]
+    return None
+
+
+def _not_a_capability_statement(body: Any, content_type: str) -> RemoteError:
+    """What /metadata sent instead of a CapabilityStatement, described without copying data from it."""
+    received = _describe_json(body)
+    detail = {"received": received, "content_type": content_type[:100]}
+    sent = f"{received['summary']} ({content_type[:100] or 'no content type'})"
+    resource_type = body.get("resourceType") if isinstance(body, dict) else None
+    if not isinstance(resource_type, str):
+        return RemoteError(
+            ErrorKind.NOT_FHIR,
+            f"The address answered JSON, but not FHIR: /metadata sent {sent}. Check the FHIR base URL.",
+            detail=detail,
+        )
+    if resource_type not in _NO_CAPABILITY_ANSWERS:
+        return RemoteError(
+            ErrorKind.NOT_FHIR,
+            f"The server answered /metadata with {sent}, where a CapabilityStatement belongs. Check the FHIR base "
+            "URL: it may name a resource rather than the server's base.",
+            detail=detail,
+        )
+    return RemoteError(
+        ErrorKind.NO_CAPABILITY_STATEMENT,
+        f"The server answered /metadata with {sent}, not a CapabilityStatement.",
+        detail=detail,
+    )
+
+
+def _describe_json(body: Any) -> dict[str, Any]:
+    """A short, safe account of a JSON answer: its type and shape, never its values (they could be PHI).
+
+    An OperationOutcome's issue codes and the first diagnostics are kept: servers write them for us.
+    """
+    if isinstance(body, list):
+        return {"summary": f"a JSON array of {len(body)} items"}
+    if not isinstance(body, dict):
+        return {"summary": f"a bare JSON {type(body).__name__}"}
+    keys = sorted(str(k)[:40] for k in body)[:12]
+    resource_type = body.get("resourceType")
+    if not isinstance(resource_type, str):
+        return {"summary": f"a JSON object with the fields {', '.join(keys) or '(none)'}", "fields": keys}
+    described: dict[str, Any] = {"resource_type": resource_type[:64], "fields": keys}
+    summary = f"a FHIR {resource_type[:64]}"
+    if resource_type == "Bundle":
+        entry = body.get("entry")
+        entries: list[Any] = entry if isinstance(entry, list) else []
+        bundle_type, total = body.get("type"), body.get("total")
+        described.update(bundle_type=str(bundle_type)[:32], total=total if isinstance(total, int) else None)
+        described["entries"] = len(entries)
+        summary = f"a FHIR Bundle (type {str(bundle_type)[:32]}, {len(entries)} entries)"
+        if entries:
+            types = Counter(
+                str((e.get("resource") or {}).get("resourceType"))[:64] for e in entries if isinstance(e, dict)
+            )
+            described["entry_types"] = dict(types.most_common(5))
+    elif resource_type == "OperationOutcome":
+        issues = [i for i in body.get("issue") or [] if isinstance(i, dict)]
+        described["issues"] = [f"{str(i.get('severity'))[:16]} {str(i.get('code'))[:32]}" for i in issues[:5]]
+        said = next((str(i["diagnostics"]) for i in issues if isinstance(i.get("diagnostics"), str)), "")
+        if said:
+            described["diagnostics"] = said[:200]
+            summary = f"a FHIR OperationOutcome saying “{said[:200]}”"
+    return {"summary": summary, **described}
 
 
 def parse_resource(model: type, body: Mapping[str, Any], label: str) -> Any:

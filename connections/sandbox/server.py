@@ -217,8 +217,72 @@ def _optional_origin(value: Any) -> str | None:
 DEEP_JSON_PLACES = ("metadata", "search", "error")
 DEEP_JSON_LEVELS = 50_000
 
+
+def _choice(*choices: str | None) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _optional_error_status(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 400 <= value <= 599):
+        raise ValueError(f"expected 0 (off) or an HTTP error status from 400 to 599, got {value!r}")
+    return value
+
+
+def _optional_uri(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() or ch == '"' for ch in value):
+        raise ValueError(f"expected an identifier system URI such as 'urn:oid:1.2.3', got {value!r}")
+    return value
+
+
+# Quirks: what real FHIR servers do that is no failure of the network or of the server, but misleads
+# a client that takes the server at its word. They are switched like faults (same table, same
+# `set_faults` and `/_sandbox/faults`), so a test or a person can show each diagnosis on purpose.
+QUIRK_SPECS: dict[str, FaultSpec] = {
+    "ignore_patient_param": FaultSpec(
+        False, _boolean, "Quirk: clinical searches accept patient=/subject= but ignore it: every patient's resources."
+    ),
+    "ignore_count": FaultSpec(False, _boolean, "Quirk: searches ignore _count and answer pages of the default size."),
+    "never_pages": FaultSpec(
+        False, _boolean, "Quirk: search Bundles never carry a next link, though their total counts every match."
+    ),
+    "no_capability_statement": FaultSpec(
+        None,
+        _choice(None, "empty_bundle", "operation_outcome", "not_found"),
+        "Quirk: /metadata answers an empty Bundle, an OperationOutcome or a 404 instead of a CapabilityStatement.",
+    ),
+    "smart_config_status": FaultSpec(
+        0,
+        _optional_error_status,
+        "Quirk: .well-known/smart-configuration answers this HTTP error status (0: as the auth mode says).",
+    ),
+    "throttle_style": FaultSpec(
+        "retry_after",
+        _choice("retry_after", "ratelimit", "ratelimit_reset", "x_ratelimit_reset"),
+        "Quirk: how the 429s say when to come back: Retry-After, or instead (no Retry-After) the IETF "
+        'RateLimit field (RateLimit: "fhirInteractions";r=0;t=N), RateLimit-Reset: N, or '
+        "X-RateLimit-Reset (epoch seconds); N is retry_after.",
+    ),
+    "per_type_scopes": FaultSpec(
+        False, _boolean, "Quirk: the token endpoint grants a wildcard scope as one scope per resource type it serves."
+    ),
+    "mrn_system": FaultSpec(
+        None, _optional_uri, "Quirk: patients carry their MRN under this identifier system instead of the flavour's."
+    ),
+    "icd9_conditions": FaultSpec(
+        False, _boolean, "Quirk: Conditions are coded in ICD-9-CM instead of SNOMED CT, as a legacy feed sends them."
+    ),
+}
+
+
 # The fault table: adding a fault means adding a row here and, if it acts on
-# every request, a handler in REQUEST_FAULTS below.
+# every request, a handler in REQUEST_FAULTS below. The quirks come last.
 FAULT_SPECS: dict[str, FaultSpec] = {
     "latency_ms": FaultSpec(0, _non_negative_int, "Sleep this long before every answer under the FHIR base."),
     "rate_429": FaultSpec(0.0, _probability, "Share of requests answered 429 Too Many Requests."),
@@ -253,6 +317,7 @@ FAULT_SPECS: dict[str, FaultSpec] = {
         f"Nest an element {DEEP_JSON_LEVELS:,} levels deep in the CapabilityStatement ('metadata'), in read and "
         "search answers ('search'), or in a 500 OperationOutcome answering every FHIR request ('error').",
     ),
+    **QUIRK_SPECS,
 }
 
 
@@ -320,10 +385,13 @@ def _fault_not_fhir(values: dict[str, Any], state: FaultState) -> Response | Non
 def _fault_429(values: dict[str, Any], state: FaultState) -> Response | None:
     if not state.hit(values["rate_429"]):
         return None
-    retry_after = str(values["retry_after"])
+    style, wait = values["throttle_style"], values["retry_after"]
+    if style != "retry_after":
+        return _rate_limited(style, wait, time.time() + values["clock_offset_s"])
+    retry_after = str(wait)
     if values["retry_after_date"]:
         # RFC 9110 allows an HTTP-date; rounded up so the wait is never shorter than asked.
-        when = time.time() + values["clock_offset_s"] + values["retry_after"]
+        when = time.time() + values["clock_offset_s"] + wait
         retry_after = email.utils.formatdate(int(when) + 1, usegmt=True)
     return operation_outcome(
         429,
@@ -337,6 +405,19 @@ def _fault_deep_error(values: dict[str, Any], state: FaultState) -> Response | N
     if values["deep_json"] != "error":
         return None
     return _deepened(operation_outcome(500, "exception", "Simulated crash with a runaway error body."))
+
+
+def _rate_limited(style: str, wait: int, now: float) -> Response:
+    """A 429 with no Retry-After, saying when the quota resets the way API gateways do."""
+    if style == "ratelimit":
+        # draft-ietf-httpapi-ratelimit-headers: the policy's name, r = requests left, t = seconds to reset.
+        headers = {"RateLimit": f'"fhirInteractions";r=0;t={wait}', "RateLimit-Policy": '"fhirInteractions";q=100;w=60'}
+    elif style == "ratelimit_reset":
+        headers = {"RateLimit-Limit": "100", "RateLimit-Remaining": "0", "RateLimit-Reset": str(wait)}
+    else:
+        headers = {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(now) + wait)}
+    diagnostics = f"Rate limit of 100 interactions a minute exceeded: {wait} s until the reset."
+    return operation_outcome(429, "throttled", diagnostics, headers=headers)
 
 
 def _fault_5xx(values: dict[str, Any], state: FaultState) -> Response | None:
@@ -465,6 +546,22 @@ class TokenStore:
             expiry = self._expiry.get(token)
         return expiry is not None and expiry > time.monotonic()
 
+
+# The icd9_conditions quirk: the ICD-9-CM code a legacy feed sends for each SNOMED CT condition of data.py.
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
+SNOMED = "http://snomed.info/sct"
+ICD9_OF_SNOMED: dict[str, tuple[str, str]] = {
+    "44054006": ("250.00", "Diabetes mellitus without mention of complication, type II"),
+    "15777000": ("790.29", "Other abnormal glucose"),
+    "38341003": ("401.9", "Unspecified essential hypertension"),
+    "55822004": ("272.4", "Other and unspecified hyperlipidemia"),
+    "162864005": ("278.00", "Obesity, unspecified"),
+    "40055000": ("473.9", "Unspecified sinusitis (chronic)"),
+    "195967001": ("493.90", "Asthma, unspecified"),
+    "195662009": ("462", "Acute pharyngitis"),
+    "10509002": ("466.0", "Acute bronchitis"),
+    "444814009": ("461.9", "Acute sinusitis, unspecified"),
+}
 
 SUPPORTED_SCOPES = tuple(f"system/{rtype}.{access}" for rtype in ("*", *RESOURCE_TYPES) for access in ("read", "rs"))
 DEFAULT_SCOPE = "system/*.read"
@@ -625,6 +722,14 @@ SEARCH_PARAMS: dict[str, dict[str, SearchParam]] = {
         "vaccine-code": SearchParam("token", _token_param(lambda r: _codings(r.get("vaccineCode")))),
     },
 }
+
+
+def _to_icd9(condition: Resource) -> None:
+    """Recode a Condition's SNOMED CT codings in ICD-9-CM (the icd9_conditions quirk)."""
+    for coding in (condition.get("code") or {}).get("coding", []):
+        if coding.get("system") == SNOMED and coding.get("code") in ICD9_OF_SNOMED:
+            code, display = ICD9_OF_SNOMED[coding["code"]]
+            coding.update(system=ICD9CM, code=code, display=display)
 
 
 def _patient_reference(value: str) -> str | None:
@@ -867,9 +972,25 @@ class SandboxHospital:
         if path[len(base_path) :].strip("/") in ("metadata", ".well-known/smart-configuration"):
             return response
         values = self._faults.values
+        response = self._quirk_body(response, values)
         for name, fault in RESPONSE_FAULTS.items():
             response = fault(response, values[name])
         return response
+
+    def _quirk_body(self, response: Response, values: dict[str, Any]) -> Response:
+        """The quirks that rewrite what a read or search answers (before any fault spoils it)."""
+        body = response.body
+        if values["mrn_system"]:
+            old, new = json.dumps(self.facts.mrn_system), json.dumps(values["mrn_system"])
+            body = body.replace(f'"system":{old}'.encode(), f'"system":{new}'.encode())
+        if values["icd9_conditions"] and b'"Condition"' in body:
+            payload = json.loads(body)
+            entries = [e.get("resource") for e in payload.get("entry", [])] if payload.get("entry") else [payload]
+            for resource in entries:
+                if isinstance(resource, dict) and resource.get("resourceType") == "Condition":
+                    _to_icd9(resource)
+            body = json.dumps(payload, separators=(",", ":")).encode()
+        return response if body is response.body else replace(response, body=body)
 
     def _route(self, method: str, target: str, headers: Headers, body: bytes) -> Response:
         split = urlsplit(target)
@@ -898,6 +1019,10 @@ class SandboxHospital:
             return self._metadata(base)
         if relative == ".well-known/smart-configuration":
             self._require_get(method)
+            if values["smart_config_status"]:
+                status = values["smart_config_status"]
+                said = f"Simulated error {status} reading the SMART configuration."
+                return operation_outcome(status, "exception", said)
             return self._smart_configuration(base)
         if relative == "oauth2/token":
             return self._token(method, headers, body)
@@ -1062,11 +1187,19 @@ class SandboxHospital:
         unknown = [s for s in requested if s not in SUPPORTED_SCOPES]
         if unknown:
             return _oauth_error(400, "invalid_scope", f"Unsupported scope(s): {' '.join(unknown)}.")
+        granted = requested or [DEFAULT_SCOPE]
+        if self._faults.values["per_type_scopes"]:
+            # Some servers spell out what a wildcard covers instead of echoing it.
+            granted = [
+                f"system/{rtype}.{scope.rsplit('.', 1)[1]}" if scope.startswith("system/*.") else scope
+                for scope in granted
+                for rtype in (self.resource_types if scope.startswith("system/*.") else ("",))
+            ]
         payload = {
             "access_token": self._tokens.issue(),
             "token_type": "Bearer",
             "expires_in": self._tokens.ttl_s,
-            "scope": " ".join(requested) or DEFAULT_SCOPE,
+            "scope": " ".join(granted),
         }
         return _json_response(200, payload, PLAIN_JSON, **{"Cache-Control": "no-store", "Pragma": "no-cache"})
 
@@ -1135,6 +1268,14 @@ class SandboxHospital:
         }
 
     def _metadata(self, base: str) -> Response:
+        missing = self._faults.values["no_capability_statement"]
+        if missing == "empty_bundle":
+            # What some servers answer: /metadata routed to a search of nothing.
+            return _json_response(200, {"resourceType": "Bundle", "type": "searchset", "total": 0})
+        if missing == "operation_outcome":
+            return operation_outcome(200, "not-supported", "The capabilities interaction is not supported.")
+        if missing == "not_found":
+            raise FhirError(404, "not-found", "No resource type or operation named metadata.")
         statement = json.loads(json.dumps(self._capability))  # a private copy to fill in
         statement["implementation"]["url"] = base
         statement["fhirVersion"] = self._faults.values["fhir_version"] or FHIR_VERSION
@@ -1192,7 +1333,7 @@ class SandboxHospital:
         page = matches[offset : offset + count]
 
         links = [{"relation": "self", "url": self._page_link(base, rtype, used, offset, count, first=offset == 0)}]
-        if count and offset + count < len(matches):
+        if count and offset + count < len(matches) and not self._faults.values["never_pages"]:
             links.append({"relation": "next", "url": self._page_link(base, rtype, used, offset + count, count)})
         head = {
             "resourceType": "Bundle",
@@ -1223,6 +1364,8 @@ class SandboxHospital:
 
         used: list[tuple[str, str]] = []
         patient_ids: set[str] | None = None
+        named_patient = False
+        ignore_patient = self._faults.values["ignore_patient_param"]
         predicates: list[Predicate] = []
         for name, value in query:
             if name in control:
@@ -1238,6 +1381,9 @@ class SandboxHospital:
                 continue  # FHIR: a parameter with no value is ignored
             used.append((name, value))
             if name in reference_params:
+                named_patient = True
+                if ignore_patient:
+                    continue  # the quirk: accepted, echoed in the links, and not applied
                 ids = {pid for pid in (_patient_reference(v) for v in value.split(",")) if pid}
                 patient_ids = ids if patient_ids is None else patient_ids & ids
             elif name in params:
@@ -1249,14 +1395,14 @@ class SandboxHospital:
                 raise _bad_request(f"{rtype} searches require the {rule.param} parameter. {rule.why}", "required")
             if rule.allowed_values and any(v not in rule.allowed_values for v in values):
                 raise FhirError(403, "forbidden", f"This client is not provisioned for {rule.param}={values[0]}.")
-        if clinical and facts.clinical_requires_patient and patient_ids is None:
+        if clinical and facts.clinical_requires_patient and not named_patient:
             names = " or ".join(facts.patient_params)
             raise _bad_request(f"{rtype} searches require {names}. {facts.clinical_requires_patient_why}", "required")
         return used, patient_ids, predicates
 
     def _count(self, query: list[tuple[str, str]]) -> int:
         raw = next((v for n, v in query if n == "_count"), None)
-        if raw is None or raw == "":
+        if raw is None or raw == "" or self._faults.values["ignore_count"]:
             return self.facts.default_count
         if not raw.isdigit():
             raise _bad_request(f"_count must be a whole number >= 0, got {raw!r}.")

@@ -276,3 +276,30 @@ def next_action(run: StepRun) -> NextAction | None:
             return NextAction("done", f"{step.label} is the next step; it is not available yet.")
         return NextAction("start", f"Next: {step.label}. {step.description}", step=step.key, step_label=step.label)
     return NextAction("done", "This was the last step.")
+
+
+# The configure failures a missing CapabilityStatement gives: an answer that is FHIR but not one, or a 404.
+NO_CAPABILITY_KINDS = ("no_capability_statement", "not_found")
+
+
+def discovery_facts(connection: EHRConnection, runs: Iterable[StepRun]) -> dict[str, object]:
+    """What the latest configure found that the connection page shows: the discovered token URL, and
+    whether to offer going on without a CapabilityStatement.
+
+    ``runs`` are the connection's runs, newest first.
+    """
+    configure = next((run for run in runs if run.step == "configure" and not run.is_active), None)
+    result = (configure.result or {}) if configure is not None else {}
+    smart = result.get("smart_configuration") or {}
+    token_url = smart.get("token_endpoint") if isinstance(smart, dict) else None
+    offer = (
+        configure is not None
+        and configure.status == RunStatus.FAILED
+        and configure.error_kind in NO_CAPABILITY_KINDS
+        and not connection.without_capability_statement
+    )
+    return {
+        "discovered_token_url": token_url if isinstance(token_url, str) else "",
+        "discovery_run": configure,
+        "offer_without_capability_statement": offer,
+    }

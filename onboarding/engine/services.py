@@ -68,6 +68,7 @@ FINISH_FIELDS = (
     "error_kind",
     "error_message",
     "error_hint",
+    "error_detail",
     "progress_message",
     "progress_done",
     "progress_total",
@@ -278,10 +279,12 @@ def finish_run(
     lines: list[dict[str, Any]] | None = None,
     progress: tuple[int, int] | None = None,
     lease: int | None = None,
+    message: str = "",
 ) -> bool:
     """Record a step's outcome, if the run is still this delivery's (a cancel or a takeover may have won).
 
-    `lines` and `progress` are what the step reported last and had not sent yet.
+    `lines`, `progress` and `message` are what the step reported last and had not sent yet; a failed
+    run keeps that last progress line, so it never shows an older one than its counts.
     """
     status = RunStatus.PASSED if outcome.passed else RunStatus.FAILED
     with transaction.atomic():
@@ -294,8 +297,11 @@ def finish_run(
         run.error_kind = "" if outcome.passed else (outcome.error_kind or "failed")
         run.error_message = "" if outcome.passed else outcome.error_message
         run.error_hint = "" if outcome.passed else outcome.error_hint
+        run.error_detail = {} if outcome.passed else json_safe(outcome.error_detail)
         if outcome.passed:
             run.progress_message = "Passed"
+        elif message:
+            run.progress_message = message[:300]
         if progress is not None:
             run.progress_done, run.progress_total = progress
         if lines:
@@ -435,9 +441,11 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
         ctx.log(exc.message, level="error", error_kind=exc.kind.value)
         _flush_quietly(ctx)
         error = exc  # a name the lambda may close over: the except clause unbinds exc when it ends
+        throttling = ctx.throttling()
+        detail = {**error.detail, "throttling": throttling} if throttling else error.detail
         _record_outcome(
             lambda: fail_run(
-                run_id, kind=error.kind.value, message=error.message, hint=error.hint, detail=error.detail, lease=lease
+                run_id, kind=error.kind.value, message=error.message, hint=error.hint, detail=detail, lease=lease
             ),
             run_id,
             lease,
@@ -477,7 +485,12 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
     # The outcome carries the last progress and log lines in the same write: one transaction, not two.
     lines = ctx.take_pending_log()
     progress = (ctx.done, ctx.total)
-    _record_outcome(lambda: finish_run(run_id, outcome, lines=lines, progress=progress, lease=lease), run_id, lease)
+    message = ctx.progress_line
+    _record_outcome(
+        lambda: finish_run(run_id, outcome, lines=lines, progress=progress, lease=lease, message=message),
+        run_id,
+        lease,
+    )
 
 
 def _record_outcome(write: Callable[[], Any], run_id: int, lease: int) -> None:

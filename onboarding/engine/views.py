@@ -102,6 +102,7 @@ def connection_detail(request: HttpRequest, code: str) -> HttpResponse:
             "runs": runs,
             "can_run": request.user.has_perm("onboarding.run_step"),
             "can_edit": request.user.has_perm("connections.change_ehrconnection"),
+            **selectors.discovery_facts(connection, runs),
         },
     )
 

@@ -39,6 +39,17 @@ SYSTEM_LABELS: dict[str, str] = {
     CPT: "CPT",
     NDC: "NDC",
 }
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
+# Known code systems the product does not accept as a target (codes in them still need mapping), named
+# so people see "ICD-9-CM", not "local": a legacy code system is not the hospital's own invention.
+KNOWN_SYSTEM_LABELS: dict[str, str] = {
+    ICD9CM: "ICD-9-CM",
+    "http://hl7.org/fhir/sid/icd-10": "ICD-10 (WHO)",
+    "http://www.whocc.no/atc": "ATC",
+    "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS",
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode": "HL7 ActCode",
+    "http://terminology.hl7.org/CodeSystem/observation-category": "HL7 observation category",
+}
 CODE_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
     LOINC: (re.compile(r"\d{1,7}-\d"), "digits, a dash and a check digit, e.g. 2339-0"),
     SNOMED: (re.compile(r"\d{6,18}"), "6 to 18 digits, e.g. 44054006"),
@@ -93,6 +104,11 @@ CLINICAL_TYPES: tuple[str, ...] = (
     "Immunization",
 )
 MAX_LOCAL_CODES = 1000
+
+
+def system_label(system: str) -> str:
+    """How people see a code system: its name if it is a known one, else "local (<uri>)"."""
+    return SYSTEM_LABELS.get(system) or KNOWN_SYSTEM_LABELS.get(system) or f"local ({system or 'no system'})"
 
 
 def codings(resource: Mapping[str, Any], element: CodedElement) -> list[dict[str, Any]]:
@@ -241,7 +257,7 @@ class ProfileBuilder:
             "systems": [
                 {
                     "system": system,
-                    "label": SYSTEM_LABELS.get(system) or f"local ({system or 'no system'})",
+                    "label": system_label(system),
                     "resources": count,
                     "share": _share(count, total),
                     "standard": system in element.accepted,

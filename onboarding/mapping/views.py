@@ -20,7 +20,7 @@ from connections.models import EHRConnection
 from connections.selectors import get_connection_for_user
 from onboarding.gates import services as gates
 from onboarding.mapping import services as mappings
-from onboarding.mapping.profile import ELEMENTS_BY_KEY, SYSTEM_LABELS
+from onboarding.mapping.profile import ELEMENTS_BY_KEY, KNOWN_SYSTEM_LABELS, SYSTEM_LABELS
 from onboarding.models import Mapping, Onboarding, ValidationPolicy
 from portal.access import get_tenant_for_user, require_perm
 from portal.roles import is_vendor_staff
@@ -104,6 +104,7 @@ def _rows(mapping: Mapping | None) -> list[dict[str, Any]]:
                 "key": mappings.row_key(row),
                 "targets": [(s, SYSTEM_LABELS[s]) for s in element.accepted] if element else [],
                 "target_label": SYSTEM_LABELS.get(row.get("target_system", ""), ""),
+                "source_label": KNOWN_SYSTEM_LABELS.get(row["system"], ""),
                 "mapped": bool(row.get("target_code")),
             }
         )
@@ -133,6 +134,7 @@ def mapping_code(request: HtmxHttpRequest, code: str) -> HttpResponse:
         editing = request.GET.get("edit") == "1" and request.user.has_perm(mappings.EDIT_PERM)
         return _row_response(request, connection, mapping, row, editing=editing)
     seen = _seen_version(onboarding, request)
+    before = mapping
     key = request.POST.get("key", "")
     try:
         mapping = mappings.update_code(
@@ -157,7 +159,7 @@ def mapping_code(request: HtmxHttpRequest, code: str) -> HttpResponse:
         # 200, so htmx swaps the form back in with the message (it leaves 4xx answers unswapped).
         return _row_response(request, connection, seen, row, editing=True, error=str(exc))
     if not request.htmx:
-        messages.success(request, f"Saved: the mapping is now version {mapping.version}.")
+        _report_save(request, before, mapping, "Saved")
         return redirect("mapping", code=connection.code)
     row = next(r for r in _rows(mapping) if r["key"] == key)
     return _row_response(request, connection, mapping, row, editing=False, refresh_head=True)
@@ -194,7 +196,7 @@ def _row_response(
 @require_POST
 def mapping_mrn(request: HttpRequest, code: str) -> HttpResponse:
     """Save the MRN identifier system."""
-    connection, onboarding, _ = _context(request, code)
+    connection, onboarding, before = _context(request, code)
     seen = _seen_version(onboarding, request)
     try:
         mapping = mappings.set_mrn_system(
@@ -203,7 +205,7 @@ def mapping_mrn(request: HttpRequest, code: str) -> HttpResponse:
     except mappings.MappingError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"MRN system saved: the mapping is now version {mapping.version}.")
+        _report_save(request, before, mapping, "MRN system saved")
     return redirect("mapping", code=connection.code)
 
 
@@ -211,7 +213,7 @@ def mapping_mrn(request: HttpRequest, code: str) -> HttpResponse:
 @require_POST
 def mapping_extension(request: HttpRequest, code: str) -> HttpResponse:
     """Save the decision about one unknown extension."""
-    connection, onboarding, _ = _context(request, code)
+    connection, onboarding, before = _context(request, code)
     seen = _seen_version(onboarding, request)
     try:
         mapping = mappings.set_extension_handling(
@@ -224,8 +226,19 @@ def mapping_extension(request: HttpRequest, code: str) -> HttpResponse:
     except mappings.MappingError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Extension decision saved: the mapping is now version {mapping.version}.")
+        _report_save(request, before, mapping, "Extension decision saved")
     return redirect("mapping", code=connection.code)
+
+
+def _report_save(request: HttpRequest, before: Mapping | None, saved: Mapping, what: str) -> None:
+    """Say what a save did: a new version, or none at all when nothing changed (no sign-off was voided).
+
+    ``before`` is the latest version when the request came in: a save that made nothing returns it.
+    """
+    if before is not None and saved.version <= before.version:
+        messages.info(request, f"Nothing changed: the mapping stays version {saved.version}.")
+    else:
+        messages.success(request, f"{what}: the mapping is now version {saved.version}.")
 
 
 @login_required

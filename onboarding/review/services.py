@@ -23,7 +23,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -399,12 +399,23 @@ def group_examples(run: StepRun, rule: str, path: str, limit: int = EXAMPLES_PER
 
 @dataclass(frozen=True)
 class Diff:
-    """This run's findings against the previous run of the same connection."""
+    """This run's findings against the previous run of the same connection, on the patients both checked.
+
+    A finding only counts as new or fixed when both runs checked its patient: a smaller sample, or
+    a run stopped part-way, did not fix what it never looked at. Findings of patients only one run
+    checked are listed as not compared.
+    """
 
     previous: StepRun | None
     new: list[tuple[str, str, int]]
     fixed: list[tuple[str, str, int]]
     unchanged: int
+    # How many patients both runs checked; None when a run did not record them (runs made before
+    # runs kept their patients), and everything is compared as before.
+    compared_patients: int | None = None
+    not_compared: list[tuple[str, str, int]] = field(default_factory=list)
+    only_this_run: int = 0  # patients this run checked and the previous did not
+    only_previous: int = 0  # and the other way round
 
     @property
     def new_count(self) -> int:
@@ -413,6 +424,10 @@ class Diff:
     @property
     def fixed_count(self) -> int:
         return sum(n for _, _, n in self.fixed)
+
+    @property
+    def not_compared_count(self) -> int:
+        return sum(n for _, _, n in self.not_compared)
 
 
 def previous_run(run: StepRun) -> StepRun | None:
@@ -429,18 +444,48 @@ def previous_run(run: StepRun) -> StepRun | None:
     )
 
 
+def checked_patients(run: StepRun) -> set[str] | None:
+    """The pseudonymous keys of the patients a run checked to the end; None if it did not record them."""
+    keys = (run.result or {}).get("patient_keys")
+    return {str(k) for k in keys} if isinstance(keys, list) else None
+
+
 def diff_against_previous(run: StepRun) -> Diff:
-    """New, fixed and unchanged findings, by fingerprint, counted per rule and path."""
+    """New, fixed and unchanged findings, by fingerprint, counted per rule and path, on the patients both checked."""
     previous = previous_run(run)
     if previous is None:
         return Diff(None, [], [], 0)
-    now = dict(run.findings.values_list("fingerprint", "rule").distinct())
-    now_paths = dict(run.findings.values_list("fingerprint", "path").distinct())
-    before = dict(previous.findings.values_list("fingerprint", "rule").distinct())
-    before_paths = dict(previous.findings.values_list("fingerprint", "path").distinct())
-    new = _count_pairs((now[f], now_paths[f]) for f in now.keys() - before.keys())
-    fixed = _count_pairs((before[f], before_paths[f]) for f in before.keys() - now.keys())
-    return Diff(previous, new, fixed, len(now.keys() & before.keys()))
+    mine, theirs = checked_patients(run), checked_patients(previous)
+    both = mine & theirs if mine is not None and theirs is not None else None
+    now, now_outside = _split_findings(run, both)
+    before, before_outside = _split_findings(previous, both)
+    new = _count_pairs(now[f] for f in now.keys() - before.keys())
+    fixed = _count_pairs(before[f] for f in before.keys() - now.keys())
+    if both is None:
+        return Diff(previous, new, fixed, len(now.keys() & before.keys()))
+    assert mine is not None and theirs is not None  # both is their intersection
+    return Diff(
+        previous,
+        new,
+        fixed,
+        len(now.keys() & before.keys()),
+        compared_patients=len(both),
+        not_compared=_count_pairs([*now_outside.values(), *before_outside.values()]),
+        only_this_run=len(mine - theirs),
+        only_previous=len(theirs - mine),
+    )
+
+
+def _split_findings(
+    run: StepRun, patients: set[str] | None
+) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+    """A run's findings (fingerprint -> rule and path): those on the given patients, and the rest."""
+    inside: dict[str, tuple[str, str]] = {}
+    outside: dict[str, tuple[str, str]] = {}
+    for fingerprint, rule, path, patient in run.findings.values_list("fingerprint", "rule", "path", "patient_key"):
+        target = inside if patients is None or patient in patients else outside
+        target.setdefault(fingerprint, (rule, path))
+    return inside, outside
 
 
 def _count_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str, int]]:

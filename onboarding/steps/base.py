@@ -24,6 +24,8 @@ class StepOutcome:
     error_kind: str = ""
     error_message: str = ""
     error_hint: str = ""
+    # The facts an engineer needs about the failure (a remote error's detail), stored on the run.
+    error_detail: dict[str, Any] = field(default_factory=dict)
 
 
 class StepContext:
@@ -60,6 +62,9 @@ class StepContext:
         self.done = 0
         self.total = 0
         self.message = ""
+        # When the step must be done by (its soft time limit, from now): a wait a throttling hospital
+        # asks for is honoured only if it fits.
+        self.deadline = time.monotonic() + float(settings.STEP_SOFT_TIME_LIMIT)
 
     @property
     def attempt(self) -> int:
@@ -70,7 +75,25 @@ class StepContext:
         """The vendor adapter for this connection, built on first use."""
         if self._adapter is None:
             self._adapter = self._adapter_factory()
+            self._adapter.client.wait_deadline = self.deadline
         return self._adapter
+
+    def throttling(self) -> dict[str, Any]:
+        """How often the hospital answered 429 and how long the run waited to retry; {} if it never did."""
+        if self._adapter is None:
+            return {}
+        stats = self._adapter.client.stats
+        return stats.as_dict() if stats.throttled or stats.retries else {}
+
+    @property
+    def progress_line(self) -> str:
+        """The progress message as people see it: with the throttling so far, once there was any."""
+        stats = self._adapter.client.stats if self._adapter is not None else None
+        if stats is None or not stats.throttled:
+            return self.message
+        times = "time" if stats.throttled == 1 else "times"
+        waited = f"{stats.throttle_waited_s:.0f} s waiting"
+        return f"{self.message} · throttled {stats.throttled} {times} (HTTP 429), {waited}"
 
     def log(self, message: str, *, level: str = "info", **data: Any) -> None:
         """Add a structured log line; it reaches the database with the next report or the outcome."""
@@ -99,7 +122,7 @@ class StepContext:
     def _send(self) -> None:
         pending, self._pending_log = self._pending_log, []
         self._unsent = False
-        self._report(self.done, self.total, self.message, pending)
+        self._report(self.done, self.total, self.progress_line, pending)
         self._last_report = time.monotonic()
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from connections.errors import RemoteError
 from onboarding.mapping import services as mappings
-from onboarding.mapping.profile import CLINICAL_TYPES, ProfileBuilder
+from onboarding.mapping.profile import ProfileBuilder
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
+from onboarding.steps.pull import ClinicalTypes, pull_report
 
 PATIENT_PAGE_SIZE = 50
 # Progress (also the heartbeat and the cancel check) is written at most this often: once per
@@ -38,9 +40,26 @@ class Progress:
 
 def readable_types(ctx: StepContext) -> tuple[list[str], list[str]]:
     """The clinical types the server lets us search, and those it does not offer (skipped, and said so)."""
-    offered = ctx.adapter.capability()
-    searchable = [t for t in CLINICAL_TYPES if offered.supports(t, "search-type")]
-    return searchable, [t for t in CLINICAL_TYPES if t not in searchable]
+    types = ClinicalTypes(ctx, verb="read")
+    return types.types, types.skipped
+
+
+def stopped_outcome(
+    ctx: StepContext, exc: RemoteError, *, done: int, size: int, verb: str, summary: dict[str, Any]
+) -> StepOutcome:
+    """A pull a remote error stopped part-way: failed with that error, saying how far it got."""
+    ctx.progress(done, size, f"Stopped after {done} of {size} patients: {exc.kind.value}")
+    ctx.log(f"Stopped after {done} of {size} patients: {exc.message}", level="error", error_kind=exc.kind.value)
+    summary.update(partial=True, planned_patients=size, stopped={"kind": exc.kind.value, "message": exc.message})
+    throttling = ctx.throttling()
+    return StepOutcome(
+        passed=False,
+        summary=summary,
+        error_kind=exc.kind.value,
+        error_message=f"Stopped after {done} of {size} patients {verb}: {exc.message}",
+        error_hint=exc.hint,
+        error_detail={**exc.detail, "throttling": throttling} if throttling else exc.detail,
+    )
 
 
 class MapStep(StepModule):
@@ -57,22 +76,31 @@ class MapStep(StepModule):
         onboarding = run.onboarding
         size = mappings.policy_for(onboarding.tenant).map_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")
-        types, skipped = readable_types(ctx)
-        if skipped:
-            ctx.log("Not offered by the server, so not profiled: " + ", ".join(skipped), level="warning")
         builder = ProfileBuilder(vendor_mrn_systems=ctx.adapter.mrn_systems())
         progress = Progress(ctx, size, "Profiled")
-        for done, patient in enumerate(ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE), 1):
-            builder.add(patient)
-            patient_id = str(patient.get("id") or "")
-            for resource_type in types if patient_id else ():
-                for resource in ctx.adapter.search_clinical_raw(resource_type, patient_id):
-                    builder.add(resource)
-            progress(done)
+        done = 0
+        types: ClinicalTypes | None = None
+        try:
+            types = ClinicalTypes(ctx, verb="profiled")
+            for patient in ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
+                builder.add(patient)
+                patient_id = str(patient.get("id") or "")
+                for resource_type in list(types.types) if patient_id else ():
+                    for resource in types.search(ctx, resource_type, patient_id):
+                        builder.add(resource)
+                done += 1
+                progress(done)
+        except RemoteError as exc:
+            # No mapping version from a part of the sample: it would drop the codes not seen yet.
+            partial = {"patients": done, "types_skipped": types.skipped if types else [], **pull_report(ctx)}
+            return stopped_outcome(ctx, exc, done=done, size=size, verb="profiled", summary=partial)
         if builder.patients < size:
             progress(builder.patients, final=True)  # the server had fewer patients than asked
         profile = builder.result()
-        summary: dict[str, Any] = {"profile": profile, "types_skipped": skipped}
+        report = pull_report(ctx)
+        for warning in report.get("warnings", []):
+            ctx.log(warning, level="warning")
+        summary: dict[str, Any] = {"profile": profile, "types_skipped": types.skipped, **report}
         if not builder.patients:
             return StepOutcome(
                 passed=False,

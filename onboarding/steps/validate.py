@@ -32,12 +32,20 @@ from django.utils import timezone
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from onboarding.mapping import services as mappings
-from onboarding.mapping.profile import ELEMENTS_BY_TYPE, SYSTEM_LABELS, best_coding, codings, is_mrn_typed
+from onboarding.mapping.profile import (
+    ELEMENTS_BY_TYPE,
+    KNOWN_SYSTEM_LABELS,
+    SYSTEM_LABELS,
+    best_coding,
+    codings,
+    is_mrn_typed,
+)
 from onboarding.models import Mapping, Severity, StepRun
 from onboarding.review import services as review
 from onboarding.review.services import NewFinding
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
-from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, readable_types
+from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, stopped_outcome
+from onboarding.steps.pull import ClinicalTypes, pull_report
 from onboarding.validation import uscore
 from onboarding.validation.fhirjson import as_items
 
@@ -290,15 +298,16 @@ class Validator:
             ):
                 continue
             system = str(coding.get("system") or "")
-            label = SYSTEM_LABELS.get(system) or system or "no system"
+            known = SYSTEM_LABELS.get(system) or KNOWN_SYSTEM_LABELS.get(system)
+            code = coding.get("code")
+            what = f"{known} code {code}" if known else f"Local code {code} ({system or 'no system'})"
             found.append(
                 _f(
                     ERROR,
                     "codes.unmapped-local",
                     resource_type,
                     element.key,
-                    f"Local code {coding.get('code')} ({label}) is not mapped to {element.accepted_labels}: "
-                    "add it to the mapping.",
+                    f"{what} is not mapped to {element.accepted_labels}: add it to the mapping.",
                     f"{element.json_name}.coding[{all_codings.index(coding)}]",
                 )
             )
@@ -449,40 +458,54 @@ class ValidateStep(StepModule):
         policy = mappings.policy_for(onboarding.tenant)
         validator = Validator(rules=MappingRules.from_mapping(mapping), today=timezone.localdate())
         sink = review.FindingSink(run)
-        skipped = self._pull(ctx, validator, sink, policy.validate_sample_size)
-        sink.flush()
-        return _outcome(run, validator, sink, policy, skipped)
-
-    def _pull(self, ctx: StepContext, validator: Validator, sink: review.FindingSink, size: int) -> list[str]:
+        size = policy.validate_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")
-        types, skipped = readable_types(ctx)
-        if skipped:
-            ctx.log("Not offered by the server, so not validated: " + ", ".join(skipped), level="warning")
+        checked: list[str] = []  # pseudonymous keys of the patients checked to the end, for the diff
+        types: ClinicalTypes | None = None
+        try:
+            types = ClinicalTypes(ctx, verb="validated")
+            self._pull(ctx, validator, sink, size, types, checked)
+        except RemoteError as exc:
+            sink.flush()
+            # A partial run says how far it got; its findings stand, and its diff compares only those patients.
+            partial = _summary(run, validator, sink, policy, types.skipped if types else [], checked, ctx)
+            return stopped_outcome(ctx, exc, done=len(checked), size=size, verb="validated", summary=partial)
+        sink.flush()
+        return _outcome(run, policy, _summary(run, validator, sink, policy, types.skipped, checked, ctx))
+
+    def _pull(
+        self,
+        ctx: StepContext,
+        validator: Validator,
+        sink: review.FindingSink,
+        size: int,
+        types: ClinicalTypes,
+        checked: list[str],
+    ) -> None:
         progress = Progress(ctx, size, "Validated")
-        done = 0
-        for done, patient in enumerate(ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE), 1):
+        for patient in ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
             patient_id = str(patient.get("id") or "")
             for finding in validator.check_patient(patient):
                 sink.add(finding, patient, patient_id)
             birth = patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None
             encounter_ids: set[str] = set()
-            for resource_type in types:
-                for resource in _clinical(ctx, resource_type, patient_id):
+            for resource_type in list(types.types):
+                for resource in _clinical(ctx, types, resource_type, patient_id):
                     if resource_type == "Encounter":
                         encounter_ids.add(str(resource.get("id")))
                     for finding in validator.check_resource(
                         resource, patient_id=patient_id, encounter_ids=encounter_ids, birth_date=birth
                     ):
                         sink.add(finding, resource, patient_id)
-            progress(done)
-        if done < size:
-            progress(done, final=True)  # the server had fewer patients than asked
-        return skipped
+            checked.append(review.patient_key(sink.tenant, patient_id) if patient_id else "")
+            progress(len(checked))
+        if len(checked) < size:
+            progress(len(checked), final=True)  # the server had fewer patients than asked
 
 
-def _clinical(ctx: StepContext, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
+def _clinical(ctx: StepContext, types: ClinicalTypes, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
     try:
-        return ctx.adapter.search_clinical_raw(resource_type, patient_id)
+        return types.search(ctx, resource_type, patient_id)
     except RemoteError as exc:
         if exc.kind is ErrorKind.BAD_REQUEST:
             # An id that cannot name a patient in a search (structure findings say why); skip it.
@@ -491,27 +514,36 @@ def _clinical(ctx: StepContext, resource_type: str, patient_id: str) -> list[dic
         raise
 
 
-def _outcome(
+def _summary(
     run: StepRun,
     validator: Validator,
     sink: review.FindingSink,
     policy: Any,
     skipped: list[str],
-) -> StepOutcome:
-    """Apply the tenant's thresholds to unwaived findings and build the run's summary."""
-    total = validator.patients
+    checked: list[str],
+    ctx: StepContext,
+) -> dict[str, Any]:
+    """The run's summary: counts, shares of patients affected (unwaived findings), what the pull met."""
+    total = len(checked)
     waivers = review.waived_pairs(run.onboarding.tenant)
     waived = Q()
     for rule, path in waivers:
         waived |= Q(rule=rule, path=path)
     findings = run.findings.all()
     counting = findings.exclude(waived) if waivers else findings
+    if total < validator.patients:
+        # A pull stopped inside a patient: shares count only the patients checked to the end.
+        counting = counting.filter(patient_key__in=[key for key in checked if key])
     with_error = counting.filter(severity=ERROR).values("patient_key").distinct().count()
     with_warning = counting.filter(severity=WARNING).values("patient_key").distinct().count()
     error_share = round(100 * with_error / total, 1) if total else 0.0
     warning_share = round(100 * with_warning / total, 1) if total else 0.0
-    summary: dict[str, Any] = {
+    report = pull_report(ctx)
+    for warning in report.get("warnings", []):
+        ctx.log(warning, level="warning")
+    return {
         "patients": total,
+        "patient_keys": sorted(set(checked) - {""}),
         "resources": dict(sorted(validator.resources.items())),
         "types_skipped": skipped,
         "mapping_version": validator.rules.version,
@@ -526,7 +558,14 @@ def _outcome(
             "max_warning_patient_pct": policy.max_warning_patient_pct,
         },
         "must_support": validator.must_support_summary(),
+        **report,
     }
+
+
+def _outcome(run: StepRun, policy: Any, summary: dict[str, Any]) -> StepOutcome:
+    """Apply the tenant's thresholds to the summary's shares of patients affected."""
+    total = summary["patients"]
+    error_share, warning_share = summary["error_share"], summary["warning_share"]
     if total == 0:
         return StepOutcome(
             passed=False,

@@ -15,6 +15,7 @@ from django.contrib.sessions.models import Session
 from django.http import HttpRequest
 from django.utils import timezone
 
+from portal import tokens
 from portal.access import AuthUser
 from portal.models import UserSession
 

@@ -7,17 +7,48 @@ flavour with curl. All the work is in `connections.sandbox`; this only turns arg
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import textwrap
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from connections.sandbox import FLAVOURS, SandboxHospital
-from connections.sandbox.server import AUTH_MODES
+from connections.sandbox import FAULT_SPECS, FLAVOURS, SandboxHospital
+from connections.sandbox.server import AUTH_MODES, QUIRK_SPECS
+
+
+def _switch_list() -> str:
+    """Every fault and quirk --fault can switch on, with what it does and its default."""
+    lines = ["faults and quirks for --fault NAME=VALUE (VALUE is JSON; a bare word is a string):"]
+    for name, spec in FAULT_SPECS.items():
+        head = f"  {name}={json.dumps(spec.default)}"
+        lines.append(head)
+        lines.extend(textwrap.wrap(spec.doc, 96, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def parse_switch(text: str) -> tuple[str, Any]:
+    """One --fault argument: NAME=VALUE with a JSON value, or a bare word taken as a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise CommandError(f"--fault takes NAME=VALUE, got {text!r}.")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name.strip(), value
 
 
 class Command(BaseCommand):
     help = "Serve a simulated hospital FHIR R4 server (a sandbox hospital) until interrupted."
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        # The switch list is laid out by hand, so argparse must keep its line breaks.
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("epilog", _switch_list())
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--flavour", choices=sorted(FLAVOURS), default="generic", help="The EHR vendor to play.")
@@ -31,6 +62,14 @@ class Command(BaseCommand):
         parser.add_argument("--latency-ms", type=int, default=0, help="Fault: delay every FHIR answer by N ms.")
         parser.add_argument("--rate-429", type=float, default=0.0, help="Fault: share of requests answered 429.")
         parser.add_argument("--rate-5xx", type=float, default=0.0, help="Fault: share of requests answered 503.")
+        parser.add_argument(
+            "--fault",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"Switch on any fault or quirk (repeatable), e.g. --fault never_pages=true; the quirks are "
+            f"{', '.join(QUIRK_SPECS)}. The full list is below.",
+        )
         parser.add_argument(
             "--defects",
             choices=["none", "default"],
@@ -47,6 +86,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         # Only faults that were asked for, so the rest keep their defaults.
         faults = {key: options[key] for key in ("latency_ms", "rate_429", "rate_5xx") if options[key]}
+        faults.update(parse_switch(text) for text in options["fault"])
         try:
             hospital = SandboxHospital(
                 flavour=options["flavour"],

@@ -28,6 +28,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Where the web server listens.")
         parser.add_argument("--no-web", action="store_true", help="Start everything but the web server.")
+        parser.add_argument(
+            "--codes",
+            action="store_true",
+            help="Only print fresh backup codes for the demo's vendor staff and exit (the old ones stop working); "
+            "run it in a second terminal when a running demo's codes are used up.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PRODUCTION:
@@ -35,6 +41,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         logins = demo.seed()
         codes = demo.backup_codes()
+        if options["codes"]:
+            self._codes(codes)
+            return
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         children: list[subprocess.Popen[bytes]] = []
         try:
@@ -100,6 +109,18 @@ class Command(BaseCommand):
                 except subprocess.TimeoutExpired:
                     child.kill()
 
+    def _codes(self, codes: dict[str, list[str]]) -> None:
+        for username, user_codes in codes.items():
+            half = len(user_codes) // 2 or 1
+            self.stdout.write(f"  {username:<14} {'  '.join(user_codes[:half])}")
+            if user_codes[half:]:
+                self.stdout.write(f"  {'':<14} {'  '.join(user_codes[half:])}")
+        self.stdout.write(
+            f"Each code works once ({demo.BACKUP_CODES} per person). For more, run `python manage.py demo --codes` "
+            "in another terminal\n(it prints new ones and the old ones stop working), or, while signed in, use "
+            "“New backup codes” on the account page."
+        )
+
     def _banner(self, addr: str, logins: list[tuple[str, str]], codes: dict[str, list[str]]) -> None:
         out = self.stdout.write
         out(self.style.SUCCESS(f"\nOnboarding portal demo at http://{addr}/\n"))
@@ -108,11 +129,9 @@ class Command(BaseCommand):
             out(f"  {username:<14} {role}")
         out(
             "\nVendor staff (cs, engineer) also need a second factor. Type one of these single-use backup "
-            "codes on the\ntwo-factor page (new codes each start), or set up an authenticator app from the "
-            "account page:"
+            "codes on the\ntwo-factor page, or set up an authenticator app from the account page:"
         )
-        for username, user_codes in codes.items():
-            out(f"  {username:<14} {'  '.join(user_codes)}")
+        self._codes(codes)
         out("\nSandbox hospitals (use these as the FHIR base URL of a new connection):")
         from connections.sandbox.flavours import FLAVOURS
 
