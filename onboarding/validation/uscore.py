@@ -86,6 +86,7 @@ class Rule:
     """One element or slice of a profile, with what the guide requires of it and of its children."""
 
     __slots__ = (
+        "binding_url",
         "children",
         "fixed",
         "is_category",
@@ -133,6 +134,7 @@ class Rule:
         self.pattern = data.get("pattern")
         binding = data.get("binding")
         self.strength: str = binding[0] if binding else ""
+        self.binding_url: str = binding[1] if binding else ""
         self.valueset: ValueSet | None = valuesets.get(binding[1]) if binding else None
         self.match: Mapping[str, Any] | None = data.get("match")
         match_valueset = (self.match or {}).get("valueset")
