@@ -309,6 +309,8 @@ class Finding(models.Model):
     path = models.CharField(max_length=200)
     location = models.CharField(max_length=300, blank=True)
     message = models.CharField(max_length=500)
+    # The US Core profile whose rule produced the finding (empty for the product's own rules).
+    profile = models.CharField(max_length=100, blank=True)
     patient_key = models.CharField(max_length=32, blank=True)
     resource_key = models.CharField(max_length=32, blank=True)
     # Stable across runs for the same problem on the same resource: what the diff compares.

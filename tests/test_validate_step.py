@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from django.db import connection as db
+from django.db.models import Q
 from django.utils import timezone
 
 from connections.adapters.structure import element_path, strict_parse_problems, structure_problems
@@ -81,7 +82,23 @@ def allow_extra(settings: Any, sandbox_allowlist: str, extra_sandboxes: dict[str
 
 
 def finding_set(run: StepRun) -> set[tuple[str, str, str]]:
-    return set(run.findings.values_list("rule", "resource_type", "resource_key"))
+    return set(run.findings.exclude(IDENTIFIER_TYPE_WARNING).values_list("rule", "resource_type", "resource_key"))
+
+
+# Every sandbox flavour types its second patient identifier v2-0203 PI or PT, as vendors do. FHIR
+# R4's identifier-type value set, which US Core binds extensibly, lists neither: so each patient
+# gets this one US Core warning (as from the HL7 validator), and nothing else on clean data.
+IDENTIFIER_TYPE_WARNING = Q(rule="uscore.binding-extensible", path="Patient.identifier.type")
+
+
+def assert_only_identifier_type_warnings(run: StepRun) -> None:
+    """The run's findings are exactly one identifier-type warning per patient pulled, naming the profile."""
+    findings = list(run.findings.values_list("severity", "rule", "path", "profile", "message"))
+    assert {f[:4] for f in findings} == {
+        ("warning", "uscore.binding-extensible", "Patient.identifier.type", "us-core-patient")
+    }, findings[:5]
+    assert len(findings) == run.result["patients"]
+    assert all("|PI " in f[4] or "|PT " in f[4] for f in findings), findings[:3]
 
 
 def test_validate_finds_every_planted_defect_and_nothing_on_clean_resources(
@@ -107,8 +124,12 @@ def test_validate_finds_every_planted_defect_and_nothing_on_clean_resources(
     assert any(p["kind"] == "local_lab_code" and p["detail"]["code"] in mapped for p in report)
     assert any(p["kind"] == "local_lab_code" and p["detail"]["code"] not in mapped for p in report)
     assert finding_set(run) == expected
-    # One finding per planted defect, at the element the sandbox says it planted it.
-    assert run.findings.count() == len(expected)
+    # One finding per planted defect, at the element the sandbox says it planted it, and the one
+    # identifier-type warning per patient.
+    assert run.findings.exclude(IDENTIFIER_TYPE_WARNING).count() == len(expected)
+    assert (
+        run.findings.filter(IDENTIFIER_TYPE_WARNING).values("patient_key").distinct().count() == run.result["patients"]
+    )
     paths = {(f.rule, f.resource_key): f.path for f in run.findings.all()}
     for p in report:
         key = (RULE_OF[p["kind"]], review.resource_key(tenant_a, p["resource_type"], p["resource_id"]))
@@ -119,7 +140,8 @@ def test_validate_finds_every_planted_defect_and_nothing_on_clean_resources(
         run.result["patients_with_error"]
         == run.findings.filter(severity="error").values("patient_key").distinct().count()
     )
-    assert RawResource.objects.filter(run=run).count() == len({k for _, _, k in expected})
+    warned = set(run.findings.filter(IDENTIFIER_TYPE_WARNING).values_list("resource_key", flat=True))
+    assert RawResource.objects.filter(run=run).count() == len({k for _, _, k in expected} | warned)
 
 
 def test_a_clean_hospital_gives_no_findings_and_keeps_no_raw_data(
@@ -134,7 +156,7 @@ def test_a_clean_hospital_gives_no_findings_and_keeps_no_raw_data(
         run.error_message,
         list(run.findings.values("rule", "path", "message")[:5]),
     )
-    assert run.findings.count() == 0
+    assert_only_identifier_type_warnings(run)
     assert run.result["types_skipped"] == []
     assert set(run.result["resources"]) == {
         "Patient",
@@ -173,7 +195,7 @@ def test_every_vendor_flavour_maps_and_validates_clean(
     assert mapping.mrn_system == sandboxes[flavour].mrn_system  # the vendor default, found in the census
     run = run_now(connection, "validate", cs_user)
     assert run.status == RunStatus.PASSED, (run.error_kind, run.error_message)
-    assert run.findings.count() == 0
+    assert_only_identifier_type_warnings(run)
     # These sandboxes serve only the core types; the others are skipped and the log says so.
     assert "MedicationRequest" in run.result["types_skipped"]
     assert any("Not offered" in line["message"] for line in run.log)

@@ -95,6 +95,7 @@ class NewFinding:
     message: str
     location: str = ""
     discriminator: str = ""  # tells apart two findings of one rule at one path on one resource
+    profile: str = ""  # the US Core profile whose rule this is (``us-core-smokingstatus``), if any
 
 
 class FindingSink:
@@ -136,6 +137,7 @@ class FindingSink:
             path=finding.path[:200],
             location=finding.location[:300],
             message=finding.message[:500],
+            profile=finding.profile[:100],
             patient_key=p_key,
             resource_key=r_key,
             fingerprint=fingerprint(finding.rule, finding.path, finding.resource_type, r_key, finding.discriminator),

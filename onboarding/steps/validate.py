@@ -2,7 +2,10 @@
 
 One patient at a time (never the whole pull in memory), every resource is checked for:
 - structure, against fhirclient's models (through the adapters package);
-- US Core 6.1.0 mandatory elements, required categories and fixed codes (``onboarding.validation.uscore``);
+- US Core 6.1.0, against the profiles the resource claims or its code and category select: mandatory
+  elements and slices at every depth, fixed and pattern values, allowed types, required bindings
+  (errors) and extensible ones (warnings), from the table derived from the guide
+  (``onboarding.validation.uscore``); must-support coverage is reported per profile, never an error;
 - code systems after the mapping: each coded element carries a system the product accepts, or a
   local code the mapping maps; an unmapped local code is an error;
 - references: ``subject``/``patient`` point at the patient pulled, ``encounter`` at one of its
@@ -33,6 +36,7 @@ from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import (
+    CODED_ELEMENTS,
     ELEMENTS_BY_TYPE,
     KNOWN_SYSTEM_LABELS,
     SYSTEM_LABELS,
@@ -65,6 +69,11 @@ DATE_ELEMENTS = (
 PERIOD_ELEMENTS = ("period", "effectivePeriod", "performedPeriod")
 REFERENCE_OWNERS = ("subject", "patient")
 _NOT_LETTERS = re.compile(r"[^a-z]")
+# Coded elements whose codes the mapping owns: a code outside US Core's extensible value set there is
+# reported once, by codes.unmapped-local against the systems the product accepts, not twice.
+_MAPPING_OWNED = frozenset(
+    path for element in CODED_ELEMENTS for path in (element.key, f"{element.key}[x]", element.json_name)
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ class Validator:
     # thousand patients cost little memory and no MRN or name is held.
     _mrns: dict[int, int] = field(default_factory=dict)
     _people: dict[int, int] = field(default_factory=dict)
-    _must_support: dict[str, set[str]] = field(default_factory=dict)  # profile -> elements not seen yet
+    _must_support: dict[str, set[int]] = field(default_factory=dict)  # profile -> must-support items not seen yet
     _profile_counts: Counter[str] = field(default_factory=Counter)
 
     # -- patients ------------------------------------------------------------------------------
@@ -212,60 +221,34 @@ class Validator:
 
     def _us_core(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
         found: list[NewFinding] = []
-        reported: set[str] = set()
+        reported: set[tuple[str, str, str]] = set()
         for profile in uscore.profiles_for(resource):
-            self._note_must_support(resource, profile)
-            for path in profile.mandatory:
-                if path not in reported and uscore.missing_mandatory(resource, path):
-                    reported.add(path)
-                    found.append(
-                        _f(
-                            ERROR,
-                            "uscore.mandatory",
-                            resource_type,
-                            f"{resource_type}.{path}",
-                            f"{path} is mandatory in US Core ({profile.name}) but missing.",
-                            path.split(".")[0].replace("[x]", ""),
-                        )
-                    )
-            if not uscore.category_ok(resource, profile) and "category" not in reported:
-                reported.add("category")
-                wanted = " or ".join(code for _, code in profile.category)
+            self._profile_counts[profile.name] += 1
+            missing = self._must_support.get(profile.name)
+            if missing is None:
+                missing = self._must_support[profile.name] = set(range(len(profile.must_support)))
+            seen: set[int] = set()
+            for problem in profile.check(resource, seen if missing else None):
+                if problem.path in _MAPPING_OWNED and problem.rule == "uscore.binding-extensible":
+                    continue  # the mapping owns this element's codes (codes.unmapped-local reports them)
+                key = (problem.rule, problem.path, problem.location)
+                if key in reported:
+                    continue  # two claimed profiles sharing one rule report it once, under the first
+                reported.add(key)
                 found.append(
                     _f(
-                        ERROR,
-                        "uscore.category",
+                        problem.severity,
+                        problem.rule,
                         resource_type,
-                        f"{resource_type}.category",
-                        f"{profile.name} needs the category {wanted}.",
-                        "category",
+                        problem.path,
+                        problem.message,
+                        problem.location,
+                        discriminator=problem.location,
+                        profile=profile.name,
                     )
                 )
-            if not uscore.code_ok(resource, profile) and profile.code is not None:
-                found.append(
-                    _f(
-                        ERROR,
-                        "uscore.fixed-code",
-                        resource_type,
-                        f"{resource_type}.code",
-                        f"{profile.name} needs the LOINC code {profile.code[1]}.",
-                        "code",
-                    )
-                )
+            missing -= seen
         return found
-
-    def _note_must_support(self, resource: MappingType[str, Any], profile: uscore.Profile) -> None:
-        self._profile_counts[profile.name] += 1
-        missing = self._must_support.get(profile.name)
-        if missing is None:
-            missing = self._must_support[profile.name] = {*profile.must_support, *profile.extensions}
-        if missing:
-            urls = {
-                e.get("url")
-                for e in as_items(resource.get("extension"))
-                if isinstance(e, dict) and isinstance(e.get("url"), str)
-            }
-            missing -= {p for p in missing if p in urls or uscore.present(resource, p)}
 
     def _extensions(self, resource: MappingType[str, Any], resource_type: str) -> list[NewFinding]:
         found: list[NewFinding] = []
@@ -352,9 +335,14 @@ class Validator:
         ]
 
     def must_support_summary(self) -> list[dict[str, Any]]:
-        """Per profile seen: how many resources, and the must-support elements never populated."""
+        """Per profile the pull touched: how many resources, and the must-support elements never populated."""
+        names = {p.name: p for p in uscore.table().profiles.values()}
         return [
-            {"profile": name, "resources": count, "never_seen": sorted(self._must_support.get(name, ()))}
+            {
+                "profile": name,
+                "resources": count,
+                "never_seen": [names[name].must_support[i] for i in sorted(self._must_support.get(name, ()))],
+            }
             for name, count in sorted(self._profile_counts.items())
         ]
 
@@ -385,8 +373,9 @@ def _f(
     message: str,
     location: str = "",
     discriminator: str = "",
+    profile: str = "",
 ) -> NewFinding:
-    return NewFinding(severity, rule, resource_type, path, message, location, discriminator)
+    return NewFinding(severity, rule, resource_type, path, message, location, discriminator, profile)
 
 
 def _target_id(reference: MappingType[str, Any], resource_type: str) -> str | None:

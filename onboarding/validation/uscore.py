@@ -1,398 +1,598 @@
-"""US Core 6.1.0, reduced to the facts the validate step checks, for the resource types the product reads.
+"""US Core 6.1.0, as the validate step checks it: the guide's own rules, read from a derived table.
 
-Written by hand from the US Core 6.1.0 implementation guide (the Inferno test kit's metadata of its
-profiles): per profile, the elements with a minimum cardinality of one ("mandatory"), the
-must-support elements and extensions, the category a resource must carry, and the LOINC code a
-vital-sign profile fixes. Nothing here is read from the guide at run time.
+The rules are not written here. ``generate_uscore`` (beside this module) derives them from the US
+Core 6.1.0 IG package's StructureDefinition snapshots and value sets into ``uscore_610.json``, which
+is committed; this module loads that table once and checks plain JSON dicts against it. Per
+profile, at every depth the guide nests (an element inside a parent only where the parent is
+present), it reports:
 
-Path syntax: dotted JSON element names from the resource root. ``a.b`` is mandatory *within*
-each ``a`` that is present (``Patient.telecom.system``: every telecom has a system), exactly as
-the guide's cardinalities nest. ``x[x]`` is a choice: any ``x<Type>`` element satisfies it.
+- ``uscore.mandatory``: an element with a minimum of one is missing;
+- ``uscore.category`` / ``uscore.slice``: a required slice is missing (a category the profile
+  needs, the systolic component of a blood pressure, race's ``text``...);
+- ``uscore.fixed-value``: a fixed or pattern value differs (a vital sign's LOINC code, a UCUM unit);
+- ``uscore.binding``: a code outside a required binding's value set (an error), and
+  ``uscore.binding-extensible``: outside an extensible one (a warning);
+- ``uscore.type``: a choice element in a type the profile does not allow;
+- ``uscore.cardinality``: more repetitions than the profile allows (``0`` forbids the element).
+
+Must-support elements are never errors: each check also says which of the profile's must-support
+elements the resource populates, for the coverage report.
+
+Which profiles a resource is checked against (``profiles_for``), as the guide means it: the US Core
+profiles it claims in ``meta.profile``; else the one its code selects (a vital sign's LOINC code,
+the smoking-status code...); else the one its categories select (``survey`` selects
+screening-assessment, ``laboratory`` the lab profile...); else the base profile of its type.
+
+Not checked: FHIRPath invariants (``us-core-6`` and the like), reference targets' profiles, and the
+bindings whose value sets only VSAC or PHIN VADS publish (``UNCHECKED_VALUESETS`` says which).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from onboarding.validation.fhirjson import as_items, as_object
 
+TABLE_PATH = Path(__file__).resolve().parent / "uscore_610.json"
 BASE = "http://hl7.org/fhir/us/core/StructureDefinition/"
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
-CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-US_CORE_CONDITION_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/condition-category"
+ERROR, WARNING = "error", "warning"
+# Extensions any resource may carry that the guide uses without slicing them into a profile.
+_CORE_EXTENSIONS = ("http://hl7.org/fhir/StructureDefinition/data-absent-reason",)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One way a resource fails one profile."""
+
+    rule: str
+    severity: str
+    path: str  # element path with slice names, without list positions (``Observation.component:systolic``)
+    location: str  # JSON path with list positions, to highlight (``component[0].code``)
+    message: str
+    profile: str  # the profile's name (``us-core-smokingstatus``)
+
+
+class ValueSet:
+    """A value set as the table lists it: codes by system, and systems any code of which belongs."""
+
+    __slots__ = ("codes", "name", "pairs", "systems", "url")
+
+    def __init__(self, url: str, data: Mapping[str, Any]) -> None:
+        self.url = url
+        self.name = url.rsplit("/", 1)[-1]
+        self.pairs = frozenset((system, code) for system, codes in data["codes"].items() for code in codes)
+        self.codes = frozenset(code for _, code in self.pairs)
+        self.systems = frozenset(data["systems"])
+
+    def has_coding(self, system: Any, code: Any) -> bool:
+        """Whether a (system, code) belongs; a code without a system (or not a string) never does."""
+        if not isinstance(system, str) or not isinstance(code, str):
+            return False
+        return system in self.systems or (system, code) in self.pairs
+
+    def has_code(self, code: str) -> bool | None:
+        """Whether a bare code (of a ``code`` element) belongs; None when the table cannot tell."""
+        if code in self.codes:
+            return True
+        return None if self.systems else False
+
+
+class Rule:
+    """One element or slice of a profile, with what the guide requires of it and of its children."""
+
+    __slots__ = (
+        "binding_url",
+        "children",
+        "fixed",
+        "is_category",
+        "key",
+        "keys",
+        "match",
+        "max",
+        "min",
+        "ms_index",
+        "name",
+        "path",
+        "pattern",
+        "relative",
+        "slices",
+        "stem",
+        "strength",
+        "valueset",
+        "valueset_of_match",
+    )
+
+    def __init__(
+        self, data: Mapping[str, Any], parent_path: str, parent_relative: str, valuesets: Mapping[str, ValueSet]
+    ) -> None:
+        name: str = data["name"]
+        slice_name = data.get("slice")
+        types: list[str] = data.get("types") or (data.get("match") or {}).get("type") or []
+        self.name = name
+        self.stem = name[:-3] if name.endswith("[x]") else ""
+        self.keys = tuple(self.stem + t[0].upper() + t[1:] for t in types) if self.stem else (name,)
+        shown = name
+        if self.stem and slice_name and "type" in (data.get("match") or {}):
+            shown = slice_name  # a type slice: valueQuantity
+        elif self.stem and len(self.keys) == 1:
+            shown = self.keys[0]
+        elif slice_name:
+            shown = f"{name}:{slice_name}"
+        self.key = name if not self.stem else ""
+        self.path = f"{parent_path}.{shown}"
+        # As the table's must-support list names it: ``extension:race.extension:text``.
+        own = f"{name}:{slice_name}" if slice_name else name
+        self.relative = f"{parent_relative}.{own}" if parent_relative else own
+        self.min: int = data.get("min", 0)
+        self.max: int | None = data.get("max")
+        self.fixed = data.get("fixed")
+        self.pattern = data.get("pattern")
+        binding = data.get("binding")
+        self.strength: str = binding[0] if binding else ""
+        self.binding_url: str = binding[1] if binding else ""
+        self.valueset: ValueSet | None = valuesets.get(binding[1]) if binding else None
+        self.match: Mapping[str, Any] | None = data.get("match")
+        match_valueset = (self.match or {}).get("valueset")
+        self.valueset_of_match: ValueSet | None = valuesets.get(match_valueset) if match_valueset else None
+        self.children = tuple(Rule(c, self.path, self.relative, valuesets) for c in data.get("children", ()))
+        self.slices = tuple(Rule(s, parent_path, parent_relative, valuesets) for s in data.get("slices", ()))
+        self.ms_index: int = -1
+        self.is_category = name == "category"
+
+    def walk(self) -> Iterable[Rule]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+        for slice_rule in self.slices:
+            yield from slice_rule.walk()
+
+
+@dataclass(eq=False)
+class Profile:
+    """One US Core profile: its rules, must-support list and what selects it."""
+
+    url: str
+    name: str
+    title: str
+    resource_type: str
+    parent: str | None
+    depth: int
+    rules: tuple[Rule, ...]
+    must_support: tuple[str, ...]
+    select: Mapping[str, Any] = field(default_factory=dict)
+
+    def check(self, resource: Mapping[str, Any], seen: set[int] | None = None) -> list[Problem]:
+        """Every problem of the resource against this profile; adds the must-support indexes it populates."""
+        problems: list[Problem] = []
+        _check(self.rules, resource, "", problems, seen, self.name)
+        return problems
+
+
+# --- the walk ---------------------------------------------------------------------------------------------
+
+
+def _values(rule: Rule, node: Mapping[str, Any]) -> list[tuple[str, int, Any]]:
+    """(JSON key, list position or -1, value) of every value of the element in ``node``."""
+    found: list[tuple[str, int, Any]] = []
+    for key in rule.keys:
+        value = node.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            found.extend((key, i, v) for i, v in enumerate(value) if v is not None)
+        else:
+            found.append((key, -1, value))
+    return found
+
+
+def _where(prefix: str, key: str, index: int) -> str:
+    return f"{prefix}{key}" if index < 0 else f"{prefix}{key}[{index}]"
+
+
+def _check(
+    rules: tuple[Rule, ...],
+    node: Mapping[str, Any],
+    prefix: str,
+    problems: list[Problem],
+    seen: set[int] | None,
+    profile: str,
+) -> None:
+    for rule in rules:
+        values = _values(rule, node)
+        if rule.stem:
+            _choice_types(rule, node, prefix, problems, profile)
+        _count(rule, values, node, prefix, problems, profile, None)
+        if values and seen is not None and rule.ms_index >= 0:
+            seen.add(rule.ms_index)
+        if not rule.slices:
+            if values:
+                _each(rule, values, prefix, problems, seen, profile)
+            continue
+        # A value in a slice is checked against the slice's definition (which repeats the element's
+        # own rules in the snapshot); a value in no slice against the element's.
+        in_slice: set[int] = set()
+        for slice_rule in rule.slices:
+            members = [item for item in values if _in_slice(slice_rule, item[0], item[2])]
+            _count(slice_rule, members, node, prefix, problems, profile, rule)
+            if members:
+                in_slice.update(id(item) for item in members)
+                if seen is not None and slice_rule.ms_index >= 0:
+                    seen.add(slice_rule.ms_index)
+                _each(slice_rule, members, prefix, problems, seen, profile, rule)
+        rest = [item for item in values if id(item) not in in_slice]
+        if rest:
+            _each(rule, rest, prefix, problems, seen, profile)
+
+
+def _count(
+    rule: Rule,
+    values: list[tuple[str, int, Any]],
+    node: Mapping[str, Any],
+    prefix: str,
+    problems: list[Problem],
+    profile: str,
+    sliced: Rule | None,
+) -> None:
+    count = len(values)
+    if count < rule.min:
+        # A primitive may be absent with an extension in its place (``_birthDate`` with a data-absent-reason).
+        if sliced is None and count == 0 and any(f"_{key}" in node for key in rule.keys):
+            return
+        where = prefix[:-1] if prefix else ""
+        if sliced is None:
+            rule_id, message = "uscore.mandatory", f"{_short(rule.path)} is mandatory in {profile} but missing."
+        else:
+            rule_id = "uscore.category" if sliced.is_category else "uscore.slice"
+            message = f"{profile} needs {_short(sliced.path)} {describe(rule.match)}" + (
+                "." if rule.min == 1 else f" ({rule.min} of them)."
+            )
+        problems.append(Problem(rule_id, ERROR, rule.path, where, message, profile))
+    elif rule.max is not None and count > rule.max:
+        key, index, _ = values[rule.max] if rule.max < count else values[-1]
+        message = (
+            f"{_short(rule.path)} is not allowed in {profile}."
+            if rule.max == 0
+            else f"{_short(rule.path)} may occur at most {rule.max} time(s) in {profile}, found {count}."
+        )
+        problems.append(Problem("uscore.cardinality", ERROR, rule.path, _where(prefix, key, index), message, profile))
+
+
+def _each(
+    rule: Rule,
+    values: list[tuple[str, int, Any]],
+    prefix: str,
+    problems: list[Problem],
+    seen: set[int] | None,
+    profile: str,
+    sliced: Rule | None = None,
+) -> None:
+    # A slice that constrains nothing below itself leaves its members to the element's child rules.
+    children = rule.children if rule.children or sliced is None else sliced.children
+    for key, index, value in values:
+        if rule.fixed is not None and value != rule.fixed:
+            problems.append(
+                Problem(
+                    "uscore.fixed-value",
+                    ERROR,
+                    rule.path,
+                    _where(prefix, key, index),
+                    f"{_short(rule.path)} must be {json.dumps(rule.fixed)} in {profile}.",
+                    profile,
+                )
+            )
+        if rule.pattern is not None and not matches(value, rule.pattern):
+            problems.append(
+                Problem(
+                    "uscore.fixed-value",
+                    ERROR,
+                    rule.path,
+                    _where(prefix, key, index),
+                    f"{_short(rule.path)} must carry {describe({'pattern': rule.pattern})} in {profile}.",
+                    profile,
+                )
+            )
+        if rule.valueset is not None:
+            _binding(rule, value, _where(prefix, key, index), problems, profile)
+        if children and isinstance(value, dict):
+            _check(children, value, _where(prefix, key, index) + ".", problems, seen, profile)
+
+
+def _choice_types(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
+    stem, size = rule.stem, len(rule.stem)
+    for key in node:
+        if key.startswith(stem) and key[size : size + 1].isupper() and key not in rule.keys:
+            allowed = ", ".join(k[size:] for k in rule.keys) or "nothing"
+            problems.append(
+                Problem(
+                    "uscore.type",
+                    ERROR,
+                    f"{rule.path.rsplit('.', 1)[0]}.{key}",
+                    f"{prefix}{key}",
+                    f"{_short(rule.path)} may only be {allowed} in {profile}, not {key[size:]}.",
+                    profile,
+                )
+            )
+
+
+def _binding(rule: Rule, value: Any, where: str, problems: list[Problem], profile: str) -> None:
+    valueset = rule.valueset
+    assert valueset is not None
+    shown: str
+    if isinstance(value, str):
+        if valueset.has_code(value) is not False:
+            return
+        shown = value
+    elif isinstance(value, dict):
+        if "coding" in value or "text" in value:
+            codings = [c for c in as_items(value.get("coding")) if isinstance(c, dict) and "code" in c]
+            if not codings or any(_coding_in(rule, c) for c in codings):
+                return
+            shown = ", ".join(f"{c.get('system') or 'no system'}|{c.get('code')}" for c in codings)
+        elif "code" in value:
+            if _coding_in(rule, value):
+                return
+            shown = f"{value.get('system') or 'no system'}|{value.get('code')}"
+        else:
+            return
+    else:
+        return
+    if rule.strength == "required":
+        rule_id, severity, how = "uscore.binding", ERROR, "requires a code from"
+    else:
+        rule_id, severity, how = "uscore.binding-extensible", WARNING, "expects a code from"
+    message = f"{_short(rule.path)} {shown} is not in {valueset.name}: {profile} {how} that value set."
+    problems.append(Problem(rule_id, severity, rule.path, where, message, profile))
+
+
+def _coding_in(rule: Rule, coding: Mapping[str, Any]) -> bool:
+    valueset = rule.valueset
+    assert valueset is not None
+    if valueset.has_coding(coding.get("system"), coding.get("code")):
+        return True
+    # Extensible only: a listed code under another system URL passes. Several code systems were
+    # renamed between FHIR R4's value sets (2019) and the terminology the guide was published with
+    # (IHE format codes...), and a warning there would be a false alarm.
+    code = coding.get("code")
+    return rule.strength == "extensible" and isinstance(code, str) and code in valueset.codes
+
+
+def _in_slice(rule: Rule, key: str, value: Any) -> bool:
+    match = rule.match
+    if match is None:
+        return False
+    if "pattern" in match:
+        return matches(value, match["pattern"])
+    if "type" in match:
+        return key in rule.keys
+    valueset = rule.valueset_of_match
+    return valueset is not None and _concept_in(valueset, value)
+
+
+def _concept_in(valueset: ValueSet, value: Any) -> bool:
+    if isinstance(value, dict):
+        if "coding" in value:
+            return any(
+                valueset.has_coding(c.get("system"), c.get("code"))
+                for c in as_items(value.get("coding"))
+                if isinstance(c, dict)
+            )
+        return valueset.has_coding(value.get("system"), value.get("code"))
+    return isinstance(value, str) and bool(valueset.has_code(value))
+
+
+def matches(value: Any, pattern: Any) -> bool:
+    """FHIR pattern semantics: every element of the pattern is in the value (lists: each item somewhere)."""
+    if isinstance(pattern, dict):
+        if not isinstance(value, dict):
+            return False
+        return all(matches(value.get(k), v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        items = value if isinstance(value, list) else [value] if value is not None else []
+        return all(any(matches(item, p) for item in items) for p in pattern)
+    return bool(value == pattern)
+
+
+def describe(match: Mapping[str, Any] | None) -> str:
+    """A slice's or pattern's meaning in words: ``social-history (http://...observation-category)``."""
+    if not match:
+        return ""
+    if "pattern" in match:
+        pattern = match["pattern"]
+        codings = pattern.get("coding") if isinstance(pattern, dict) else None
+        if isinstance(codings, list):
+            return " and ".join(f"{c.get('code')} ({c.get('system')})" for c in codings if isinstance(c, dict))
+        if isinstance(pattern, dict) and "code" in pattern:
+            return f"{pattern.get('code')} ({pattern.get('system')})"
+        if isinstance(pattern, dict) and "url" in pattern and len(pattern) == 1:
+            return f"(extension {pattern['url']})"
+        return json.dumps(pattern, sort_keys=True)
+    if "valueset" in match:
+        return f"from value set {str(match['valueset']).rsplit('/', 1)[-1]}"
+    if "type" in match:
+        return "of type " + " or ".join(match["type"])
+    return ""
+
+
+def _short(path: str) -> str:
+    return path.split(".", 1)[1] if "." in path else path
+
+
+# --- the table --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Profile:
-    """One US Core profile's checkable facts."""
+class Table:
+    """Every profile of the table, by URL and by resource type, and what the table cannot check."""
 
-    name: str  # the last segment of the profile URL
-    resource_type: str
-    mandatory: tuple[str, ...]
-    must_support: tuple[str, ...]
-    extensions: tuple[str, ...] = ()  # must-support extension URLs
-    # The resource must carry at least one of these (system, code) pairs in its category.
-    category: tuple[tuple[str, str], ...] = ()
-    # A (system, code) the resource's code must carry (vital-sign profiles fix their LOINC code).
-    code: tuple[str, str] | None = None
-
-    @property
-    def url(self) -> str:
-        return BASE + self.name
+    profiles: Mapping[str, Profile]
+    by_type: Mapping[str, tuple[Profile, ...]]
+    valuesets: Mapping[str, ValueSet]
+    unchecked_valuesets: Mapping[str, str]
+    extensions: frozenset[str]
+    package: str
 
 
-# Every vital-sign profile shares these cardinalities (US Core's vital signs base).
-_VITAL_MANDATORY = (
-    "status",
-    "category",
-    "category.coding",
-    "category.coding.system",
-    "category.coding.code",
-    "code",
-    "subject",
-    "effective[x]",
-    "value[x].value",
-    "value[x].unit",
-    "value[x].system",
-    "value[x].code",
-    "component.code",
-)
-_VITAL_MUST_SUPPORT = ("status", "category", "code", "subject", "effectiveDateTime", "valueQuantity")
-_VITAL_SIGNS = ((OBSERVATION_CATEGORY, "vital-signs"),)
-
-
-def _vital(name: str, loinc: str) -> Profile:
-    return Profile(
-        name=name,
-        resource_type="Observation",
-        mandatory=_VITAL_MANDATORY,
-        must_support=_VITAL_MUST_SUPPORT,
-        category=_VITAL_SIGNS,
-        code=(LOINC, loinc),
+@cache
+def table() -> Table:
+    """The derived table, loaded and compiled once per process."""
+    data = json.loads(TABLE_PATH.read_text())
+    valuesets = {url: ValueSet(url, vs) for url, vs in data["valuesets"].items() if "unavailable" not in vs}
+    unchecked = {url: vs["unavailable"] for url, vs in data["valuesets"].items() if "unavailable" in vs}
+    profiles: dict[str, Profile] = {}
+    extensions = set(data["extensions"]) | set(_CORE_EXTENSIONS)
+    for item in data["profiles"]:
+        rules = tuple(Rule(node, item["type"], "", valuesets) for node in item["elements"])
+        must_support = tuple(item["must_support"])
+        index = {path: i for i, path in enumerate(must_support)}
+        for top in rules:
+            for rule in top.walk():
+                rule.ms_index = index.get(rule.relative, -1)
+                pattern = (rule.match or {}).get("pattern")
+                if isinstance(pattern, dict) and isinstance(pattern.get("url"), str) and "://" in pattern["url"]:
+                    extensions.add(pattern["url"])
+        profiles[item["url"]] = Profile(
+            url=item["url"],
+            name=item["name"],
+            title=item["title"],
+            resource_type=item["type"],
+            parent=item["parent"],
+            depth=item["depth"],
+            rules=rules,
+            must_support=must_support,
+            select=item["select"],
+        )
+    by_type: dict[str, list[Profile]] = {}
+    for profile in profiles.values():
+        by_type.setdefault(profile.resource_type, []).append(profile)
+    return Table(
+        profiles=profiles,
+        by_type={t: tuple(ps) for t, ps in by_type.items()},
+        valuesets=valuesets,
+        unchecked_valuesets=unchecked,
+        extensions=frozenset(extensions),
+        package=data["package"],
     )
 
 
-PATIENT = Profile(
-    name="us-core-patient",
-    resource_type="Patient",
-    mandatory=(
-        "identifier",
-        "identifier.system",
-        "identifier.value",
-        "name",
-        "telecom.system",
-        "telecom.value",
-        "gender",
-        "communication.language",
-        "link.other",
-        "link.type",
-    ),
-    must_support=(
-        "identifier",
-        "name",
-        "name.family",
-        "name.given",
-        "telecom",
-        "telecom.use",
-        "gender",
-        "birthDate",
-        "address",
-        "address.line",
-        "address.city",
-        "address.state",
-        "address.postalCode",
-        "communication",
-        "communication.language",
-    ),
-    extensions=(
-        BASE + "us-core-race",
-        BASE + "us-core-ethnicity",
-        BASE + "us-core-tribal-affiliation",
-        BASE + "us-core-sex",
-    ),
-)
-ENCOUNTER = Profile(
-    name="us-core-encounter",
-    resource_type="Encounter",
-    mandatory=(
-        "identifier.system",
-        "identifier.value",
-        "status",
-        "statusHistory.status",
-        "statusHistory.period",
-        "class",
-        "classHistory.class",
-        "classHistory.period",
-        "type",
-        "subject",
-        "diagnosis.condition",
-        "location.location",
-    ),
-    must_support=(
-        "identifier",
-        "status",
-        "class",
-        "type",
-        "subject",
-        "participant",
-        "period",
-        "reasonCode",
-        "hospitalization",
-        "location",
-        "serviceProvider",
-    ),
-)
-CONDITION_ENCOUNTER_DIAGNOSIS = Profile(
-    name="us-core-condition-encounter-diagnosis",
-    resource_type="Condition",
-    mandatory=("category", "code", "subject"),
-    must_support=("category", "code", "subject", "encounter", "abatementDateTime", "recordedDate"),
-    category=((CONDITION_CATEGORY, "encounter-diagnosis"),),
-)
-CONDITION_PROBLEMS = Profile(
-    name="us-core-condition-problems-health-concerns",
-    resource_type="Condition",
-    mandatory=("category", "code", "subject"),
-    must_support=(
-        "clinicalStatus",
-        "verificationStatus",
-        "category",
-        "code",
-        "subject",
-        "onsetDateTime",
-        "abatementDateTime",
-        "recordedDate",
-    ),
-    extensions=("http://hl7.org/fhir/StructureDefinition/condition-assertedDate",),
-    category=((CONDITION_CATEGORY, "problem-list-item"), (US_CORE_CONDITION_CATEGORY, "health-concern")),
-)
-OBSERVATION_LAB = Profile(
-    name="us-core-observation-lab",
-    resource_type="Observation",
-    mandatory=("status", "category", "code", "subject", "component.code"),
-    must_support=("status", "category", "code", "subject", "effectiveDateTime", "value[x]", "specimen"),
-    category=((OBSERVATION_CATEGORY, "laboratory"),),
-)
-OBSERVATION_CLINICAL_RESULT = Profile(
-    name="us-core-observation-clinical-result",
-    resource_type="Observation",
-    mandatory=("status", "category", "code", "subject", "component.code"),
-    must_support=("status", "category", "code", "subject", "effectiveDateTime", "value[x]"),
-    category=tuple(
-        (OBSERVATION_CATEGORY, code)
-        for code in ("laboratory", "exam", "therapy", "imaging", "procedure", "vital-signs", "activity")
-    ),
-)
-BLOOD_PRESSURE = Profile(
-    name="us-core-blood-pressure",
-    resource_type="Observation",
-    mandatory=(
-        "status",
-        "category",
-        "category.coding",
-        "category.coding.system",
-        "category.coding.code",
-        "code",
-        "subject",
-        "effective[x]",
-        "component",
-        "component.code",
-        "component.value[x].value",
-        "component.value[x].unit",
-        "component.value[x].system",
-        "component.value[x].code",
-    ),
-    must_support=("status", "category", "code", "subject", "effectiveDateTime", "component", "component.code"),
-    category=_VITAL_SIGNS,
-    code=(LOINC, "85354-9"),
-)
-MEDICATION_REQUEST = Profile(
-    name="us-core-medicationrequest",
-    resource_type="MedicationRequest",
-    mandatory=("status", "intent", "medication[x]", "subject", "substitution.allowed[x]"),
-    must_support=(
-        "status",
-        "intent",
-        "category",
-        "medication[x]",
-        "subject",
-        "encounter",
-        "authoredOn",
-        "requester",
-        "dosageInstruction",
-        "dosageInstruction.text",
-    ),
-)
-ALLERGY_INTOLERANCE = Profile(
-    name="us-core-allergyintolerance",
-    resource_type="AllergyIntolerance",
-    mandatory=("code", "patient", "reaction.manifestation"),
-    must_support=("clinicalStatus", "verificationStatus", "code", "patient", "reaction", "reaction.manifestation"),
-)
-PROCEDURE = Profile(
-    name="us-core-procedure",
-    resource_type="Procedure",
-    mandatory=("status", "code", "subject", "performer.actor", "focalDevice.manipulated"),
-    must_support=("basedOn", "status", "code", "subject", "performedDateTime"),
-)
-IMMUNIZATION = Profile(
-    name="us-core-immunization",
-    resource_type="Immunization",
-    mandatory=("status", "vaccineCode", "patient", "occurrence[x]", "performer.actor", "protocolApplied.doseNumber[x]"),
-    must_support=("status", "statusReason", "vaccineCode", "patient", "occurrenceDateTime", "primarySource"),
-)
+# --- choosing profiles ------------------------------------------------------------------------------------
 
-VITAL_SIGN_PROFILES = (
-    _vital("us-core-heart-rate", "8867-4"),
-    _vital("us-core-respiratory-rate", "9279-1"),
-    _vital("us-core-body-temperature", "8310-5"),
-    _vital("us-core-body-height", "8302-2"),
-    _vital("us-core-body-weight", "29463-7"),
-    _vital("us-core-bmi", "39156-5"),
-    BLOOD_PRESSURE,
-)
 
-PROFILES: dict[str, Profile] = {
-    profile.url: profile
-    for profile in (
-        PATIENT,
-        ENCOUNTER,
-        CONDITION_ENCOUNTER_DIAGNOSIS,
-        CONDITION_PROBLEMS,
-        OBSERVATION_LAB,
-        OBSERVATION_CLINICAL_RESULT,
-        *VITAL_SIGN_PROFILES,
-        MEDICATION_REQUEST,
-        ALLERGY_INTOLERANCE,
-        PROCEDURE,
-        IMMUNIZATION,
-    )
-}
-_VITALS_BY_LOINC = {profile.code[1]: profile for profile in VITAL_SIGN_PROFILES if profile.code}
-_SINGLE_PROFILE = {
-    "Patient": PATIENT,
-    "Encounter": ENCOUNTER,
-    "MedicationRequest": MEDICATION_REQUEST,
-    "AllergyIntolerance": ALLERGY_INTOLERANCE,
-    "Procedure": PROCEDURE,
-    "Immunization": IMMUNIZATION,
-}
-
-# Extensions US Core defines (must-support or not) and core extensions its profiles use: anything
-# else on a resource is an extension the mapping has to decide about.
-KNOWN_EXTENSIONS = frozenset(
-    {
-        BASE + "us-core-race",
-        BASE + "us-core-ethnicity",
-        BASE + "us-core-tribal-affiliation",
-        BASE + "us-core-sex",
-        BASE + "us-core-birthsex",
-        BASE + "us-core-genderIdentity",
-        BASE + "us-core-direct",
-        BASE + "us-core-jurisdiction",
-        BASE + "us-core-medication-adherence",
-        BASE + "us-core-extension-questionnaire-uri",
-        "http://hl7.org/fhir/StructureDefinition/condition-assertedDate",
-        "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
-    }
-)
+def profile(url: str) -> Profile | None:
+    """The profile of a canonical URL (a ``|version`` suffix is ignored), if the table has it."""
+    return table().profiles.get(url.split("|", 1)[0])
 
 
 def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
-    """The profiles to check a resource against: the US Core ones it claims, else the one that fits it."""
-    claimed = [
-        PROFILES[url]
-        for url in as_items(as_object(resource.get("meta")).get("profile"))
-        if isinstance(url, str) and url in PROFILES
-    ]
+    """The profiles to check a resource against, as the guide means them (see the module doc)."""
+    claimed: list[Profile] = []
+    for url in as_items(as_object(resource.get("meta")).get("profile")):
+        found = profile(url) if isinstance(url, str) else None
+        if found is not None and found not in claimed:
+            claimed.append(found)
     if claimed:
         return claimed
-    resource_type = resource.get("resourceType")
-    if resource_type in _SINGLE_PROFILE:
-        return [_SINGLE_PROFILE[str(resource_type)]]
-    categories = _category_pairs(resource)
-    if resource_type == "Condition":
-        diagnosis = (CONDITION_CATEGORY, "encounter-diagnosis") in categories
-        return [CONDITION_ENCOUNTER_DIAGNOSIS if diagnosis else CONDITION_PROBLEMS]
-    if resource_type == "Observation":
-        if (OBSERVATION_CATEGORY, "vital-signs") in categories:
-            codes = [
-                c.get("code")
-                for c in as_items(as_object(resource.get("code")).get("coding"))
-                if isinstance(c, dict) and c.get("system") == LOINC
-            ]
-            vital = next((_VITALS_BY_LOINC[c] for c in codes if isinstance(c, str) and c in _VITALS_BY_LOINC), None)
-            if vital is not None:
-                return [vital]
-        if (OBSERVATION_CATEGORY, "laboratory") in categories:
-            return [OBSERVATION_LAB]
-        return [OBSERVATION_CLINICAL_RESULT]
-    return []
+    candidates = table().by_type.get(str(resource.get("resourceType")), ())
+    if len(candidates) <= 1:
+        return list(candidates)
+    return [_select(resource, candidates)]
 
 
-def _category_pairs(resource: Mapping[str, Any]) -> set[tuple[str, str]]:
+def _select(resource: Mapping[str, Any], candidates: tuple[Profile, ...]) -> Profile:
+    codings = _pairs(resource.get("code"))
+    categories = [c for c in as_items(resource.get("category")) if isinstance(c, dict)]
+    # 1. The code: a profile that fixes the code (most specific first), then one whose value set has it.
+    by_code = [p for p in candidates if codings & _fixed_codes(p)]
+    if not by_code:
+        by_code = [p for p in candidates if any(_code_valueset_has(p, s, c) for s, c in codings)]
+    if by_code:
+        return max(by_code, key=lambda p: (p.depth, p.name))
+    # 2. Required categories, for profiles not defined by a code: survey -> screening-assessment.
+    open_profiles = [p for p in candidates if not _has_code_selector(p)]
+    by_category = [
+        p
+        for p in open_profiles
+        if p.select.get("categories") and all(_category_present(m, categories) for m in p.select["categories"])
+    ]
+    if by_category:
+        return max(by_category, key=lambda p: (p.depth, len(p.select["categories"]), p.name))
+    # 3. A category in a profile's category value set, narrowest value set first: imaging -> clinical result.
+    lenient = [p for p in open_profiles if not p.select.get("categories")]
+    by_valueset = [(size, p) for p in lenient for size in [_category_valueset_size(p, categories)] if size is not None]
+    if by_valueset:
+        return min(by_valueset, key=lambda item: (item[0], item[1].name))[1]
+    return base_profile(candidates)
+
+
+def base_profile(candidates: Iterable[Profile]) -> Profile:
+    """The most general profile of a type: no code selector, fewest required categories, widest categories."""
+    return min(
+        candidates,
+        key=lambda p: (
+            p.depth,
+            _has_code_selector(p),
+            len(p.select.get("categories", ())),
+            -_valueset_total(p.select.get("category_valuesets", ())),
+            p.name,
+        ),
+    )
+
+
+def _pairs(concept: Any) -> set[tuple[str, str]]:
     return {
-        (str(coding.get("system")), str(coding.get("code")))
-        for concept in as_items(resource.get("category"))
-        if isinstance(concept, dict)
-        for coding in as_items(concept.get("coding"))
-        if isinstance(coding, dict)
+        (str(c.get("system")), str(c.get("code")))
+        for c in as_items(as_object(concept).get("coding"))
+        if isinstance(c, dict)
     }
 
 
-def missing_mandatory(resource: Mapping[str, Any], path: str) -> bool:
-    """Whether a mandatory element is absent where the guide requires it (see the module doc)."""
-    *parents, leaf = path.split(".")
-    nodes: list[Any] = [resource]
-    for segment in parents:
-        # Nested: only parents that are present must carry the rest; absent ones ask nothing.
-        nodes = [child for node in nodes for child in _children(node, segment) if isinstance(child, dict)]
-    return any(not _children(node, leaf) for node in nodes)
+def _fixed_codes(profile: Profile) -> set[tuple[str, str]]:
+    return {(s, c) for s, c in profile.select.get("code", ())}
 
 
-def _children(node: Any, name: str) -> list[Any]:
-    if not isinstance(node, dict):
-        return []
-    if name.endswith("[x]"):
-        stem = name[:-3]
-        found = [v for k, v in node.items() if k.startswith(stem) and k[len(stem) : len(stem) + 1].isupper()]
-    else:
-        found = [node[name]] if name in node else []
-    values: list[Any] = []
-    for value in found:
-        if isinstance(value, list):
-            values.extend(v for v in value if v not in (None, "", [], {}))
-        elif value not in (None, "", [], {}):
-            values.append(value)
-    return values
+def _has_code_selector(profile: Profile) -> bool:
+    return bool(profile.select.get("code") or profile.select.get("code_valueset"))
 
 
-def present(resource: Mapping[str, Any], path: str) -> bool:
-    """Whether an element is populated anywhere in the resource (for must-support coverage)."""
-    nodes: list[Any] = [resource]
-    for segment in path.split("."):
-        nodes = [child for node in nodes for child in _children(node, segment)]
-        if not nodes:
-            return False
-    return True
+def _code_valueset_has(profile: Profile, system: str, code: str) -> bool:
+    url = profile.select.get("code_valueset")
+    valueset = table().valuesets.get(url) if url else None
+    return valueset is not None and (system, code) in valueset.pairs
 
 
-def category_ok(resource: Mapping[str, Any], profile: Profile) -> bool:
-    """Whether the resource carries one of the categories its profile requires (true when none is)."""
-    return not profile.category or bool(_category_pairs(resource) & set(profile.category))
+def _category_present(match: Mapping[str, Any], categories: list[dict[str, Any]]) -> bool:
+    if "pattern" in match:
+        return any(matches(c, match["pattern"]) for c in categories)
+    valueset = table().valuesets.get(match.get("valueset", ""))
+    return valueset is not None and any(_concept_in(valueset, c) for c in categories)
 
 
-def code_ok(resource: Mapping[str, Any], profile: Profile) -> bool:
-    """Whether the resource carries the code its profile fixes (true when it fixes none)."""
-    if profile.code is None:
-        return True
-    system, code = profile.code
-    return any(
-        c.get("system") == system and c.get("code") == code
-        for c in as_items(as_object(resource.get("code")).get("coding"))
-        if isinstance(c, dict)
-    )
+def _category_valueset_size(profile: Profile, categories: list[dict[str, Any]]) -> int | None:
+    sizes = [
+        len(valueset.pairs)
+        for url in profile.select.get("category_valuesets", ())
+        for valueset in [table().valuesets.get(url)]
+        if valueset is not None and any(_concept_in(valueset, c) for c in categories)
+    ]
+    return min(sizes) if sizes else None
+
+
+def _valueset_total(urls: Iterable[str]) -> int:
+    return sum(len(vs.pairs) for url in urls for vs in [table().valuesets.get(url)] if vs is not None)
+
+
+def known_extensions() -> frozenset[str]:
+    """Extensions the guide defines or slices into a profile, and core ones it uses anywhere."""
+    return table().extensions
+
+
+def unchecked_valuesets() -> Mapping[str, str]:
+    """Value sets the table cannot list (and so bindings not checked), with the reason."""
+    return table().unchecked_valuesets
+
+
+KNOWN_EXTENSIONS = known_extensions()
