@@ -80,7 +80,7 @@ class Command(BaseCommand):
                         "-s",
                         beat_schedule,
                         "-Q",
-                        "steps,maintenance",
+                        "steps,maintenance,notifications",
                         "-c",
                         "2",
                         "-l",
