@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('onboarding', '0003_mapping_findings_waivers'),
+        ('onboarding', '0006_delete_mappingsignoff'),
     ]
 
     operations = [
