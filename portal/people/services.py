@@ -209,6 +209,8 @@ def remove_member(
     user, tenant, role = membership.user, membership.tenant, membership.role
     membership.delete()
     _sync_tenant_perms(user, tenant, None)
+    # Ended first, so the count is of what this removal ended (deactivating also drops tokens).
+    ended = end_sessions_and_tokens(user)
     deactivated = False
     if not Membership.objects.filter(user=user).exists():
         user.groups.remove(Group.objects.get(name=HOSPITAL_IT))
@@ -216,7 +218,6 @@ def remove_member(
             user.is_active = False
             user.save(update_fields=["is_active"])
             deactivated = True
-    ended = end_sessions_and_tokens(user)
     audit.record(
         action="member.remove",
         actor=actor,
