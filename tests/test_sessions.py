@@ -122,7 +122,7 @@ def test_four_wrong_passwords_then_the_right_one_still_logs_in(it_a: Any) -> Non
     for _ in range(4):
         client.post(reverse("login"), {"username": it_a.username, "password": "not-the-password"})
     response = client.post(reverse("login"), {"username": it_a.username, "password": DEFAULT_PASSWORD})
-    assert response.status_code == 302 and response["Location"] == "/"
+    assert response.status_code == 302 and response["Location"] == reverse("my_work")  # the first page after login
 
 
 # --- Two-factor ---------------------------------------------------------------------------------------
