@@ -258,9 +258,10 @@ def _check_url(url: str, allowlist: frozenset[str]) -> httpx.URL:
     _check_split_origin(parts.scheme, parts.netloc)
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        host = parsed.host  # decoding an IDNA host can fail too (an invalid xn-- label)
+    except (httpx.InvalidURL, ValueError):
         raise RemoteError(ErrorKind.BAD_REQUEST, "The URL is not valid.") from None
-    _check_parsed_origin(parsed.scheme, parsed.host, parsed.port, parsed.userinfo, allowlist)
+    _check_parsed_origin(parsed.scheme, host, parsed.port, parsed.userinfo, allowlist)
     return parsed
 
 
@@ -873,7 +874,7 @@ class GuardedClient:
         self.wait_deadline: float | None = None
         self._dns_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="guarded-dns")
         backend = _PinnedBackend(policy, resolver or default_resolver, self._dns_pool)
-        self._http = httpx.Client(
+        self._http = _Client(
             transport=_transport(policy, backend),
             trust_env=False,  # no proxies or netrc from the environment
             follow_redirects=False,  # every hop is re-checked by us
@@ -1073,8 +1074,12 @@ class GuardedClient:
                 f"The hospital's server redirected us more than {self._policy.max_redirects} times.",
                 detail={"location": redactor.url(location)},
             )
-        target = urljoin(str(current), location)
-        if current.scheme == "https" and urlsplit(target).scheme.lower() != "https":
+        try:
+            target = urljoin(str(current), location)
+            scheme = urlsplit(target).scheme.lower()
+        except ValueError:
+            raise _unreadable_redirect(location, redactor) from None
+        if current.scheme == "https" and scheme != "https":
             raise RemoteError(
                 ErrorKind.REDIRECT_REFUSED,
                 "The hospital's server redirected a secure (https) address to an insecure one.",
@@ -1083,7 +1088,10 @@ class GuardedClient:
         try:
             return check_url(target, self._policy)
         except RemoteError as exc:
-            error = exc.with_detail(location=redactor.url(target))
+            if exc.kind is ErrorKind.BAD_REQUEST:
+                error = _unreadable_redirect(location, redactor)
+            else:
+                error = exc.with_detail(location=redactor.url(target))
         raise error
 
     def _finish(self, response: httpx.Response, attempt: _Attempt, expect_json: bool, redactor: Redactor) -> Response:
@@ -1132,6 +1140,27 @@ class GuardedClient:
             elapsed_ms,
             attempts,
         )
+
+
+def _unreadable_redirect(location: str, redactor: Redactor) -> RemoteError:
+    # Not a transport failure: the same answer comes back every time, so it is refused once.
+    return RemoteError(
+        ErrorKind.REDIRECT_REFUSED,
+        "The hospital's server redirected us to an address that cannot be read (a malformed Location header).",
+        detail={"location": redactor.text(location)[:BODY_SNIPPET]},
+    )
+
+
+class _Client(httpx.Client):
+    """httpx's client without its own reading of a redirect's Location: the guarded client reads it.
+
+    With redirects off, httpx still parses Location to offer ``next_request``, and a malformed one
+    became a RemoteProtocolError (classified ``connect`` and retried) or an uncaught InvalidURL or
+    IDNAError. ``GuardedClient._redirect_target`` reads and checks every hop instead.
+    """
+
+    def _build_redirect_request(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
+        return request
 
 
 def _transport(policy: OutboundPolicy, backend: _PinnedBackend) -> httpx.HTTPTransport:

@@ -8,14 +8,18 @@ always active:
 - frame locals are listed by name and type only, never by value;
 - POST fields, settings and request headers named like a credential are hidden (the pattern Django
   uses for settings), and so are query parameters (``SecretScrubbingReporter``).
+
+``PlainRefusals`` keeps permission refusals in the log as the one line they are, without a traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, QueryDict
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
@@ -85,3 +89,17 @@ class SecretScrubbingReporter(ExceptionReporter):
                 path, query = uri.split("?", 1)
                 data["request_insecure_uri"] = f"{path}?{scrubber.scrubbed_query(query)}"
         return data
+
+
+class PlainRefusals(logging.Filter):
+    """Drop the traceback Django's request logger attaches to a 403 (PermissionDenied).
+
+    Refusing a role an action is the access rules working, not a bug: the warning line
+    ("Forbidden (Permission denied): /path") stays; a stack trace per refusal only buries real errors.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PermissionDenied):
+            record.exc_info = None
+            record.exc_text = None
+        return True

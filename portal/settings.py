@@ -454,8 +454,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"plain_refusals": {"()": "portal.reporting.PlainRefusals"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    # axes logs every successful login at INFO; the audit trail records logins already.
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        # axes logs every successful login at INFO; the audit trail records logins already.
+        "axes": {"level": "WARNING"},
+        # A 403 is logged as one line, without the PermissionDenied traceback.
+        "django.request": {"filters": ["plain_refusals"]},
+    },
 }

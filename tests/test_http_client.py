@@ -525,6 +525,16 @@ def test_redirects_are_followed_up_to_the_limit(server: LoopbackServer) -> None:
     assert server.hits["/hop5"] == 1
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "//[", "https://xn--zz/", "http://a\x01b/", "http://[::1]:x/"])
+def test_a_redirect_whose_location_cannot_be_read_is_refused_once(server: LoopbackServer, location: str) -> None:
+    server.routes["/moved"] = redirect(302, location)
+    sleeps: list[float] = []
+    error = raises(lambda: make_client(server, sleeps=sleeps).get_json(server.url("/moved")))
+    assert error.kind is ErrorKind.REDIRECT_REFUSED, (error.kind, error.message)
+    assert "cannot be read" in error.message
+    assert (error.detail["attempts"], server.hits["/moved"], sleeps) == (1, 1, [])
+
+
 def test_redirect_into_a_private_address_is_refused(server: LoopbackServer, other_server: LoopbackServer) -> None:
     other_server.routes["/admin"] = ok()
     server.routes["/a"] = redirect(302, "http://10.0.0.1/admin")

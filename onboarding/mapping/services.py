@@ -46,6 +46,8 @@ CSV_COLUMNS = (
 REQUIRED_CSV_COLUMNS = ("element", "source_system", "source_code", "target_system", "target_code", "target_display")
 MAX_CSV_BYTES = 1024 * 1024
 MAX_CSV_ROWS = 5000
+# Codes, systems and displays are short (a display at most 300 characters): anything longer is not a mapping.
+MAX_CSV_CELL_CHARS = 1000
 _TARGETS = ("target_system", "target_code", "target_display")
 
 
@@ -455,10 +457,11 @@ def _parse_csv(data: bytes, result: ImportResult) -> list[tuple[int, dict[str, s
     except UnicodeDecodeError:
         result.errors.append((0, "The file is not UTF-8 text. Save it as CSV UTF-8 and try again."))
         return []
-    reader = csv.DictReader(io.StringIO(text))
+    # csv.reader, not DictReader: DictReader skips blank rows unseen, so they escaped the row cap.
+    reader = csv.reader(io.StringIO(text))
     try:
         # Reading the header parses the first row, which can already be malformed.
-        header = [name.strip() for name in reader.fieldnames or []]
+        header = [name.strip() for name in next((row for row in reader if row), [])]
     except csv.Error as exc:
         result.errors.append((1, f"The header row cannot be read as CSV ({exc}). Start from an exported file."))
         return []
@@ -466,26 +469,41 @@ def _parse_csv(data: bytes, result: ImportResult) -> list[tuple[int, dict[str, s
     if missing:
         result.errors.append((1, f"The header row lacks {', '.join(missing)}. Start from an exported file."))
         return []
-    reader.fieldnames = header
     parsed: list[tuple[int, dict[str, str]]] = []
     seen: dict[str, int] = {}
+    rows = 0
+    end = reader.line_num  # the last line read so far; a row starts on the next one
     try:
-        for row in reader:
-            line = reader.line_num
-            if len(parsed) >= MAX_CSV_ROWS:
-                result.errors.append((line, f"The file has more than {MAX_CSV_ROWS} rows."))
+        for cells in reader:
+            line, end = end + 1, reader.line_num  # a quoted cell may span lines: name the first
+            rows += 1  # blank rows count too: the cap bounds the work whatever the rows hold
+            if rows > MAX_CSV_ROWS:
+                result.errors.append((line, f"The file has more than {MAX_CSV_ROWS} rows (blank rows included)."))
                 break
-            if None in row:
+            if len(cells) > len(header):
                 result.errors.append((line, "This row has more cells than the header."))
                 continue
+            cells += [""] * (len(header) - len(cells))  # a short row reads as blanks, as DictReader filled it
+            named = list(zip(header, cells, strict=True))
+            too_long = next((name for name, cell in named if len(cell) > MAX_CSV_CELL_CHARS), None)
+            if too_long is not None:
+                result.errors.append(
+                    (line, f"{too_long or 'A cell'} is longer than {MAX_CSV_CELL_CHARS:,} characters.")
+                )
+                continue
             # The export quotes cells that look like formulas (portal.csvsafe): read back the value.
-            values = {k: csvsafe.undefuse((v or "").strip()) for k, v in row.items() if k}
+            values = {name: csvsafe.undefuse(cell.strip()) for name, cell in named if name}
             if not any(values.values()):
                 continue
             _check_source(line, values, seen, result)
             parsed.append((line, values))
     except csv.Error as exc:
-        result.errors.append((reader.line_num, f"The file is not valid CSV: {exc}."))
+        # The row being read when the parser gave up starts on the line after the last one read.
+        if "field larger than field limit" in str(exc):
+            message = f"A cell is longer than {MAX_CSV_CELL_CHARS:,} characters."
+        else:
+            message = f"The file is not valid CSV: {exc}."
+        result.errors.append((end + 1, message))
     return parsed
 
 
