@@ -101,3 +101,47 @@ def test_invite_read_the_email_accept_set_a_password_and_sign_in(
     invitee.goto(f"{live_server.url}/")
     expect(invitee.locator("#id_username")).to_be_visible()  # back at the login page
     assert errors == []
+
+
+def test_staff_pages_and_the_last_approver_warning_are_accessible(
+    browser: Browser, live_server: Any, cs_user: Any, engineer: Any, tenant_a: Any, it_a: Any
+) -> None:
+    from portal.people import register_pending_approvals, unregister_pending_approvals
+    from portal.roles import VENDOR_ADMINS
+    from tests.conftest import authenticator_for
+    from tests.factories import UserFactory
+
+    admin = UserFactory(username="vadmin", groups=[VENDOR_ADMINS])
+    authenticator_for(admin)
+    page = browser.new_page()
+    log_in(page, live_server.url, admin.username, DEFAULT_PASSWORD)
+    page.get_by_test_id("nav-staff").click()
+    expect(page.get_by_test_id("staff")).to_contain_text("engineer")
+    assert_accessible(page)
+    page.get_by_test_id("invite-staff").click()
+    page.fill("#id_email", "eve@vendor.example.com")
+    page.select_option("#id_role", "engineer")
+    assert_accessible(page)
+    page.click("button:has-text('Send invitation')")
+    expect(page.get_by_test_id("invitations")).to_contain_text("eve@vendor.example.com")
+    page.locator("tr", has_text="engineer").get_by_role("link", name="Deactivate").click()
+    expect(page.locator("h1")).to_contain_text("Deactivate")
+    assert_accessible(page)
+    page.get_by_test_id("confirm").click()
+    expect(page.get_by_test_id("staff").locator("tr", has_text="engineer")).to_contain_text("Deactivated")
+
+    def one_pending(tenant: Any) -> int:
+        return 1
+
+    register_pending_approvals(one_pending)
+    try:
+        staff = browser.new_page()
+        log_in(staff, live_server.url, cs_user.username, DEFAULT_PASSWORD)
+        staff.goto(f"{live_server.url}/t/{tenant_a.code}/people/")
+        staff.locator("tr", has_text="it-alpha").get_by_test_id("remove-member").click()
+        expect(staff.get_by_test_id("last-approver-warning")).to_contain_text("last approver of Alpha Medical Center")
+        assert_accessible(staff)
+        staff.get_by_role("link", name="Cancel").click()
+        expect(staff.get_by_test_id("members")).to_contain_text("it-alpha")
+    finally:
+        unregister_pending_approvals(one_pending)
