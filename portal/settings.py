@@ -290,6 +290,9 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI from the sidecar package: no CDN, so the docs work on closed networks.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No deep links: Swagger UI draws each one as a link inside the operation's toggle button, a
+    # nested control that screen readers cannot reach (axe-core's nested-interactive, WCAG 4.1.2).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": False},
     "COMPONENT_SPLIT_REQUEST": True,
     # Two choice sets share the field name "role": name each after its meaning.
     "ENUM_NAME_OVERRIDES": {
