@@ -271,3 +271,23 @@ def test_the_data_migration_keeps_every_sign_off_and_its_history() -> None:
     finally:
         executor = MigrationExecutor(db_connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_deciding_a_request_whose_artifact_changed_voids_it_and_the_void_stays(
+    onboarding: Any, cs_user: Any, it_a: Any
+) -> None:
+    mapping = complete_mapping(cs_user, onboarding)
+    stale = Approval.objects.create(
+        onboarding=onboarding,
+        gate=mappings.SIGN_OFF_GATE,
+        artifact_kind="mapping",
+        artifact_id=mapping.pk,
+        artifact_version=mapping.version,
+        artifact_hash="f" * 64,  # not what the mapping holds now
+        artifact_label=f"Mapping version {mapping.version}",
+    )
+    with pytest.raises(gates.GateError, match="changed before your decision"):
+        gates.decide(user=it_a, approval=stale, decision="approved")
+    stale.refresh_from_db()
+    assert stale.state == "voided" and "before the decision" in stale.voided_reason
+    assert mappings.signed_mapping(onboarding) is None
