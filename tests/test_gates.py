@@ -291,3 +291,22 @@ def test_deciding_a_request_whose_artifact_changed_voids_it_and_the_void_stays(
     stale.refresh_from_db()
     assert stale.state == "voided" and "before the decision" in stale.voided_reason
     assert mappings.signed_mapping(onboarding) is None
+
+
+def test_a_failed_run_tells_the_assigned_customer_success_once(
+    onboarding: Any, cs_user: Any, it_a: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portal.notifications.models import Notification
+    from portal.people import services as people
+
+    monkeypatch.setattr(services, "send_run", lambda run_id: True)
+    people.assign_staff(actor=cs_user, tenant=onboarding.tenant, member=cs_user)
+    run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
+    assert services.claim(run.pk) == 1
+    assert services.fail_run(run.pk, kind="timeout", message="The hospital did not answer.", lease=1)
+    # A second report of the same failure (a redelivery, the reaper) tells nobody again.
+    services.notices.run_failed(StepRun.objects.get(pk=run.pk))
+    told = Notification.objects.filter(kind="run_failed", recipient=cs_user)
+    assert told.count() == 1
+    assert told.get().link == reverse("run_detail", kwargs={"code": run.code})
+    assert not Notification.objects.filter(kind="run_failed", recipient=it_a).exists()
