@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from connections.services import generate_key_pair
 from onboarding.engine import services
-from onboarding.models import Finding, RunStatus, StepRun
+from onboarding.models import Approval, Finding, RunStatus, StepRun
 from tests.browser import accessibility_report, log_in, reauthenticate
 from tests.factories import DEFAULT_PASSWORD
 from tests.test_map_step import ready_connection, run_now, sandbox_connection, set_sizes, signed_off_mapping
@@ -73,7 +73,13 @@ def seeded(
 
     tenant = {"code": tenant_a.code}
     conn = {"code": connection.code}
+    approval = Approval.objects.filter(onboarding=connection.onboarding).order_by("-requested_at").first()
+    assert approval is not None
     return {
+        "my work": reverse("my_work"),
+        "inbox": reverse("inbox"),
+        "approval": reverse("approval_detail", kwargs={"code": approval.code}),
+        "people": reverse("tenant_members", kwargs=tenant),
         "dashboard": reverse("dashboard"),
         "tenant": reverse("tenant_detail", kwargs=tenant),
         "tenant audit": reverse("tenant_audit", kwargs=tenant),
@@ -107,6 +113,10 @@ def seeded(
 
 
 EVERYONE = [
+    "my work",
+    "inbox",
+    "approval",
+    "people",
     "dashboard",
     "tenant",
     "tenant audit",

@@ -136,7 +136,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     gates = page.get_by_test_id("evidence-gates")
     expect(gates).to_contain_text(it_a.username)
     expect(gates).to_contain_text("MRN system confirmed with our registration team.")
-    expect(gates).to_contain_text("mapping v3")
+    expect(gates).to_contain_text("Mapping version 3")
     expect(gates).to_contain_text(MAPPING_HASH)
     expect(gates.get_by_test_id("gate-note-load_test")).to_have_text("not available yet")
     expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")

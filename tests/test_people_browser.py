@@ -76,8 +76,10 @@ def test_invite_read_the_email_accept_set_a_password_and_sign_in(
     invitee.get_by_test_id("accept").click()
     expect(invitee.locator(".messages")).to_contain_text("Your account is ready")
     assert_accessible(invitee)
-    # Then sign in with the new password: their hospital is on their first page.
+    # Then sign in with the new password: their first page is My work; their hospital is listed.
     log_in(invitee, live_server.url, "ada@alpha.example.org", PASSWORD)
+    expect(invitee.locator("h1")).to_have_text("My work")
+    invitee.get_by_role("link", name="Hospitals").click()
     expect(invitee.locator("#tenant-table")).to_contain_text("Alpha Medical Center")
     if SHOTS:
         invitee.screenshot(path=f"{SHOTS}/invitee-dashboard.png", full_page=True)
