@@ -115,6 +115,8 @@ MIDDLEWARE = [
     "portal.middleware.SessionLimitsMiddleware",
     "portal.middleware.StaffTwoFactorMiddleware",
     "portal.middleware.NoStoreMiddleware",
+    # An API token sent to a page URL: a 401 naming the API route, not a redirect to the login page.
+    "portal.middleware.TokenAtPageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes requires: turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
