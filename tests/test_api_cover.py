@@ -354,6 +354,30 @@ def test_findings_grouped_as_the_review_shows_them_paginated_with_examples_and_t
     assert as_user(it_b).get(url("api_run_findings", second.code)).status_code == 404
 
 
+def test_the_review_queue_lists_failed_runs_of_the_callers_tenants_with_the_pages_filters(
+    tenant_a: Any, tenant_b: Any, it_a: Any, it_b: Any, engineer: Any
+) -> None:
+    first, second = reviewed_runs(tenant_a)
+    theirs = validate_run(tenant_b)
+    add_finding(theirs, "structure.invalid", "Patient.gender", patient="q1", key="q1")
+    queue = "/api/v1/review/queue/"
+    everything = as_user(engineer).get(queue).json()
+    assert {r["code"] for r in everything["results"]} == {str(first.code), str(second.code), str(theirs.code)}
+    mine = as_user(it_a).get(queue).json()["results"]
+    assert {r["code"] for r in mine} == {str(first.code), str(second.code)}
+    counts = {r["code"]: (r["errors"], r["warnings"]) for r in mine}
+    assert counts[str(second.code)] == (1, 3) and counts[str(first.code)] == (3, 0)
+    assert as_user(it_a).get(queue, {"tenant": str(tenant_b.code)}).json()["results"] == []
+    by_rule = as_user(engineer).get(queue, {"rule": "structure.invalid"}).json()["results"]
+    assert {r["code"] for r in by_rule} == {str(first.code), str(theirs.code)}
+    assert as_user(it_b).get(queue).json()["count"] == 1
+    bad = as_user(engineer).get(queue, {"since": "last week"})
+    assert bad.status_code == 400 and "YYYY-MM-DD" in bad.json()["since"][0]
+    # A failure leaves the queue once a later attempt passed.
+    validate_run(tenant_a, connection=first.onboarding.connection, attempt=3, status="passed")
+    assert as_user(it_a).get(queue).json()["results"] == []
+
+
 def test_exports_through_the_api_are_the_pages_files_and_audited(tenant_a: Any, it_a: Any) -> None:
     _, run = reviewed_runs(tenant_a)
     api, page = as_user(it_a), client_for(it_a)
