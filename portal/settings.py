@@ -115,6 +115,8 @@ MIDDLEWARE = [
     "portal.middleware.SessionLimitsMiddleware",
     "portal.middleware.StaffTwoFactorMiddleware",
     "portal.middleware.NoStoreMiddleware",
+    # An API token sent to a page URL: a 401 naming the API route, not a redirect to the login page.
+    "portal.middleware.TokenAtPageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes requires: turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -282,7 +284,11 @@ REST_KNOX = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hospital onboarding portal API",
-    "DESCRIPTION": "Tenants, EHR connections, onboardings and step runs. Secrets are write-only.",
+    "DESCRIPTION": (
+        "Everything the portal's pages do: tenants and their people, EHR connections, steps and runs, "
+        "gates, mappings, validation policies, findings, waivers, diffs and evidence packs. Secrets are "
+        "write-only; raw patient data stays on the audited engineer page."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and its docs pages are for signed-in people and API clients only.
