@@ -210,7 +210,8 @@ http {{
                     break
                 except OSError:
                     if process.poll() is not None:
-                        raise RuntimeError(f"nginx did not start: {process.stderr.read().decode()}") from None
+                        error = process.stderr.read().decode() if process.stderr else ""
+                        raise RuntimeError(f"nginx did not start: {error}") from None
                     time.sleep(0.05)
 
             def count() -> int:

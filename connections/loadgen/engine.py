@@ -60,6 +60,8 @@ from .target import PinnedTarget
 
 _monotonic = time.monotonic
 SWEEP_INTERVAL_S = 0.25
+# With every connection busy, how often arrivals are checked and counted as dropped.
+POOL_FULL_POLL_S = 0.01
 # The last stretch of a wait for the next arrival is slept rather than left to the loop's timer.
 FINE_WAIT_S = 0.001
 # The engine's own send lag (intended time to the write) in 0.1 ms buckets up to 20 ms.
@@ -287,6 +289,7 @@ class _Engine:
         self.cap_connections = min(plan.concurrency, caps.max_concurrency)
         self.max_body = target.max_response_bytes
         self.late_after = plan.late_after_s
+        self.pool_full_poll = min(POOL_FULL_POLL_S, self.late_after / 2)
         head = f" HTTP/1.1\r\nHost: {target.host_header}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in target.headers) + "\r\n"
         self.head = head
@@ -331,8 +334,9 @@ class _Engine:
         self.throttled = 0
         self.paused_until = 0.0
         self.paused_s = 0.0
-        self.last_answer = 0.0
-        self.attempts_since_answer = 0
+        # Since when something has waited for an answer (a request in flight, or a failure)
+        # with none arriving; None while the target keeps answering.
+        self.unanswered_since: float | None = None
         self.lag_buckets = [0] * (_LAG_BUCKETS + 1)
         self.lag_max = 0.0
 
@@ -343,7 +347,7 @@ class _Engine:
         self.loop = loop
         self.finished = loop.create_future()
         self.wall0 = time.time()
-        self.t0 = self.last_answer = _monotonic()
+        self.t0 = _monotonic()
         self._tick_handle = loop.call_at(loop.time() + 1.0, self._tick, 1)
         self._sweep_handle = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         if self.mode == "open":
@@ -429,8 +433,12 @@ class _Engine:
         if n >= self.total:
             self._maybe_finished()
         elif self.idle or self.open_count < self.cap_connections:
-            # With every connection busy the next answer pumps again; no timer is needed.
             self._arm(self.t0 + schedule.time_of(n))
+        else:
+            # Every connection is busy: the next answer pumps again, but if none comes soon the
+            # arrivals meanwhile must still be counted as dropped for want of a connection (not
+            # later, as "late"), so look again shortly, whatever the rate.
+            self._arm(max(self.t0 + schedule.time_of(n), now + self.pool_full_poll))
 
     def _arm(self, when: float) -> None:
         if self.timer is not None:
@@ -506,6 +514,8 @@ class _Engine:
         self.sent += 1
         self.type_sent[kind] += 1
         self.in_flight += 1
+        if self.unanswered_since is None:
+            self.unanswered_since = intended
         data = self._request(kind)
         if self.idle:
             self.idle.pop().send(kind, intended, sec, data)
@@ -579,8 +589,7 @@ class _Engine:
         self.in_flight -= 1
         self.answered_count += 1
         self.type_answered[kind] += 1
-        self.last_answer = now
-        self.attempts_since_answer = 0
+        self.unanswered_since = now if self.in_flight else None
         second = int(now - self.t0)
         throughput = self.throughput
         if second >= len(throughput):
@@ -664,7 +673,8 @@ class _Engine:
         self.failed_count += 1
         self.error_count += 1
         self.type_errors[kind] += 1
-        self.attempts_since_answer += 1
+        if self.unanswered_since is None:
+            self.unanswered_since = _monotonic()
         second = int(_monotonic() - self.t0)
         if second >= len(self.throughput):
             self._grow(second)
@@ -762,6 +772,8 @@ class _Engine:
         self.sent += 1
         self.type_sent[kind] += 1
         self.in_flight += 1
+        if self.unanswered_since is None:
+            self.unanswered_since = now
         # Latency from the actual send: the closed loop's blind spot, on purpose.
         conn.send(kind, now, sec, self._request(kind))
 
@@ -802,9 +814,10 @@ class _Engine:
     def _check_stall(self, now: float) -> bool:
         """A target that stops answering ends the run as failed (what was measured stays)."""
         stall_after = self.target.read_timeout
-        if now - self.last_answer < stall_after or (self.in_flight == 0 and self.attempts_since_answer == 0):
+        since = self.unanswered_since
+        if since is None or now - since < stall_after:
             return False
-        self._stop(Outcome.FAILED, f"the server stopped answering: no answer for {now - self.last_answer:.0f} s")
+        self._stop(Outcome.FAILED, f"the server stopped answering: no answer for {now - since:.0f} s")
         return True
 
     def _check_abort(self, number: int) -> bool:

@@ -115,8 +115,8 @@ class SendLag:
             for index, count in enumerate(buckets):
                 running += count
                 if running >= wanted:
-                    return min((index + 1) / 10, max_s * 1000)
-            return max_s * 1000
+                    return round(min((index + 1) / 10, max_s * 1000), 3)
+            return round(max_s * 1000, 3)
 
         over = sum(buckets[10:])
         return cls(percentile(0.5), percentile(0.99), round(max_s * 1000, 3), round(100 * over / total, 3))
