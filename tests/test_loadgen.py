@@ -40,6 +40,7 @@ from connections.loadgen import (
     PinnedTarget,
     PlanError,
     RecordPool,
+    RequestType,
     Sla,
     Staircase,
     run,
@@ -235,6 +236,11 @@ def test_malformed_plans_say_what_to_fix(sandbox: RemoteSandbox) -> None:
         with pytest.raises(PlanError) as refused:
             validate(plan, CAPS)
         assert refused.value.field == name and refused.value.cap is None
+    odd = RequestType("odd", 1, lambda rng: ("GET", "Patient/with space"))
+    with pytest.raises(PlanError, match="percent-encoded path"):
+        validate(LoadPlan(mix=(odd,), rate=10, duration_s=5), CAPS)
+    with pytest.raises(ValueError, match="line breaks"):
+        PinnedTarget("127.0.0.1", 80, "h", "http", "/fhir", headers=(("Authorization", "x\r\ny"),))
     with pytest.raises(ValueError, match="unknown request type"):
         standard_mix({"patient_delete": 1}, RecordPool(patient_ids=("1",)))
     with pytest.raises(ValueError, match="identifier"):

@@ -549,7 +549,7 @@ class _Engine:
     async def _open_and_send(self, kind: int, intended: float, sec: _Second, data: bytes, retried: bool) -> None:
         try:
             conn = await self._open()
-        except (TimeoutError, OSError, ssl.SSLError) as exc:
+        except Exception as exc:  # any failure to connect is this request's error, never a lost task
             self.open_count -= 1
             if not self.stopping:
                 self._count_failure(kind, sec, _connect_error_kind(exc))
@@ -720,7 +720,7 @@ class _Engine:
     async def _closed_open(self) -> None:
         try:
             conn = await self._open()
-        except (TimeoutError, OSError, ssl.SSLError) as exc:
+        except Exception as exc:
             self.open_count -= 1
             if not self.stopping:
                 now = _monotonic()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import random
+import re
 from dataclasses import dataclass, field
 
 from .mix import RequestType
@@ -139,6 +141,8 @@ def validate(plan: LoadPlan, caps: Caps) -> None:
         raise PlanError("Every request type in the mix needs a weight above zero.", field_name="mix")
     if len({t.name for t in plan.mix}) != len(plan.mix):
         raise PlanError("A request type appears twice in the mix.", field_name="mix")
+    for request_type in plan.mix:
+        _check_builder(request_type)
     for name in ("duration_s", "ramp_s", "concurrency", "seed"):
         value = getattr(plan, name)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -196,6 +200,26 @@ def validate(plan: LoadPlan, caps: Caps) -> None:
         raise PlanError(
             f"The plan sends {total:,} requests, above the cap of {caps.max_total_requests:,}.",
             cap="max_total_requests",
+        )
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PATH = re.compile(r"[!-~]*")  # printable ASCII without spaces: a request-target as sent
+
+
+def _check_builder(request_type: RequestType) -> None:
+    """A request type must build a method and a plain-ASCII path under the base (tried once, seeded)."""
+    try:
+        method, path = request_type.build(random.Random(0))
+    except Exception as exc:
+        raise PlanError(
+            f"The request type {request_type.name} could not build a request ({type(exc).__name__}).", field_name="mix"
+        ) from None
+    if method not in _METHODS or not isinstance(path, str) or not _PATH.fullmatch(path) or path.startswith("/"):
+        raise PlanError(
+            f"The request type {request_type.name} builds {method!r} {path!r}; it must give an HTTP method and a "
+            "percent-encoded path under the FHIR base (no leading slash).",
+            field_name="mix",
         )
 
 

@@ -50,5 +50,9 @@ class PinnedTarget:
         for text in (self.host_header, self.base_path, *(f"{n}{v}" for n, v in self.headers)):
             if any(c in text for c in "\r\n\0"):
                 raise ValueError("header names and values must not contain line breaks")
+            try:
+                text.encode("latin-1")  # what HTTP/1.1 can carry in a header
+            except UnicodeEncodeError:
+                raise ValueError("headers and the base path must be plain text (Latin-1)") from None
         if self.base_path.endswith("/"):
             raise ValueError("base_path must not end with '/'")
