@@ -147,12 +147,11 @@ class _TooLarge(Exception):
 class _Second:
     """Running counts of the requests scheduled in one second."""
 
-    __slots__ = ("answered", "dropped", "errors", "failed", "hists", "kinds", "outstanding", "sent", "statuses")
+    __slots__ = ("answered", "errors", "failed", "hists", "kinds", "outstanding", "sent", "statuses")
 
     def __init__(self, types: int) -> None:
         self.hists: list[HdrHistogram | None] = [None] * types
         self.sent = 0
-        self.dropped = 0
         self.answered = 0
         self.failed = 0
         self.errors = 0
@@ -327,6 +326,9 @@ class _Engine:
         self.stage_verdicts: dict[int, SlaVerdict] = {}
         self.overall = new_histogram()
         self.dropped = {"no_connection": 0, "late": 0, "paused": 0}
+        # Drops per scheduled second, apart from the seconds' other counts: a pause can end (and
+        # its arrivals be counted as dropped) after the seconds it covered were folded in.
+        self.drops: dict[int, int] = {}
         self.sent = 0
         self.answered_count = 0
         self.failed_count = 0
@@ -478,7 +480,7 @@ class _Engine:
             upto = min(end, schedule.count_at(second + 1))
             if upto <= n:
                 upto = n + 1
-            self._second(second).dropped += upto - n
+            self.drops[second] = self.drops.get(second, 0) + upto - n
             n = upto
         self.next_n = max(self.next_n, end)
 
@@ -929,7 +931,7 @@ class _Engine:
                 second=second,
                 target_rps=round(self.schedule.rate_at(second + 0.5), 3) if self.mode == "open" else 0.0,
                 sent=sec.sent,
-                dropped=sec.dropped,
+                dropped=self.drops.get(second, 0),
                 answered=sec.answered,
                 failed=sec.failed,
                 errors=sec.errors,
@@ -956,7 +958,7 @@ class _Engine:
         seconds = [self.done_seconds[k] for k in range(start, start + stage.duration_s) if k in self.done_seconds]
         ran = max(0.0, min(float(stage.duration_s), elapsed - start))
         sent = sum(s.sent for s in seconds)
-        dropped = sum(s.dropped for s in seconds)
+        dropped = sum(self.drops.get(k, 0) for k in range(start, start + stage.duration_s))
         answered = sum(s.answered for s in seconds)
         failed = sum(s.failed for s in seconds)
         errors = sum(s.errors for s in seconds)
@@ -993,15 +995,17 @@ class _Engine:
         if self.paused_until > end:
             self.paused_s -= self.paused_until - end
         self._finalize(elapsed, everything=True)
-        last_second = max([*self.done_seconds, len(self.throughput) - 1, int(min(elapsed, self.duration)) - 1, 0])
+        ends = [*self.done_seconds, *self.drops, len(self.throughput) - 1, int(min(elapsed, self.duration)) - 1, 0]
         per_second: list[SecondStats] = []
-        for second in range(last_second + 1):
+        for second in range(max(ends) + 1):
             stats = self.done_seconds.get(second)
             throughput = self.throughput[second] if second < len(self.throughput) else 0
             if stats is None:
                 rate = round(self.schedule.rate_at(second + 0.5), 3) if self.mode == "open" else 0.0
                 stats = SecondStats(second, rate, 0, 0, 0, 0, 0, {}, {}, _latency(None), 0)
-            per_second.append(replace(stats, throughput=throughput))
+            stats = replace(stats, dropped=self.drops.get(second, 0), throughput=throughput)
+            self.done_seconds[second] = stats
+            per_second.append(stats)
 
         statuses: dict[int, int] = {}
         kinds: dict[str, int] = {}
