@@ -392,8 +392,14 @@ def test_a_latency_distribution_is_measured_as_injected(sandbox: RemoteSandbox) 
     sandbox.set_faults(latency_median_ms=60, latency_sigma=0.5)
     result = run(sandbox.target(), LoadPlan(mix=reads(sandbox), rate=100, duration_s=6), CAPS)
     show("lognormal 60 ms, sigma 0.5", result)
-    assert abs(result.latency.p50_ms - 60) <= 0.15 * 60
-    assert abs(result.latency.p90_ms - 113.9) <= 0.20 * 113.9
+    # What the sandbox itself took per request, by its own clock: the injected draw plus whatever
+    # a busy machine added to its threads. The engine, measuring from outside, must agree with it.
+    served = sorted((r["answered"] - r["arrived"]) * 1000 for r in sandbox.requests())
+    server_p50, server_p90 = served[len(served) // 2], served[int(len(served) * 0.9)]
+    print(f"server's own p50 {server_p50:.1f} p90 {server_p90:.1f} ms")
+    assert abs(server_p50 - 60) <= 0.25 * 60 and abs(server_p90 - 113.9) <= 0.25 * 113.9
+    assert abs(result.latency.p50_ms - server_p50) <= 0.10 * server_p50
+    assert abs(result.latency.p90_ms - server_p90) <= 0.10 * server_p90
     assert result.latency.p99_ms > result.latency.p90_ms > result.latency.p50_ms
 
 
@@ -510,7 +516,8 @@ def test_a_target_that_stops_answering_fails_the_run_keeping_what_was_measured(s
     show("server hangs after 2 s", result)
     assert result.outcome is Outcome.FAILED and "stopped answering" in result.reason
     assert 50 <= result.answered <= 150 and result.latency.count == result.answered
-    assert result.elapsed_s < 10 and result.per_second[0].answered == 50
+    first = result.per_second[0]  # before the hang: everything sent was answered, and kept
+    assert result.elapsed_s < 10 and first.answered == first.sent >= 40 and first.statuses == {200: first.sent}
 
 
 def test_a_target_that_refuses_connections_fails_the_run() -> None:
