@@ -21,9 +21,14 @@ PASSWORD = "a-long-and-unusual-passphrase-42"
 
 
 @pytest.fixture(autouse=True)
-def _locmem_email(settings: Any) -> None:
-    # The live server runs in this process, so the email lands in django.core.mail.outbox.
+def _locmem_email(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The live server runs in this process, so the email lands in django.core.mail.outbox. Its task
+    # is not published: a worker started by another test of the session would send it elsewhere;
+    # the tests deliver pending emails themselves, as that worker would.
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    from portal.notifications import services as notifications
+
+    monkeypatch.setattr(notifications, "send_email_task", lambda delivery_id: False)
 
 
 def test_invite_read_the_email_accept_set_a_password_and_sign_in(
