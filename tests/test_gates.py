@@ -310,3 +310,14 @@ def test_a_failed_run_tells_the_assigned_customer_success_once(
     assert told.count() == 1
     assert told.get().link == reverse("run_detail", kwargs={"code": run.code})
     assert not Notification.objects.filter(kind="run_failed", recipient=it_a).exists()
+
+
+def test_the_approvals_list_filters_by_state_gate_and_connection(onboarding: Any, cs_user: Any) -> None:
+    complete_mapping(cs_user, onboarding)
+    gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    client = client_for(cs_user)
+    code = onboarding.connection.code
+    assert len(client.get(f"/api/v1/approvals/?connection={code}&state=pending").json()["results"]) == 1
+    assert client.get(f"/api/v1/approvals/?connection={code}&state=approved").json()["results"] == []
+    assert client.get("/api/v1/approvals/?gate=no_such_gate").json()["results"] == []
+    assert client.get("/api/v1/approvals/?connection=not-a-code").json()["results"] == []
