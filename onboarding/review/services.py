@@ -333,6 +333,7 @@ class Group:
     share: float
     waiver: Waiver | None
     sample_message: str
+    profiles: tuple[str, ...] = ()  # the US Core profiles whose rule this is, if any
 
     @property
     def waived(self) -> bool:
@@ -349,6 +350,11 @@ def grouped_findings(run: StepRun) -> list[Group]:
         .order_by()
     )
     messages = _sample_messages(run)
+    profiles: dict[tuple[str, str], list[str]] = {}
+    for rule, path, profile in (
+        run.findings.exclude(profile="").values_list("rule", "path", "profile").distinct().order_by("profile")
+    ):
+        profiles.setdefault((rule, path), []).append(profile)
     groups = [
         Group(
             rule=row["rule"],
@@ -360,6 +366,7 @@ def grouped_findings(run: StepRun) -> list[Group]:
             share=round(100 * row["patients"] / total, 1) if total else 0.0,
             waiver=waivers.get((row["rule"], row["path"])),
             sample_message=messages.get((row["rule"], row["path"]), ""),
+            profiles=tuple(profiles.get((row["rule"], row["path"]), ())),
         )
         for row in rows
     ]
@@ -550,7 +557,17 @@ def _render(
 
 # --- exports --------------------------------------------------------------------------------------------
 
-EXPORT_FIELDS = ("severity", "rule", "resource_type", "path", "location", "message", "patient_key", "resource_key")
+EXPORT_FIELDS = (
+    "severity",
+    "rule",
+    "resource_type",
+    "path",
+    "location",
+    "profile",
+    "message",
+    "patient_key",
+    "resource_key",
+)
 
 
 def export_rows(run: StepRun) -> Iterable[dict[str, Any]]:

@@ -24,6 +24,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,6 +33,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
+from connections.adapters.base import FHIRAdapter
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from onboarding.mapping import services as mappings
@@ -46,6 +48,7 @@ from onboarding.mapping.profile import (
 from onboarding.models import Mapping, Severity, StepRun
 from onboarding.review import services as review
 from onboarding.review.services import NewFinding
+from onboarding.steps.ahead import ahead
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, readable_types
 from onboarding.validation import uscore
@@ -451,14 +454,17 @@ class ValidateStep(StepModule):
             ctx.log("Not offered by the server, so not validated: " + ", ".join(skipped), level="warning")
         progress = Progress(ctx, size, "Validated")
         done = 0
-        for done, patient in enumerate(ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE), 1):
+        # The next patients' resources are fetched while this one is checked (see steps/ahead.py).
+        for done, (patient, clinical, notes) in enumerate(ahead(_pulled(ctx.adapter, types, size)), 1):
+            for note in notes:
+                ctx.log(note, level="warning")
             patient_id = str(patient.get("id") or "")
             for finding in validator.check_patient(patient):
                 sink.add(finding, patient, patient_id)
             birth = patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None
             encounter_ids: set[str] = set()
-            for resource_type in types:
-                for resource in _clinical(ctx, resource_type, patient_id):
+            for resource_type, resources in clinical:
+                for resource in resources:
                     if resource_type == "Encounter":
                         encounter_ids.add(str(resource.get("id")))
                     for finding in validator.check_resource(
@@ -471,13 +477,25 @@ class ValidateStep(StepModule):
         return skipped
 
 
-def _clinical(ctx: StepContext, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
+Pulled = tuple[dict[str, Any], list[tuple[str, list[dict[str, Any]]]], list[str]]
+
+
+def _pulled(adapter: FHIRAdapter, types: list[str], size: int) -> Iterator[Pulled]:
+    """Each patient with its clinical resources by type, and warnings to log; only the adapter is used."""
+    for patient in adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
+        patient_id = str(patient.get("id") or "")
+        notes: list[str] = []
+        clinical = [(resource_type, _clinical(adapter, resource_type, patient_id, notes)) for resource_type in types]
+        yield patient, clinical, notes
+
+
+def _clinical(adapter: FHIRAdapter, resource_type: str, patient_id: str, notes: list[str]) -> list[dict[str, Any]]:
     try:
-        return ctx.adapter.search_clinical_raw(resource_type, patient_id)
+        return adapter.search_clinical_raw(resource_type, patient_id)
     except RemoteError as exc:
         if exc.kind is ErrorKind.BAD_REQUEST:
             # An id that cannot name a patient in a search (structure findings say why); skip it.
-            ctx.log(f"{resource_type} of one patient could not be searched: {exc.message}", level="warning")
+            notes.append(f"{resource_type} of one patient could not be searched: {exc.message}")
             return []
         raise
 
