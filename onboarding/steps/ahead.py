@@ -36,14 +36,21 @@ def ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 continue
         return False
 
+    iterator = iter(items)
+
     def produce() -> None:
         try:
-            for item in items:
+            for item in iterator:
                 if not put(item):
-                    return
-            put(_DONE)
+                    break
+            else:
+                put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             put(_Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # a generator's cleanup (an adapter's paging) runs now, in this thread
 
     thread = threading.Thread(target=produce, name="validate-prefetch", daemon=True)
     thread.start()

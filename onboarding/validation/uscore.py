@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,11 @@ class Rule:
 
     __slots__ = (
         "binding_url",
+        "busy",
         "children",
+        "counted",
         "fixed",
         "is_category",
-        "key",
         "keys",
         "match",
         "max",
@@ -100,6 +101,7 @@ class Rule:
         "path",
         "pattern",
         "relative",
+        "required",
         "slices",
         "stem",
         "strength",
@@ -123,7 +125,6 @@ class Rule:
             shown = self.keys[0]
         elif slice_name:
             shown = f"{name}:{slice_name}"
-        self.key = name if not self.stem else ""
         self.path = f"{parent_path}.{shown}"
         # As the table's must-support list names it: ``extension:race.extension:text``.
         own = f"{name}:{slice_name}" if slice_name else name
@@ -143,6 +144,12 @@ class Rule:
         self.slices = tuple(Rule(s, parent_path, parent_relative, valuesets) for s in data.get("slices", ()))
         self.ms_index: int = -1
         self.is_category = name == "category"
+        # Precomputed for the walk: what a value or an absence of this element can violate.
+        self.counted = self.min > 0 or self.max is not None
+        self.required = self.min > 0 or any(s.min > 0 for s in self.slices)
+        self.busy = bool(
+            self.fixed is not None or self.pattern is not None or self.valueset is not None or self.children
+        )
 
     def walk(self) -> Iterable[Rule]:
         yield self
@@ -202,15 +209,33 @@ def _check(
     seen: set[int] | None,
     profile: str,
 ) -> None:
+    # The hot loop of validation (every rule at every depth of every resource): the common cases,
+    # an absent element that nothing requires and a plain element, take the short paths.
     for rule in rules:
-        values = _values(rule, node)
         if rule.stem:
+            values = _values(rule, node)
             _choice_types(rule, node, prefix, problems, profile)
-        _count(rule, values, node, prefix, problems, profile, None)
-        if values and seen is not None and rule.ms_index >= 0:
+        else:
+            value = node.get(rule.name)
+            if value is None:
+                if rule.required:
+                    _absent(rule, node, prefix, problems, profile)
+                continue
+            if isinstance(value, list):
+                values = [(rule.name, i, v) for i, v in enumerate(value) if v is not None]
+            else:
+                values = [(rule.name, -1, value)]
+        if rule.counted:
+            _count(rule, values, node, prefix, problems, profile, None)
+        if not values:
+            for slice_rule in rule.slices:
+                if slice_rule.min:
+                    _count(slice_rule, [], node, prefix, problems, profile, rule)
+            continue
+        if seen is not None and rule.ms_index >= 0:
             seen.add(rule.ms_index)
         if not rule.slices:
-            if values:
+            if rule.busy:
                 _each(rule, values, prefix, problems, seen, profile)
             continue
         # A value in a slice is checked against the slice's definition (which repeats the element's
@@ -218,15 +243,27 @@ def _check(
         in_slice: set[int] = set()
         for slice_rule in rule.slices:
             members = [item for item in values if _in_slice(slice_rule, item[0], item[2])]
-            _count(slice_rule, members, node, prefix, problems, profile, rule)
+            if slice_rule.counted:
+                _count(slice_rule, members, node, prefix, problems, profile, rule)
             if members:
                 in_slice.update(id(item) for item in members)
                 if seen is not None and slice_rule.ms_index >= 0:
                     seen.add(slice_rule.ms_index)
-                _each(slice_rule, members, prefix, problems, seen, profile, rule)
-        rest = [item for item in values if id(item) not in in_slice]
-        if rest:
-            _each(rule, rest, prefix, problems, seen, profile)
+                if slice_rule.busy or rule.children:
+                    _each(slice_rule, members, prefix, problems, seen, profile, rule)
+        if rule.busy:
+            rest = [item for item in values if id(item) not in in_slice]
+            if rest:
+                _each(rule, rest, prefix, problems, seen, profile)
+
+
+def _absent(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
+    """An element with no value: its own minimum, and the minimums of its slices."""
+    if rule.min:
+        _count(rule, [], node, prefix, problems, profile, None)
+    for slice_rule in rule.slices:
+        if slice_rule.min:
+            _count(slice_rule, [], node, prefix, problems, profile, rule)
 
 
 def _count(
@@ -496,15 +533,24 @@ def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
             claimed.append(found)
     if claimed:
         return claimed
-    candidates = table().by_type.get(str(resource.get("resourceType")), ())
+    resource_type = str(resource.get("resourceType"))
+    candidates = table().by_type.get(resource_type, ())
     if len(candidates) <= 1:
         return list(candidates)
-    return [_select(resource, candidates)]
+    categories = frozenset(
+        pair for concept in as_items(resource.get("category")) for pair in _pairs(concept) if concept
+    )
+    return [_select(resource_type, frozenset(_pairs(resource.get("code"))), categories)]
 
 
-def _select(resource: Mapping[str, Any], candidates: tuple[Profile, ...]) -> Profile:
-    codings = _pairs(resource.get("code"))
-    categories = [c for c in as_items(resource.get("category")) if isinstance(c, dict)]
+@lru_cache(maxsize=4096)
+def _select(
+    resource_type: str, codings: frozenset[tuple[str, str]], category_pairs: frozenset[tuple[str, str]]
+) -> Profile:
+    """The profile for a type, code and categories (cached: a pull repeats few combinations)."""
+    candidates = table().by_type[resource_type]
+    # The table's category patterns and value sets look at codings only: one coding per category will do.
+    categories = [{"coding": [{"system": s, "code": c}]} for s, c in sorted(category_pairs)]
     # 1. The code: a profile that fixes the code (most specific first), then one whose value set has it.
     by_code = [p for p in candidates if codings & _fixed_codes(p)]
     if not by_code:
