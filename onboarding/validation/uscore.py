@@ -8,7 +8,8 @@ present), it reports:
 
 - ``uscore.mandatory``: an element with a minimum of one is missing;
 - ``uscore.category`` / ``uscore.slice``: a required slice is missing (a category the profile
-  needs, the systolic component of a blood pressure, race's ``text``...);
+  needs, the systolic component of a blood pressure, race's ``text``...); an element missing
+  altogether is reported through the slices it must have, which say what to add;
 - ``uscore.fixed-value``: a fixed or pattern value differs (a vital sign's LOINC code, a UCUM unit);
 - ``uscore.binding``: a code outside a required binding's value set (an error), and
   ``uscore.binding-extensible``: outside an extensible one (a warning);
@@ -225,13 +226,12 @@ def _check(
                 values = [(rule.name, i, v) for i, v in enumerate(value) if v is not None]
             else:
                 values = [(rule.name, -1, value)]
+        if not values:
+            if rule.required:
+                _absent(rule, node, prefix, problems, profile)
+            continue
         if rule.counted:
             _count(rule, values, node, prefix, problems, profile, None)
-        if not values:
-            for slice_rule in rule.slices:
-                if slice_rule.min:
-                    _count(slice_rule, [], node, prefix, problems, profile, rule)
-            continue
         if seen is not None and rule.ms_index >= 0:
             seen.add(rule.ms_index)
         if not rule.slices:
@@ -258,12 +258,12 @@ def _check(
 
 
 def _absent(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
-    """An element with no value: its own minimum, and the minimums of its slices."""
-    if rule.min:
+    """An element with no value: the slices it must have say best what is missing, else its minimum."""
+    required = [slice_rule for slice_rule in rule.slices if slice_rule.min]
+    for slice_rule in required:
+        _count(slice_rule, [], node, prefix, problems, profile, rule)
+    if not required and rule.min:
         _count(rule, [], node, prefix, problems, profile, None)
-    for slice_rule in rule.slices:
-        if slice_rule.min:
-            _count(slice_rule, [], node, prefix, problems, profile, rule)
 
 
 def _count(
