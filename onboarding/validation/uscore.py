@@ -106,6 +106,7 @@ class Rule:
         "slices",
         "stem",
         "strength",
+        "types",
         "valueset",
         "valueset_of_match",
     )
@@ -117,6 +118,7 @@ class Rule:
         slice_name = data.get("slice")
         types: list[str] = data.get("types") or (data.get("match") or {}).get("type") or []
         self.name = name
+        self.types = tuple(types)
         self.stem = name[:-3] if name.endswith("[x]") else ""
         self.keys = tuple(self.stem + t[0].upper() + t[1:] for t in types) if self.stem else (name,)
         shown = name
@@ -215,7 +217,10 @@ def _check(
     for rule in rules:
         if rule.stem:
             values = _values(rule, node)
-            _choice_types(rule, node, prefix, problems, profile)
+            # A type the profile does not allow (one beside an allowed type would be two values for
+            # one choice element: the structure check reports that) says all there is to say.
+            if not values and _choice_types(rule, node, prefix, problems, profile):
+                continue
         else:
             value = node.get(rule.name)
             if value is None:
@@ -339,21 +344,25 @@ def _each(
             _check(children, value, _where(prefix, key, index) + ".", problems, seen, profile)
 
 
-def _choice_types(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
+def _choice_types(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> bool:
+    """Report a choice element given in a type the profile does not allow; whether there was one."""
     stem, size = rule.stem, len(rule.stem)
+    found = False
     for key in node:
         if key.startswith(stem) and key[size : size + 1].isupper() and key not in rule.keys:
-            allowed = ", ".join(k[size:] for k in rule.keys) or "nothing"
+            allowed = " or ".join(rule.types) or "nothing"
             problems.append(
                 Problem(
                     "uscore.type",
                     ERROR,
                     f"{rule.path.rsplit('.', 1)[0]}.{key}",
                     f"{prefix}{key}",
-                    f"{_short(rule.path)} may only be {allowed} in {profile}, not {key[size:]}.",
+                    f"{stem}[x] may only be {allowed} in {profile}, not {key[size:]}.",
                     profile,
                 )
             )
+            found = True
+    return found
 
 
 def _binding(rule: Rule, value: Any, where: str, problems: list[Problem], profile: str) -> None:
