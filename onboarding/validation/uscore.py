@@ -155,6 +155,7 @@ class Rule:
         )
 
     def walk(self) -> Iterable[Rule]:
+        """This rule, and every rule below it (children, then slices)."""
         yield self
         for child in self.children:
             yield from child.walk()
