@@ -95,12 +95,14 @@ class Rule:
         "is_category",
         "keys",
         "match",
+        "match_codings",
         "max",
         "min",
         "ms_index",
         "name",
         "path",
         "pattern",
+        "pattern_codings",
         "relative",
         "required",
         "slices",
@@ -141,6 +143,8 @@ class Rule:
         self.binding_url: str = binding[1] if binding else ""
         self.valueset: ValueSet | None = valuesets.get(binding[1]) if binding else None
         self.match: Mapping[str, Any] | None = data.get("match")
+        self.pattern_codings = _coding_pattern(self.pattern)
+        self.match_codings = _coding_pattern((self.match or {}).get("pattern"))
         match_valueset = (self.match or {}).get("valueset")
         self.valueset_of_match: ValueSet | None = valuesets.get(match_valueset) if match_valueset else None
         self.children = tuple(Rule(c, self.path, self.relative, valuesets) for c in data.get("children", ()))
@@ -328,7 +332,11 @@ def _each(
                     profile,
                 )
             )
-        if rule.pattern is not None and not matches(value, rule.pattern):
+        if rule.pattern is not None and not (
+            _has_codings(value, rule.pattern_codings)
+            if rule.pattern_codings is not None
+            else matches(value, rule.pattern)
+        ):
             problems.append(
                 Problem(
                     "uscore.fixed-value",
@@ -412,6 +420,8 @@ def _in_slice(rule: Rule, key: str, value: Any) -> bool:
     match = rule.match
     if match is None:
         return False
+    if rule.match_codings is not None:
+        return _has_codings(value, rule.match_codings)
     if "pattern" in match:
         return matches(value, match["pattern"])
     if "type" in match:
@@ -430,6 +440,33 @@ def _concept_in(valueset: ValueSet, value: Any) -> bool:
             )
         return valueset.has_coding(value.get("system"), value.get("code"))
     return isinstance(value, str) and bool(valueset.has_code(value))
+
+
+def _coding_pattern(pattern: Any) -> tuple[tuple[str, str], ...] | None:
+    """A CodeableConcept pattern of codings with only a system and a code, as pairs; else None.
+
+    Most of the guide's patterns are of this shape (categories, vital-sign codes): checking them as
+    pairs is what makes slice matching cheap.
+    """
+    if not isinstance(pattern, dict) or set(pattern) != {"coding"} or not isinstance(pattern["coding"], list):
+        return None
+    pairs = []
+    for coding in pattern["coding"]:
+        if not isinstance(coding, dict) or set(coding) != {"system", "code"}:
+            return None
+        pairs.append((str(coding["system"]), str(coding["code"])))
+    return tuple(pairs)
+
+
+def _has_codings(value: Any, pairs: tuple[tuple[str, str], ...]) -> bool:
+    """``matches(value, {"coding": [...]})`` for a pattern of (system, code) pairs."""
+    codings = value.get("coding") if isinstance(value, dict) else None
+    if not isinstance(codings, list):
+        return False
+    for system, code in pairs:
+        if not any(isinstance(c, dict) and c.get("code") == code and c.get("system") == system for c in codings):
+            return False
+    return True
 
 
 def matches(value: Any, pattern: Any) -> bool:
