@@ -337,6 +337,67 @@ def test_a_bogus_status_or_gender_is_an_error_naming_the_profile(file: str, fiel
     assert "bogus" in problems[0].message and profile.name in problems[0].message
 
 
+def example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / name).read_text())
+
+
+def findings_of(resource: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [
+        (p.rule, p.severity, p.path, p.location)
+        for profile in uscore.profiles_for(resource)
+        for p in profile.check(resource)
+    ]
+
+
+def test_each_kind_of_rule_reports_its_element_and_position() -> None:
+    smoker = example("Observation-some-day-smoker.json")
+    smoker["effectivePeriod"] = {"start": smoker.pop("effectiveDateTime")}
+    assert findings_of(smoker) == [("uscore.type", "error", "Observation.effectivePeriod", "effectivePeriod")]
+
+    heart = example("Observation-heart-rate.json")
+    heart["code"]["coding"][0]["code"] = "8893-0"
+    assert findings_of(heart) == [("uscore.fixed-value", "error", "Observation.code", "code")]
+
+    pressure = example("Observation-blood-pressure.json")
+    pressure["component"][1]["valueQuantity"]["code"] = "mmHg"
+    assert findings_of(pressure) == [
+        (
+            "uscore.fixed-value",
+            "error",
+            "Observation.component:diastolic.valueQuantity.code",
+            "component[1].valueQuantity.code",
+        )
+    ]
+    del pressure["component"][0]
+    assert ("uscore.slice", "error", "Observation.component:systolic", "") in findings_of(pressure)
+
+    weight = example("Observation-weight.json")
+    weight["valueQuantity"]["code"] = "[stone_av]"
+    # Required (ucum-bodyweight) on the code, and extensible (ucum-vitals-common) on the quantity.
+    assert findings_of(weight) == [
+        ("uscore.binding-extensible", "warning", "Observation.valueQuantity", "valueQuantity"),
+        ("uscore.binding", "error", "Observation.valueQuantity.code", "valueQuantity.code"),
+    ]
+
+    patient = example("Patient-example.json")
+    race = next(e for e in patient["extension"] if e["url"].endswith("us-core-race"))
+    race["extension"] = [e for e in race["extension"] if e["url"] != "text"]
+    race["valueString"] = "not allowed on a complex extension"
+    at = f"extension[{patient['extension'].index(race)}]"
+    assert sorted(findings_of(patient)) == [
+        ("uscore.cardinality", "error", "Patient.extension:race.value[x]", f"{at}.valueString"),
+        ("uscore.slice", "error", "Patient.extension:race.extension:text", at),
+    ]
+
+    lab = example("Observation-serum-potassium.json")
+    lab["interpretation"] = [
+        {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "bogus"}]}
+    ]
+    assert findings_of(lab) == [
+        ("uscore.binding-extensible", "warning", "Observation.interpretation", "interpretation[0]")
+    ]
+
+
 # --- 3. choosing profiles -------------------------------------------------------------------------------------
 
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"

@@ -396,6 +396,7 @@ class Group:
     share: float
     waiver: Waiver | None
     sample_message: str
+    profiles: tuple[str, ...] = ()  # the US Core profiles whose rule this is, if any
 
     @property
     def waived(self) -> bool:
@@ -412,6 +413,11 @@ def grouped_findings(run: StepRun) -> list[Group]:
         .order_by()
     )
     messages = _sample_messages(run)
+    profiles: dict[tuple[str, str], list[str]] = {}
+    for rule, path, profile in (
+        run.findings.exclude(profile="").values_list("rule", "path", "profile").distinct().order_by("profile")
+    ):
+        profiles.setdefault((rule, path), []).append(profile)
     groups = [
         Group(
             rule=row["rule"],
@@ -423,6 +429,7 @@ def grouped_findings(run: StepRun) -> list[Group]:
             share=round(100 * row["patients"] / total, 1) if total else 0.0,
             waiver=waivers.get((row["rule"], row["path"])),
             sample_message=messages.get((row["rule"], row["path"]), ""),
+            profiles=tuple(profiles.get((row["rule"], row["path"]), ())),
         )
         for row in rows
     ]
@@ -658,7 +665,17 @@ def _render(
 
 # --- exports --------------------------------------------------------------------------------------------
 
-EXPORT_FIELDS = ("severity", "rule", "resource_type", "path", "location", "message", "patient_key", "resource_key")
+EXPORT_FIELDS = (
+    "severity",
+    "rule",
+    "resource_type",
+    "path",
+    "location",
+    "profile",
+    "message",
+    "patient_key",
+    "resource_key",
+)
 
 
 def export_rows(run: StepRun) -> Iterable[dict[str, Any]]:

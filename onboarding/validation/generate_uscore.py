@@ -120,6 +120,7 @@ class Terminology:
         self.compiled: dict[str, dict[str, Any]] = {}  # prebuilt expansions (the R4 extract)
 
     def add_codesystem(self, resource: dict[str, Any]) -> None:
+        """Know every code of a code system, if the resource lists its complete content."""
         if resource.get("content") == "complete" and resource.get("url"):
             self.codesystems[resource["url"]] = sorted(_concept_codes(resource.get("concept", [])))
 
@@ -248,12 +249,15 @@ class Node:
         self.slices: dict[str, Node] = {}
 
     def child(self, name: str) -> Node:
+        """The child element of that name, made on first use."""
         return self.children.setdefault(name, Node(name))
 
     def slice_of(self, name: str) -> Node:
+        """The slice of that name of this element, made on first use."""
         return self.slices.setdefault(name, Node(self.name, name))
 
     def descendant(self, path: str) -> Node | None:
+        """The element at a dotted path below this one (slices not followed), if the snapshot has it."""
         node: Node | None = self
         for name in path.split("."):
             node = node.children.get(name) if node else None
@@ -261,6 +265,7 @@ class Node:
 
 
 def build_tree(snapshot: list[dict[str, Any]]) -> Node:
+    """The snapshot's elements as a tree of elements and slices, by their ids."""
     root = Node(snapshot[0]["path"])
     root.element = snapshot[0]
     for element in snapshot[1:]:
@@ -293,6 +298,7 @@ class ProfileCompiler:
         self.valuesets: set[str] = set()
 
     def compile(self, root: Node) -> tuple[list[dict[str, Any]], list[str]]:
+        """The root's rule nodes, and the must-support paths in the order the walk meets them."""
         must_support: list[str] = []
         nodes = self._children(root, "", must_support, depth=0)
         return nodes, must_support
@@ -643,6 +649,7 @@ def dump(data: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write (or with ``--check`` compare) the table and, given the npm packages, the R4 extract."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--package", type=Path, required=True, help="the US Core 6.1.0 IG package (.tgz)")
     parser.add_argument("--expansions", type=Path, help="hl7.fhir.r4.expansions-4.0.1.tgz (rewrites the R4 extract)")

@@ -8,7 +8,8 @@ present), it reports:
 
 - ``uscore.mandatory``: an element with a minimum of one is missing;
 - ``uscore.category`` / ``uscore.slice``: a required slice is missing (a category the profile
-  needs, the systolic component of a blood pressure, race's ``text``...);
+  needs, the systolic component of a blood pressure, race's ``text``...); an element missing
+  altogether is reported through the slices it must have, which say what to add;
 - ``uscore.fixed-value``: a fixed or pattern value differs (a vital sign's LOINC code, a UCUM unit);
 - ``uscore.binding``: a code outside a required binding's value set (an error), and
   ``uscore.binding-extensible``: outside an extensible one (a warning);
@@ -32,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -87,22 +88,27 @@ class Rule:
 
     __slots__ = (
         "binding_url",
+        "busy",
         "children",
+        "counted",
         "fixed",
         "is_category",
-        "key",
         "keys",
         "match",
+        "match_codings",
         "max",
         "min",
         "ms_index",
         "name",
         "path",
         "pattern",
+        "pattern_codings",
         "relative",
+        "required",
         "slices",
         "stem",
         "strength",
+        "types",
         "valueset",
         "valueset_of_match",
     )
@@ -114,6 +120,7 @@ class Rule:
         slice_name = data.get("slice")
         types: list[str] = data.get("types") or (data.get("match") or {}).get("type") or []
         self.name = name
+        self.types = tuple(types)
         self.stem = name[:-3] if name.endswith("[x]") else ""
         self.keys = tuple(self.stem + t[0].upper() + t[1:] for t in types) if self.stem else (name,)
         shown = name
@@ -123,7 +130,6 @@ class Rule:
             shown = self.keys[0]
         elif slice_name:
             shown = f"{name}:{slice_name}"
-        self.key = name if not self.stem else ""
         self.path = f"{parent_path}.{shown}"
         # As the table's must-support list names it: ``extension:race.extension:text``.
         own = f"{name}:{slice_name}" if slice_name else name
@@ -137,14 +143,23 @@ class Rule:
         self.binding_url: str = binding[1] if binding else ""
         self.valueset: ValueSet | None = valuesets.get(binding[1]) if binding else None
         self.match: Mapping[str, Any] | None = data.get("match")
+        self.pattern_codings = _coding_pattern(self.pattern)
+        self.match_codings = _coding_pattern((self.match or {}).get("pattern"))
         match_valueset = (self.match or {}).get("valueset")
         self.valueset_of_match: ValueSet | None = valuesets.get(match_valueset) if match_valueset else None
         self.children = tuple(Rule(c, self.path, self.relative, valuesets) for c in data.get("children", ()))
         self.slices = tuple(Rule(s, parent_path, parent_relative, valuesets) for s in data.get("slices", ()))
         self.ms_index: int = -1
         self.is_category = name == "category"
+        # Precomputed for the walk: what a value or an absence of this element can violate.
+        self.counted = self.min > 0 or self.max is not None
+        self.required = self.min > 0 or any(s.min > 0 for s in self.slices)
+        self.busy = bool(
+            self.fixed is not None or self.pattern is not None or self.valueset is not None or self.children
+        )
 
     def walk(self) -> Iterable[Rule]:
+        """This rule, and every rule below it (children, then slices)."""
         yield self
         for child in self.children:
             yield from child.walk()
@@ -202,15 +217,35 @@ def _check(
     seen: set[int] | None,
     profile: str,
 ) -> None:
+    # The hot loop of validation (every rule at every depth of every resource): the common cases,
+    # an absent element that nothing requires and a plain element, take the short paths.
     for rule in rules:
-        values = _values(rule, node)
         if rule.stem:
-            _choice_types(rule, node, prefix, problems, profile)
-        _count(rule, values, node, prefix, problems, profile, None)
-        if values and seen is not None and rule.ms_index >= 0:
+            values = _values(rule, node)
+            # A type the profile does not allow (one beside an allowed type would be two values for
+            # one choice element: the structure check reports that) says all there is to say.
+            if not values and _choice_types(rule, node, prefix, problems, profile):
+                continue
+        else:
+            value = node.get(rule.name)
+            if value is None:
+                if rule.required:
+                    _absent(rule, node, prefix, problems, profile)
+                continue
+            if isinstance(value, list):
+                values = [(rule.name, i, v) for i, v in enumerate(value) if v is not None]
+            else:
+                values = [(rule.name, -1, value)]
+        if not values:
+            if rule.required:
+                _absent(rule, node, prefix, problems, profile)
+            continue
+        if rule.counted:
+            _count(rule, values, node, prefix, problems, profile, None)
+        if seen is not None and rule.ms_index >= 0:
             seen.add(rule.ms_index)
         if not rule.slices:
-            if values:
+            if rule.busy:
                 _each(rule, values, prefix, problems, seen, profile)
             continue
         # A value in a slice is checked against the slice's definition (which repeats the element's
@@ -218,15 +253,27 @@ def _check(
         in_slice: set[int] = set()
         for slice_rule in rule.slices:
             members = [item for item in values if _in_slice(slice_rule, item[0], item[2])]
-            _count(slice_rule, members, node, prefix, problems, profile, rule)
+            if slice_rule.counted:
+                _count(slice_rule, members, node, prefix, problems, profile, rule)
             if members:
                 in_slice.update(id(item) for item in members)
                 if seen is not None and slice_rule.ms_index >= 0:
                     seen.add(slice_rule.ms_index)
-                _each(slice_rule, members, prefix, problems, seen, profile, rule)
-        rest = [item for item in values if id(item) not in in_slice]
-        if rest:
-            _each(rule, rest, prefix, problems, seen, profile)
+                if slice_rule.busy or rule.children:
+                    _each(slice_rule, members, prefix, problems, seen, profile, rule)
+        if rule.busy:
+            rest = [item for item in values if id(item) not in in_slice]
+            if rest:
+                _each(rule, rest, prefix, problems, seen, profile)
+
+
+def _absent(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
+    """An element with no value: the slices it must have say best what is missing, else its minimum."""
+    required = [slice_rule for slice_rule in rule.slices if slice_rule.min]
+    for slice_rule in required:
+        _count(slice_rule, [], node, prefix, problems, profile, rule)
+    if not required and rule.min:
+        _count(rule, [], node, prefix, problems, profile, None)
 
 
 def _count(
@@ -285,7 +332,11 @@ def _each(
                     profile,
                 )
             )
-        if rule.pattern is not None and not matches(value, rule.pattern):
+        if rule.pattern is not None and not (
+            _has_codings(value, rule.pattern_codings)
+            if rule.pattern_codings is not None
+            else matches(value, rule.pattern)
+        ):
             problems.append(
                 Problem(
                     "uscore.fixed-value",
@@ -302,21 +353,25 @@ def _each(
             _check(children, value, _where(prefix, key, index) + ".", problems, seen, profile)
 
 
-def _choice_types(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> None:
+def _choice_types(rule: Rule, node: Mapping[str, Any], prefix: str, problems: list[Problem], profile: str) -> bool:
+    """Report a choice element given in a type the profile does not allow; whether there was one."""
     stem, size = rule.stem, len(rule.stem)
+    found = False
     for key in node:
         if key.startswith(stem) and key[size : size + 1].isupper() and key not in rule.keys:
-            allowed = ", ".join(k[size:] for k in rule.keys) or "nothing"
+            allowed = " or ".join(rule.types) or "nothing"
             problems.append(
                 Problem(
                     "uscore.type",
                     ERROR,
                     f"{rule.path.rsplit('.', 1)[0]}.{key}",
                     f"{prefix}{key}",
-                    f"{_short(rule.path)} may only be {allowed} in {profile}, not {key[size:]}.",
+                    f"{stem}[x] may only be {allowed} in {profile}, not {key[size:]}.",
                     profile,
                 )
             )
+            found = True
+    return found
 
 
 def _binding(rule: Rule, value: Any, where: str, problems: list[Problem], profile: str) -> None:
@@ -365,6 +420,8 @@ def _in_slice(rule: Rule, key: str, value: Any) -> bool:
     match = rule.match
     if match is None:
         return False
+    if rule.match_codings is not None:
+        return _has_codings(value, rule.match_codings)
     if "pattern" in match:
         return matches(value, match["pattern"])
     if "type" in match:
@@ -383,6 +440,33 @@ def _concept_in(valueset: ValueSet, value: Any) -> bool:
             )
         return valueset.has_coding(value.get("system"), value.get("code"))
     return isinstance(value, str) and bool(valueset.has_code(value))
+
+
+def _coding_pattern(pattern: Any) -> tuple[tuple[str, str], ...] | None:
+    """A CodeableConcept pattern of codings with only a system and a code, as pairs; else None.
+
+    Most of the guide's patterns are of this shape (categories, vital-sign codes): checking them as
+    pairs is what makes slice matching cheap.
+    """
+    if not isinstance(pattern, dict) or set(pattern) != {"coding"} or not isinstance(pattern["coding"], list):
+        return None
+    pairs = []
+    for coding in pattern["coding"]:
+        if not isinstance(coding, dict) or set(coding) != {"system", "code"}:
+            return None
+        pairs.append((str(coding["system"]), str(coding["code"])))
+    return tuple(pairs)
+
+
+def _has_codings(value: Any, pairs: tuple[tuple[str, str], ...]) -> bool:
+    """``matches(value, {"coding": [...]})`` for a pattern of (system, code) pairs."""
+    codings = value.get("coding") if isinstance(value, dict) else None
+    if not isinstance(codings, list):
+        return False
+    for system, code in pairs:
+        if not any(isinstance(c, dict) and c.get("code") == code and c.get("system") == system for c in codings):
+            return False
+    return True
 
 
 def matches(value: Any, pattern: Any) -> bool:
@@ -496,15 +580,24 @@ def profiles_for(resource: Mapping[str, Any]) -> list[Profile]:
             claimed.append(found)
     if claimed:
         return claimed
-    candidates = table().by_type.get(str(resource.get("resourceType")), ())
+    resource_type = str(resource.get("resourceType"))
+    candidates = table().by_type.get(resource_type, ())
     if len(candidates) <= 1:
         return list(candidates)
-    return [_select(resource, candidates)]
+    categories = frozenset(
+        pair for concept in as_items(resource.get("category")) for pair in _pairs(concept) if concept
+    )
+    return [_select(resource_type, frozenset(_pairs(resource.get("code"))), categories)]
 
 
-def _select(resource: Mapping[str, Any], candidates: tuple[Profile, ...]) -> Profile:
-    codings = _pairs(resource.get("code"))
-    categories = [c for c in as_items(resource.get("category")) if isinstance(c, dict)]
+@lru_cache(maxsize=4096)
+def _select(
+    resource_type: str, codings: frozenset[tuple[str, str]], category_pairs: frozenset[tuple[str, str]]
+) -> Profile:
+    """The profile for a type, code and categories (cached: a pull repeats few combinations)."""
+    candidates = table().by_type[resource_type]
+    # The table's category patterns and value sets look at codings only: one coding per category will do.
+    categories = [{"coding": [{"system": s, "code": c}]} for s, c in sorted(category_pairs)]
     # 1. The code: a profile that fixes the code (most specific first), then one whose value set has it.
     by_code = [p for p in candidates if codings & _fixed_codes(p)]
     if not by_code:
