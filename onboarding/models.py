@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -110,6 +111,20 @@ class StepRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    @property
+    def queue_wait(self) -> timedelta | None:
+        """How long the run waited for a worker (until now while it still waits)."""
+        if self.queued_at is None or (self.started_at is None and not self.is_active):
+            return None
+        return (self.started_at or timezone.now()) - self.queued_at
+
+    @property
+    def run_time(self) -> timedelta | None:
+        """How long the run ran: start to finish, or so far while it runs."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
 
     @property
     def progress_percent(self) -> int:

@@ -136,6 +136,8 @@ TEMPLATES = [
                 "portal.context_processors.roles",
                 "portal.context_processors.inbox",
             ],
+            # Every page writes times and durations the same way (`when`, `day`, `duration`), unloaded.
+            "builtins": ["portal.templatetags.times"],
         },
     }
 ]

@@ -44,6 +44,7 @@ class WorkItem:
     since: datetime | None
     owed_by: str
     detail: str = ""
+    zone: str = ""  # the hospital's time zone, to show `since` in
 
     @property
     def waited(self) -> str:
@@ -163,6 +164,7 @@ def _approval_item(approval: Approval, kind: str, owed_by: str) -> WorkItem:
         since=since,
         owed_by=owed_by,
         detail=detail,
+        zone=onboarding.tenant.timezone,
     )
 
 
@@ -177,4 +179,5 @@ def _run_item(run: StepRun) -> WorkItem:
         since=run.finished_at,
         owed_by="customer success",
         detail=run.error_message[:200],
+        zone=onboarding.tenant.timezone,
     )

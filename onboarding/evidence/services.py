@@ -10,7 +10,7 @@ The same dictionary is the JSON download and the context of the printable HTML p
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Count
@@ -98,6 +98,9 @@ def timeline(runs: list[StepRun]) -> dict[str, Any]:
                 "queued_at": _iso(run.queued_at),
                 "started_at": _iso(run.started_at),
                 "finished_at": _iso(run.finished_at),
+                # How long it waited for a worker and how long it ran, in seconds (None when it did not).
+                "queue_wait_s": _seconds(run.queue_wait if run.started_at else None),
+                "run_time_s": _seconds(run.run_time if run.finished_at else None),
                 "error_kind": run.error_kind,
                 "error_message": run.error_message,
             }
@@ -280,6 +283,10 @@ def _run_ref(run: StepRun | None) -> dict[str, Any] | None:
 
 def _age_days(then: datetime | None, now: datetime) -> int | None:
     return None if then is None else max(0, (now - then).days)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else round(value.total_seconds(), 3)
 
 
 def _iso(value: datetime | None) -> str | None:

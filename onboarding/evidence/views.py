@@ -30,7 +30,13 @@ def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
     """The pack as a page to read and print; `?download=1` gives a standalone file to keep."""
     onboarding, pack = _pack_for(request, code, fmt="html")
     download = request.GET.get("download") == "1"
-    context = {"pack": pack, "onboarding": onboarding, "connection": onboarding.connection, "standalone": download}
+    context = {
+        "pack": pack,
+        "onboarding": onboarding,
+        "connection": onboarding.connection,
+        "standalone": download,
+        "zone": onboarding.tenant,  # times in the hospital's zone, labelled
+    }
     response = render(request, "onboarding/evidence.html", context)
     if download:
         response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.html"'
