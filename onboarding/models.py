@@ -144,12 +144,16 @@ class ValidationPolicy(models.Model):
     max_error_patient_pct = models.FloatField(
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
-        verbose_name="errors: at most % of patients",
+        verbose_name="most patients with an error (%)",
+        help_text="Validate fails when a larger share of patients than this has an error no waiver covers; "
+        "0 allows none.",
     )
     max_warning_patient_pct = models.FloatField(
         default=100.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
-        verbose_name="warnings: at most % of patients",
+        verbose_name="most patients with a warning (%)",
+        help_text="Validate fails when a larger share of patients than this has a warning no waiver covers; "
+        "100 never fails on warnings.",
     )
     map_sample_size = models.PositiveIntegerField(
         default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)], verbose_name="patients sampled by map"

@@ -136,8 +136,8 @@ TEMPLATES = [
                 "portal.context_processors.roles",
                 "portal.context_processors.inbox",
             ],
-            # Every page writes times and durations the same way (`when`, `day`, `duration`), unloaded.
-            "builtins": ["portal.templatetags.times"],
+            # Every page writes times, durations (`when`, `day`, `duration`) and sentences (`sentence`) the same way.
+            "builtins": ["portal.templatetags.times", "portal.templatetags.wording"],
         },
     }
 ]

@@ -142,7 +142,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")
 
     validation = page.get_by_test_id("evidence-validation")
-    expect(validation).to_contain_text("2 error, 1 warning")
+    expect(validation).to_contain_text("2 errors, 1 warning")
     expect(validation).to_contain_text("Not recorded for newborns.")
     expect(validation.get_by_test_id("validation-figures")).to_contain_text("2 (20.0%; at most 0.0% allowed)")
 
