@@ -613,6 +613,13 @@ ROUTES: dict[str, list[Call]] = {
             expect=tenant_a_staff(200, 200, 200),
         )
     ],
+    "evidence_pack_pdf": [
+        page(
+            lambda w: _r("evidence_pack_pdf", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
     # --- People: members, invitations, vendor staff ----------------------------------------------
     # Hospital IT of tenant A is an approver, not a hospital admin: they see the members, and may
     # not invite, change or remove anyone (403). Customer success manage every tenant's people.

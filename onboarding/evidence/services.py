@@ -5,7 +5,8 @@ time, comment and the exact artifact version, the validation summary with waiver
 summary, the connection's security facts and the audit extract. A part whose step is not built
 says "not available yet" rather than looking empty or passed: nothing here is ever made up.
 
-The same dictionary is the JSON download and the context of the printable HTML page.
+The same dictionary is the JSON download and the context of the printable HTML page, which
+WeasyPrint also typesets as the PDF file (render_pdf).
 """
 
 from __future__ import annotations
@@ -291,3 +292,17 @@ def _seconds(value: timedelta | None) -> float | None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def render_pdf(html: str) -> bytes:
+    """The standalone evidence pack page as a PDF file (WeasyPrint: HTML and CSS, paged media).
+
+    The page carries its own styles and no images, so WeasyPrint may fetch nothing (no protocol is
+    allowed): a URL in hospital data must never make the server reach out while it typesets.
+    """
+    # Imported here: WeasyPrint loads Pango at import, which only this download needs.
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
+    pdf: bytes = HTML(string=html, url_fetcher=URLFetcher(allowed_protocols=())).write_pdf()
+    return pdf

@@ -1,4 +1,4 @@
-"""The evidence pack pages: printable HTML, a standalone HTML download and JSON.
+"""The evidence pack pages: printable HTML, a standalone HTML download, a PDF file and JSON.
 
 Whoever may read a hospital's audit trail may download its evidence packs (its hospital IT and
 vendor staff); another hospital's pack is a 404 like any other object. Each download is itself
@@ -14,6 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
@@ -30,16 +31,24 @@ def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
     """The pack as a page to read and print; `?download=1` gives a standalone file to keep."""
     onboarding, pack = _pack_for(request, code, fmt="html")
     download = request.GET.get("download") == "1"
-    context = {
-        "pack": pack,
-        "onboarding": onboarding,
-        "connection": onboarding.connection,
-        "standalone": download,
-        "zone": onboarding.tenant,  # times in the hospital's zone, labelled
-    }
-    response = render(request, "onboarding/evidence.html", context)
+    response = render(request, "onboarding/evidence.html", _page_context(onboarding, pack, standalone=download))
     if download:
         response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.html"'
+    return response
+
+
+@login_required
+@require_GET
+def evidence_pack_pdf(request: HttpRequest, code: str) -> HttpResponse:
+    """The pack as a PDF file, for a hospital's security review: the standalone page, typeset by WeasyPrint."""
+    onboarding, pack = _pack_for(request, code, fmt="pdf")
+    html = render_to_string(
+        "onboarding/evidence.html",
+        {**_page_context(onboarding, pack, standalone=True), "pdf": True},
+        request=request,
+    )
+    response = HttpResponse(evidence.render_pdf(html), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.pdf"'
     return response
 
 
@@ -50,6 +59,16 @@ def evidence_pack_json(request: HttpRequest, code: str) -> HttpResponse:
     response = HttpResponse(json.dumps(pack, indent=2, ensure_ascii=False), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.json"'
     return response
+
+
+def _page_context(onboarding: Onboarding, pack: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
+    return {
+        "pack": pack,
+        "onboarding": onboarding,
+        "connection": onboarding.connection,
+        "standalone": standalone,
+        "zone": onboarding.tenant,  # times in the hospital's zone, labelled
+    }
 
 
 def _pack_for(request: HttpRequest, code: str, *, fmt: str) -> tuple[Onboarding, dict[str, Any]]:
