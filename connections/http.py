@@ -35,6 +35,7 @@ import httpcore
 import httpx
 
 from connections.errors import ErrorKind, Redactor, RemoteError, is_secret_name
+from connections.loadgen.target import PinnedTarget
 from portal import safejson
 
 logger = logging.getLogger(__name__)
@@ -381,18 +382,8 @@ class _PinnedBackend(httpcore.SyncBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        key = _host_key(host, port)
         addresses = self._addresses(host, port)
-        if key not in self._policy.allowlist:
-            refused = [a for a in addresses if not is_public_address(a)]
-            if refused:
-                # Refuse if any address is private: a name mixing public and private records is
-                # exactly what a rebinding attacker publishes.
-                raise _blocked(
-                    f"The host name {host} points at a private, local or reserved address, so we "
-                    "will not connect to it.",
-                    address=str(refused[0]),
-                )
+        _refuse_private(host, port, addresses, self._policy)
         last_error: Exception | None = None
         for address in addresses:
             try:
@@ -436,6 +427,20 @@ class _PinnedBackend(httpcore.SyncBackend):
         if not addresses:
             raise RemoteError(ErrorKind.DNS, detail={"host": host})
         return addresses
+
+
+def _refuse_private(host: str, port: int, addresses: Sequence[IPAddress], policy: OutboundPolicy) -> None:
+    """Refuse a host whose addresses include a private one, unless its host:port is allowlisted."""
+    if _host_key(host, port) in policy.allowlist:
+        return
+    refused = [a for a in addresses if not is_public_address(a)]
+    if refused:
+        # Refuse if any address is private: a name mixing public and private records is
+        # exactly what a rebinding attacker publishes.
+        raise _blocked(
+            f"The host name {host} points at a private, local or reserved address, so we will not connect to it.",
+            address=str(refused[0]),
+        )
 
 
 def _parse_resolved(address: str) -> IPAddress:
@@ -1199,3 +1204,101 @@ def _shared_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
         context.load_verify_locations(cafile=ca_bundle)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+# --------------------------------------------------------------------------------------------
+# Pinning a load test's target
+
+
+def pin_target(
+    base_url: str,
+    policy: OutboundPolicy,
+    *,
+    headers: Mapping[str, str] | None = None,
+    resolver: Resolver | None = None,
+) -> PinnedTarget:
+    """Check a FHIR base URL once through this guard and pin the one address a load test may reach.
+
+    The load generator sends thousands of requests without httpx, so it cannot re-check each
+    connection as the client does; instead the URL gets the same checks (http(s) only, no
+    userinfo, no odd numeric hosts, every resolved address public unless the host:port is
+    allowlisted), the first address that accepts a connection is pinned, and the engine dials
+    only that. ``headers`` (the credential) join the client's own Accept and User-Agent. The
+    client's timeouts, size cap and Retry-After limit go with it. RemoteError says what was refused.
+    """
+    url = check_url(base_url, policy)
+    if url.query or url.fragment:
+        raise RemoteError(ErrorKind.BAD_REQUEST, "A FHIR base URL has no query string or fragment.")
+    https = url.scheme == "https"
+    host = url.host
+    port = url.port or (443 if https else 80)
+    addresses = _resolve_once(host, port, policy, resolver or default_resolver)
+    _refuse_private(host, port, addresses, policy)
+    address = _first_reachable(addresses, port, policy.connect_timeout)
+    merged = {"User-Agent": policy.user_agent, "Accept": DEFAULT_ACCEPT, "Accept-Encoding": "gzip, deflate"}
+    merged.update(headers or {})
+    for name, value in merged.items():
+        if not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
+            raise RemoteError(ErrorKind.BAD_REQUEST, f"The header {name[:40]!r} cannot be sent as it is written.")
+    return PinnedTarget(
+        address=str(address),
+        port=port,
+        host_header=url.netloc.decode("ascii"),
+        scheme=url.scheme,
+        base_path=url.raw_path.decode("ascii").rstrip("/"),
+        server_name=host if https else None,
+        headers=tuple(merged.items()),
+        connect_timeout=policy.connect_timeout,
+        read_timeout=policy.read_timeout,
+        deadline=policy.deadline,
+        max_response_bytes=policy.max_response_bytes,
+        max_retry_after=policy.max_retry_after,
+        ssl_context=_ssl_context(policy) if https else None,
+    )
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _resolve_once(host: str, port: int, policy: OutboundPolicy, resolver: Resolver) -> list[IPAddress]:
+    """The addresses of a host (itself, for an IP literal), looked up within the connect timeout."""
+    literal = _host_literal(host)
+    if literal is not None:
+        return [literal]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pin-dns")
+    error: RemoteError | None = None
+    try:
+        raw = pool.submit(resolver, host, port).result(timeout=policy.connect_timeout)
+    except FutureTimeout:
+        error = RemoteError(ErrorKind.TIMEOUT, "Looking up the hospital's server name took too long.")
+    except (OSError, UnicodeError):
+        error = RemoteError(ErrorKind.DNS, detail={"host": host})
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if error is not None:
+        raise error
+    addresses = [_parse_resolved(a) for a in raw]
+    if not addresses:
+        raise RemoteError(ErrorKind.DNS, detail={"host": host})
+    return addresses
+
+
+def _first_reachable(addresses: Sequence[IPAddress], port: int, timeout: float) -> IPAddress:
+    """The first address, in resolver order, that accepts a TCP connection (closed at once)."""
+    timed_out = False
+    for address in addresses:
+        try:
+            socket.create_connection((str(address), port), timeout=timeout).close()
+        except TimeoutError:
+            timed_out = True
+        except OSError:
+            continue
+        else:
+            return address
+    if timed_out:
+        raise RemoteError(ErrorKind.TIMEOUT, "Connecting to the hospital's server took too long.")
+    raise RemoteError(
+        ErrorKind.CONNECT,
+        "The hospital's server refused the connection (nothing is listening on that port).",
+        detail={"addresses": [str(a) for a in addresses], "port": port},
+    )

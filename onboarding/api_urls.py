@@ -8,7 +8,10 @@ from rest_framework.routers import DefaultRouter
 
 from connections.api import ConnectionViewSet
 from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, my_work, start_step
+from onboarding.evidence import api as evidence_api
 from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
+from onboarding.mapping import api as mapping_api
+from onboarding.review import api as review_api
 from portal.api import TenantViewSet, obtain_token, token_detail, token_list
 from portal.api_docs import SwaggerView
 from portal.notifications.api import NotificationViewSet, notification_preferences
@@ -25,8 +28,36 @@ router.register("staff", StaffViewSet, basename="staff")
 router.register("assignments", AssignmentViewSet, basename="assignment")
 router.register("notifications", NotificationViewSet, basename="notification")
 router.register("approvals", ApprovalViewSet, basename="approval")
+router.register("waivers", review_api.WaiverViewSet, basename="waiver")
+
+# What the mapping page does: read, edit (naming the version read), CSV both ways, the ConceptMap.
+mapping_urls = [
+    path("v1/connections/<uuid:code>/mapping/", mapping_api.mapping_detail, name="api_mapping"),
+    path("v1/connections/<uuid:code>/mapping/mrn-system/", mapping_api.mapping_mrn, name="api_mapping_mrn"),
+    path("v1/connections/<uuid:code>/mapping/codes/", mapping_api.mapping_code, name="api_mapping_code"),
+    path("v1/connections/<uuid:code>/mapping/extensions/", mapping_api.mapping_extension, name="api_mapping_extension"),
+    path("v1/connections/<uuid:code>/mapping/csv/", mapping_api.MappingCsv.as_view(), name="api_mapping_csv"),
+    path(
+        "v1/connections/<uuid:code>/mapping/conceptmap/",
+        mapping_api.MappingConceptMap.as_view(),
+        name="api_mapping_concept_map",
+    ),
+    path("v1/tenants/<uuid:code>/validation-policy/", mapping_api.validation_policy, name="api_validation_policy"),
+]
+# What the review pages do (waivers are the router's); raw PHI stays on the audited engineer page.
+review_urls = [
+    path("v1/review/queue/", review_api.ReviewQueue.as_view(), name="api_review_queue"),
+    path("v1/runs/<uuid:code>/findings/", review_api.RunFindings.as_view(), name="api_run_findings"),
+    path("v1/runs/<uuid:code>/findings/examples/", review_api.finding_examples, name="api_run_finding_examples"),
+    path("v1/runs/<uuid:code>/diff/", review_api.run_diff, name="api_run_diff"),
+    path("v1/runs/<uuid:code>/export/", review_api.run_export, name="api_run_export"),
+    path("v1/runs/<uuid:code>/export/csv/", review_api.RunExportCsv.as_view(), name="api_run_export_csv"),
+    path("v1/onboardings/<uuid:code>/evidence/", evidence_api.evidence_pack, name="api_evidence_pack"),
+]
 
 urlpatterns = [
+    *mapping_urls,
+    *review_urls,
     path("v1/", include(router.urls)),
     path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),
     path("v1/connections/<uuid:code>/gates/", connection_gates, name="api_connection_gates"),

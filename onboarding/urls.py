@@ -32,6 +32,7 @@ urlpatterns = [
     path("review/runs/<uuid:code>/", review_views.review_run, name="review_run"),
     path("review/runs/<uuid:code>/group/", review_views.review_group, name="review_group"),
     path("review/runs/<uuid:code>/waive/", review_views.review_waive, name="review_waive"),
+    path("review/runs/<uuid:code>/unwaive/", review_views.review_unwaive, name="review_unwaive"),
     path("review/runs/<uuid:code>/export.csv", review_views.review_export_csv, name="review_export_csv"),
     path("review/runs/<uuid:code>/export.json", review_views.review_export_json, name="review_export_json"),
     path("review/findings/<uuid:code>/raw/", review_views.review_raw, name="review_raw"),

@@ -10,6 +10,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from knox.models import AuthToken
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -18,6 +20,20 @@ from portal import tokens, twofactor
 from portal.access import AuthUser, get_tenant_for_user, require_perm, tenants_for
 from portal.models import Tenant, validate_timezone
 from portal.services import create_tenant, update_tenant
+
+
+class DownloadNegotiation(DefaultContentNegotiation):
+    """For views that answer a file themselves (CSV, FHIR JSON): any Accept header will do.
+
+    DRF would answer ``Accept: text/csv`` with 406, as no renderer makes CSV; the view writes the
+    file, and a refusal (404, 403) still comes as JSON.
+    """
+
+    def select_renderer(self, request: Any, renderers: Any, format_suffix: str | None = None) -> Any:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
 
 
 class TenantOutput(serializers.ModelSerializer):

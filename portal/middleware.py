@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
@@ -14,7 +15,7 @@ from django.contrib import messages
 from django.contrib.auth import logout
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect
-from django.urls import is_valid_path, reverse
+from django.urls import NoReverseMatch, is_valid_path, reverse
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
@@ -156,6 +157,57 @@ class StaffTwoFactorMiddleware:
             return JsonResponse({"detail": message + " Log in again in the browser."}, status=403)
         target = "two_factor_verify" if twofactor.has_device(user) else "two_factor_setup"
         return send_to(request, target, message=message)
+
+
+def api_equivalent(url_name: str) -> Callable[[Any], Any]:
+    """Mark a page view that serves data (CSV, JSON) with the API route that serves the same to tokens.
+
+    The route takes the page's URL arguments. ``TokenAtPageMiddleware`` names it to a token caller.
+    """
+
+    def mark(view: Any) -> Any:
+        view.api_equivalent = url_name
+        return view
+
+    return mark
+
+
+class TokenAtPageMiddleware:
+    """An API token sent to a page URL gets a 401 that says where the API serves it, not the login page.
+
+    Pages take a signed-in browser session (with its second factor and CSRF); tokens work under
+    ``/api/`` only. A script that fetched an export page with its token used to be redirected to the
+    HTML login form, which read as a broken download.
+    """
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return self.get_response(request)
+
+    def process_view(
+        self, request: HttpRequest, view_func: object, view_args: object, view_kwargs: dict[str, Any]
+    ) -> HttpResponse | None:
+        scheme = request.headers.get("Authorization", "").split(" ", 1)[0].lower()
+        if scheme not in ("token", "bearer") or is_api_request(request) or request.user.is_authenticated:
+            return None
+        detail = "This is a page of the portal: it takes a signed-in browser session, not an API token."
+        body: dict[str, str] = {"code": "page_not_api"}
+        target = getattr(view_func, "api_equivalent", None)
+        try:
+            path = reverse(target, kwargs=view_kwargs) if target else ""
+        except NoReverseMatch:
+            path = ""
+        if path:
+            body["api"] = path
+            detail += f" The API serves the same at {path}."
+        else:
+            detail += " The API is under /api/v1/; its reference is at /api/docs/."
+        body["detail"] = detail
+        response = JsonResponse(body, status=401)
+        response["WWW-Authenticate"] = "Token"
+        return response
 
 
 class NoStoreMiddleware:

@@ -117,6 +117,8 @@ MIDDLEWARE = [
     "portal.middleware.SessionLimitsMiddleware",
     "portal.middleware.StaffTwoFactorMiddleware",
     "portal.middleware.NoStoreMiddleware",
+    # An API token sent to a page URL: a 401 naming the API route, not a redirect to the login page.
+    "portal.middleware.TokenAtPageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes requires: turns a locked-out login into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -286,7 +288,11 @@ REST_KNOX = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Hospital onboarding portal API",
-    "DESCRIPTION": "Tenants, EHR connections, onboardings and step runs. Secrets are write-only.",
+    "DESCRIPTION": (
+        "Everything the portal's pages do: tenants and their people, EHR connections, steps and runs, "
+        "gates, mappings, validation policies, findings, waivers, diffs and evidence packs. Secrets are "
+        "write-only; raw patient data stays on the audited engineer page."
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema and its docs pages are for signed-in people and API clients only.
@@ -294,6 +300,9 @@ SPECTACULAR_SETTINGS = {
     # Swagger UI from the sidecar package: no CDN, so the docs work on closed networks.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No deep links: Swagger UI draws each one as a link inside the operation's toggle button, a
+    # nested control that screen readers cannot reach (axe-core's nested-interactive, WCAG 4.1.2).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": False},
     "COMPONENT_SPLIT_REQUEST": True,
     # Two choice sets share the field name "role": name each after its meaning.
     "ENUM_NAME_OVERRIDES": {

@@ -38,20 +38,25 @@ def chromium() -> Iterator[Browser]:
             browser.close()
 
 
-def log_in(page: Page, base_url: str, username: str, password: str) -> None:
+def log_in(page: Page, base_url: str, username: str, password: str, *, check_accessible: bool = False) -> None:
     """Log in through the login page; for staff, also through the two-factor page.
 
     The second factor is a fresh single-use backup code added to the user's static device in the
     database: unlike an authenticator code, it cannot be refused as a replay when the same user
-    logs in twice within one 30-second step.
+    logs in twice within one 30-second step. With check_accessible, the login and two-factor pages
+    go through assert_accessible on the way.
     """
     code = _one_time_code(username)
     page.goto(f"{base_url}/login/")
+    if check_accessible:
+        assert_accessible(page)
     page.fill("#id_username", username)
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("[data-testid=main-nav], #id_otp_token")
     if code is not None and page.locator("#id_otp_token").count():
+        if check_accessible:
+            assert_accessible(page)
         page.fill("#id_otp_token", code)
         page.click("[data-testid=verify]")
     page.wait_for_selector("[data-testid=main-nav]")
@@ -93,8 +98,19 @@ WCAG_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
 # Every URL checked in this process, for the run's summary line (tests/conftest.py).
 checked_pages: list[str] = []
 
+# While axe reads the page, htmx requests and swaps (a running step's 1-second poll) are held back,
+# so no swap replaces nodes under it; polling resumes after.
 _RUN_AXE = """async ([context, tags]) => {
-  const results = await window.axe.run(context || document, {runOnly: {type: "tag", values: tags}});
+  const hold = (event) => event.preventDefault();
+  document.addEventListener("htmx:beforeRequest", hold);
+  document.addEventListener("htmx:beforeSwap", hold);
+  let results;
+  try {
+    results = await window.axe.run(context || document, {runOnly: {type: "tag", values: tags}});
+  } finally {
+    document.removeEventListener("htmx:beforeRequest", hold);
+    document.removeEventListener("htmx:beforeSwap", hold);
+  }
   return {
     version: window.axe.version,
     violations: results.violations.map((v) => ({

@@ -56,14 +56,20 @@ class World:
     run_b: StepRun
     extra: dict[str, Any] = field(default_factory=dict)
     approval_b: Any = None  # a pending request of tenant B, for the cross-tenant decide case
+    validate_run_b: Any = None  # tenant B's validation run and waiver: for lists and foreign ids in bodies
+    waiver_b: Any = None
 
     def foreign_markers(self, persona: str) -> list[str]:
         """Codes and names a persona must never see in a list: the other tenant's."""
         if persona == "it_a":
-            return _markers(self.tenant_b, self.conn_b, self.onboarding_b, self.run_b)
+            return [*_markers(self.tenant_b, self.conn_b, self.onboarding_b, self.run_b), *self._b_extra()]
         if persona == "it_b":
-            return _markers(self.tenant_a, self.conn_a, self.onboarding_a, self.run_a)
+            extra = [str(self.extra[key].code) for key in ("validate_run", "waiver_a", "finding") if key in self.extra]
+            return [*_markers(self.tenant_a, self.conn_a, self.onboarding_a, self.run_a), *extra]
         return []
+
+    def _b_extra(self) -> list[str]:
+        return [str(obj.code) for obj in (self.validate_run_b, self.waiver_b, self.approval_b) if obj is not None]
 
 
 def _markers(tenant: Any, conn: EHRConnection, onboarding: Onboarding, run: StepRun) -> list[str]:
@@ -82,6 +88,11 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra.update(_mapping_and_findings(onboarding_a))
     world.extra["approval"] = _pending_approval(onboarding_a, world.extra["mapping"])
     world.approval_b = _pending_approval(onboarding_b, world.extra["mapping"])
+    world.extra["waiver_a"] = _waiver(tenant_a)
+    world.validate_run_b = StepRun.objects.create(
+        onboarding=onboarding_b, step="validate", attempt=1, status="passed", result={"patients": 0}
+    )
+    world.waiver_b = _waiver(tenant_b)
     world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
     world.extra.update(_people(tenant_a=tenant_a))
     world.extra["foreign_token_id"] = _someone_elses_api_token()
@@ -94,6 +105,24 @@ def _archived_connection(tenant: Any) -> EHRConnection:
     from django.utils import timezone
 
     return ConnectionFactory(tenant=tenant, name="Alpha archived", archived_at=timezone.now())
+
+
+def _waiver(tenant: Any) -> Any:
+    """A waiver in force, of a rule and path tenant A's validation run has findings of."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from onboarding.models import Waiver
+
+    return Waiver.objects.create(
+        tenant=tenant,
+        rule="codes.unmapped-local",
+        path="Observation.code",
+        reason="Accepted for the pilot by the lab lead",
+        approver_label="engineer",
+        expires_at=timezone.now() + timedelta(days=30),
+    )
 
 
 def _pending_approval(onboarding: Onboarding, mapping: Any) -> Approval:
@@ -286,6 +315,14 @@ def everyone(status: int) -> dict[str, int]:
 
 def tenant_a_staff(it_a: int, cs: int, engineer: int) -> dict[str, int]:
     return {"it_a": it_a, "cs": cs, "engineer": engineer}
+
+
+def _in_days(days: int) -> str:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return (timezone.localdate() + timedelta(days=days)).isoformat()
 
 
 def _r(name: str, **kwargs: Any) -> str:
@@ -613,11 +650,174 @@ ROUTES: dict[str, list[Call]] = {
             expect=tenant_a_staff(200, 200, 200),
         )
     ],
+    # An engineer revokes a waiver from the run page; hospital IT and customer success may not.
+    "review_unwaive": [
+        page(
+            lambda w: _r("review_unwaive", code=w.extra["validate_run"].code),
+            method="POST",
+            data=lambda w: {"waiver": str(w.extra["waiver_a"].code)},
+            owner="a",
+            expect=tenant_a_staff(403, 403, 302),
+        )
+    ],
+    # --- The API of the mapping, the review and the evidence pack (issue 13) ----------------------
+    "api_mapping": [
+        api(lambda w: _r("api_mapping", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "api_mapping_mrn": [
+        api(
+            lambda w: _r("api_mapping_mrn", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"version": w.extra["mapping"].version, "system": "urn:oid:1.2.3"},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    "api_mapping_code": [
+        api(
+            lambda w: _r("api_mapping_code", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                "version": w.extra["mapping"].version,
+                "key": "Observation.code|urn:local|GLU",
+                "target_system": "LOINC",
+                "target_code": "2339-0",
+                "target_display": "Glucose [Mass/volume] in Blood",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    "api_mapping_extension": [
+        api(
+            lambda w: _r("api_mapping_extension", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                "version": w.extra["mapping"].version,
+                "url": "http://example.org/ext",
+                "handling": "ignore",
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    # GET exports the CSV; a POST without a file is refused with what to send (400).
+    "api_mapping_csv": [
+        api(lambda w: _r("api_mapping_csv", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: _r("api_mapping_csv", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {"version": w.extra["mapping"].version},
+            owner="a",
+            expect=tenant_a_staff(403, 400, 400),
+        ),
+    ],
+    "api_mapping_concept_map": [
+        api(
+            lambda w: _r("api_mapping_concept_map", code=w.conn_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
     "evidence_pack_pdf": [
         page(
             lambda w: _r("evidence_pack_pdf", code=w.onboarding_a.code),
             owner="a",
             expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_validation_policy": [
+        api(
+            lambda w: _r("api_validation_policy", code=w.tenant_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        ),
+        api(
+            lambda w: _r("api_validation_policy", code=w.tenant_a.code),
+            method="PATCH",
+            data=lambda w: {"validate_sample_size": 20, "max_error_patient_pct": 5},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        ),
+    ],
+    "api_review_queue": [api(lambda w: _r("api_review_queue"), expect=everyone(200), lists=True)],
+    "api_run_findings": [
+        api(
+            lambda w: _r("api_run_findings", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+            lists=True,
+        )
+    ],
+    "api_run_finding_examples": [
+        api(
+            lambda w: (
+                _r("api_run_finding_examples", code=w.extra["validate_run"].code)
+                + "?rule=codes.unmapped-local&path=Observation.code"
+            ),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_run_diff": [
+        api(
+            lambda w: _r("api_run_diff", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_run_export": [
+        api(
+            lambda w: _r("api_run_export", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_run_export_csv": [
+        api(
+            lambda w: _r("api_run_export_csv", code=w.extra["validate_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_evidence_pack": [
+        api(
+            lambda w: _r("api_evidence_pack", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    # Only engineers waive (a group permission, never a tenant's): everyone else is refused first (403).
+    "waiver-list": [
+        api(lambda w: "/api/v1/waivers/", expect=everyone(200), lists=True),
+        api(
+            lambda w: "/api/v1/waivers/",
+            method="POST",
+            data=lambda w: {
+                "run": str(w.extra["validate_run"].code),
+                "rule": "codes.unmapped-local",
+                "path": "Observation.code",
+                "reason": "Accepted for the pilot by the lab lead",
+                "expires_on": _in_days(30),
+            },
+            owner="a",
+            expect={"it_a": 403, "it_b": 403, "cs": 403, "engineer": 201},
+        ),
+    ],
+    "waiver-detail": [
+        api(
+            lambda w: f"/api/v1/waivers/{w.extra['waiver_a'].code}/",
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "waiver-revoke": [
+        api(
+            lambda w: f"/api/v1/waivers/{w.extra['waiver_a'].code}/revoke/",
+            method="POST",
+            data=lambda w: {"reason": "The lab fixed its feed"},
+            owner="a",
+            expect=tenant_a_staff(403, 403, 200),
         )
     ],
     # --- People: members, invitations, vendor staff ----------------------------------------------
@@ -1053,7 +1253,46 @@ class IdorCase:
     unchanged: Callable[[World], bool]
 
 
+def _waiver_revoked(waiver: Any) -> bool:
+    from onboarding.models import Waiver
+
+    return Waiver.objects.get(pk=waiver.pk).revoked_at is not None
+
+
 IDOR_CASES: list[IdorCase] = [
+    IdorCase(
+        "an engineer cannot revoke tenant B's waiver from tenant A's run page",
+        persona="engineer",
+        method="POST",
+        url=lambda w: reverse("review_unwaive", kwargs={"code": w.extra["validate_run"].code}),
+        data=lambda w: {"waiver": str(w.waiver_b.code)},
+        refused_with=404,
+        unchanged=lambda w: not _waiver_revoked(w.waiver_b),
+    ),
+    IdorCase(
+        "an engineer cannot waive a rule and path that tenant A's run has no finding of through the API body",
+        persona="engineer",
+        method="POST",
+        url=lambda w: "/api/v1/waivers/",
+        data=lambda w: {
+            "run": str(w.extra["validate_run"].code),
+            "rule": "patient.birth-date-missing",
+            "path": "Patient.birthDate",
+            "reason": "Smuggled past the run page",
+            "expires_on": _in_days(30),
+        },
+        refused_with=400,
+        unchanged=lambda w: not w.tenant_a.waivers.filter(rule="patient.birth-date-missing").exists(),
+    ),
+    IdorCase(
+        "customer success assigned to tenant A only cannot read tenant B's run findings by its code",
+        persona="cs_scoped_a",
+        method="GET",
+        url=lambda w: f"/api/v1/runs/{w.validate_run_b.code}/findings/",
+        data=lambda w: {},
+        refused_with=404,
+        unchanged=lambda w: True,
+    ),
     IdorCase(
         "hospital IT of tenant A cannot invite anyone to tenant B through the API body",
         persona="it_a",

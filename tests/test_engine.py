@@ -245,8 +245,8 @@ def test_sweep_sends_runs_whose_publish_failed_once_past_the_grace(
     assert sent == [run.pk]
 
 
-def test_a_successful_send_records_its_time_with_the_steps_queue_and_limits_in_the_message(
-    onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch, settings: Any
+def test_a_successful_send_records_its_time_on_the_steps_queue_without_time_limits_in_the_message(
+    onboarding: Any, cs_user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     published: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(current_app, "send_task", lambda name, **kwargs: published.append((name, kwargs)))
@@ -254,17 +254,9 @@ def test_a_successful_send_records_its_time_with_the_steps_queue_and_limits_in_t
     assert services.send_run(run.pk) is True
     run.refresh_from_db()
     assert run.last_sent_at is not None
-    # Each step declares its queue and its limits; the message carries them to the worker.
+    # The step's queue; the worker's own limits apply (its visibility timeout is derived from them).
     assert published == [
-        (
-            "onboarding.run_step",
-            {
-                "args": (run.pk,),
-                "queue": "steps",
-                "soft_time_limit": settings.STEP_SOFT_TIME_LIMIT,
-                "time_limit": settings.STEP_TIME_LIMIT,
-            },
-        )
+        ("onboarding.run_step", {"args": (run.pk,), "queue": "steps", "time_limit": None, "soft_time_limit": None})
     ]
 
 

@@ -271,3 +271,53 @@ def test_the_data_migration_keeps_every_sign_off_and_its_history() -> None:
     finally:
         executor = MigrationExecutor(db_connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_deciding_a_request_whose_artifact_changed_voids_it_and_the_void_stays(
+    onboarding: Any, cs_user: Any, it_a: Any
+) -> None:
+    mapping = complete_mapping(cs_user, onboarding)
+    stale = Approval.objects.create(
+        onboarding=onboarding,
+        gate=mappings.SIGN_OFF_GATE,
+        artifact_kind="mapping",
+        artifact_id=mapping.pk,
+        artifact_version=mapping.version,
+        artifact_hash="f" * 64,  # not what the mapping holds now
+        artifact_label=f"Mapping version {mapping.version}",
+    )
+    with pytest.raises(gates.GateError, match="changed before your decision"):
+        gates.decide(user=it_a, approval=stale, decision="approved")
+    stale.refresh_from_db()
+    assert stale.state == "voided" and "before the decision" in stale.voided_reason
+    assert mappings.signed_mapping(onboarding) is None
+
+
+def test_a_failed_run_tells_the_assigned_customer_success_once(
+    onboarding: Any, cs_user: Any, it_a: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portal.notifications.models import Notification
+    from portal.people import services as people
+
+    monkeypatch.setattr(services, "send_run", lambda run_id: True)
+    people.assign_staff(actor=cs_user, tenant=onboarding.tenant, member=cs_user)
+    run = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
+    assert services.claim(run.pk) == 1
+    assert services.fail_run(run.pk, kind="timeout", message="The hospital did not answer.", lease=1)
+    # A second report of the same failure (a redelivery, the reaper) tells nobody again.
+    services.notices.run_failed(StepRun.objects.get(pk=run.pk))
+    told = Notification.objects.filter(kind="run_failed", recipient=cs_user)
+    assert told.count() == 1
+    assert told.get().link == reverse("run_detail", kwargs={"code": run.code})
+    assert not Notification.objects.filter(kind="run_failed", recipient=it_a).exists()
+
+
+def test_the_approvals_list_filters_by_state_gate_and_connection(onboarding: Any, cs_user: Any) -> None:
+    complete_mapping(cs_user, onboarding)
+    gates.request_approval(user=cs_user, onboarding=onboarding, gate_key=mappings.SIGN_OFF_GATE)
+    client = client_for(cs_user)
+    code = onboarding.connection.code
+    assert len(client.get(f"/api/v1/approvals/?connection={code}&state=pending").json()["results"]) == 1
+    assert client.get(f"/api/v1/approvals/?connection={code}&state=approved").json()["results"] == []
+    assert client.get("/api/v1/approvals/?gate=no_such_gate").json()["results"] == []
+    assert client.get("/api/v1/approvals/?connection=not-a-code").json()["results"] == []

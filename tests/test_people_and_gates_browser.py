@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect
 from onboarding.mapping import services as mappings
 from onboarding.models import Approval, StepRun
 from portal.models import Tenant
-from tests.browser import log_in
+from tests.browser import assert_accessible, log_in
 from tests.factories import DEFAULT_PASSWORD
 from tests.test_mapping_browser import LOINC_OF
 
@@ -92,6 +92,7 @@ def test_a_hospital_from_scratch_to_validate_through_invitation_and_sign_off(
     it.fill("#id_full_name", "Pat Approver")
     it.fill("#id_password", NEW_PASSWORD)
     it.fill("#id_password_again", NEW_PASSWORD)
+    assert_accessible(it)
     it.get_by_test_id("accept").click()
     log_in(it, live_server.url, APPROVER, NEW_PASSWORD)
     expect(it.locator("h1")).to_have_text("My work")
@@ -135,6 +136,7 @@ def test_a_hospital_from_scratch_to_validate_through_invitation_and_sign_off(
     # Validate is refused while the sign-off waits: a refusal, not a failed run.
     cs.goto(connection_url)
     expect(cs.get_by_test_id("state-map")).to_have_text("waiting for hospital IT")
+    assert_accessible(cs)
     cs.get_by_test_id("start-validate").click()
     expect(cs.locator(".messages")).to_contain_text("Mapping sign-off is needed first")
     assert not StepRun.objects.filter(step="validate").exists()
@@ -142,15 +144,18 @@ def test_a_hospital_from_scratch_to_validate_through_invitation_and_sign_off(
     # The approver: it waits on their first page and in the inbox; they reject it with a reason.
     it.goto(live_server.url + "/work/")
     expect(it.get_by_test_id("work-count-decisions")).to_have_text("1")
-    expect(it.get_by_test_id("inbox-link")).to_contain_text("1 unread")
+    expect(it.get_by_test_id("inbox-link")).to_have_attribute("aria-label", "Inbox, 1 unread")
+    assert_accessible(it)
     it.get_by_test_id("inbox-link").click()
     it.get_by_role("link", name=re.compile("Your approval is requested")).first.click()
     expect(it.get_by_test_id("decide-form")).to_be_visible()
+    assert_accessible(it)
     it.get_by_test_id("reject").click()  # without a reason: refused with a message
     expect(it.locator(".messages")).to_contain_text("Say why you reject it")
     it.fill("#decision-comment", "Glucose must map to the serum code, 2345-7.")
     it.get_by_test_id("reject").click()
     expect(it.get_by_test_id("approval-state")).to_have_text("rejected")
+    assert_accessible(it)
     if SHOTS:
         it.screenshot(path=f"{SHOTS}/approval-rejected.png", full_page=True)
 
@@ -158,6 +163,7 @@ def test_a_hospital_from_scratch_to_validate_through_invitation_and_sign_off(
     cs.goto(live_server.url + "/work/")
     rejection = cs.get_by_test_id("work-rejections")
     expect(rejection).to_contain_text("Glucose must map to the serum code")
+    assert_accessible(cs)
     rejection.get_by_test_id("work-item").first.click()
     cs.get_by_test_id("artifact-link").click()
     glucose = codes[0]
@@ -186,6 +192,7 @@ def test_a_hospital_from_scratch_to_validate_through_invitation_and_sign_off(
     expect(cs.get_by_test_id("state-map")).to_contain_text("approved")
     cs.get_by_test_id("start-validate").click()
     wait_for_run(cs, re.compile("Passed|Failed"))  # type: ignore[arg-type]
+    assert_accessible(cs)
     run = StepRun.objects.get(step="validate")
     assert run.error_kind != "not_signed_off", run.error_message
     if SHOTS:

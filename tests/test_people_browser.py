@@ -21,9 +21,14 @@ PASSWORD = "a-long-and-unusual-passphrase-42"
 
 
 @pytest.fixture(autouse=True)
-def _locmem_email(settings: Any) -> None:
-    # The live server runs in this process, so the email lands in django.core.mail.outbox.
+def _locmem_email(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The live server runs in this process, so the email lands in django.core.mail.outbox. Its task
+    # is not published: a worker started by another test of the session would send it elsewhere;
+    # the tests deliver pending emails themselves, as that worker would.
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    from portal.notifications import services as notifications
+
+    monkeypatch.setattr(notifications, "send_email_task", lambda delivery_id: False)
 
 
 def test_invite_read_the_email_accept_set_a_password_and_sign_in(
@@ -76,8 +81,10 @@ def test_invite_read_the_email_accept_set_a_password_and_sign_in(
     invitee.get_by_test_id("accept").click()
     expect(invitee.locator(".messages")).to_contain_text("Your account is ready")
     assert_accessible(invitee)
-    # Then sign in with the new password: their hospital is on their first page.
+    # Then sign in with the new password: their first page is My work; their hospital is listed.
     log_in(invitee, live_server.url, "ada@alpha.example.org", PASSWORD)
+    expect(invitee.locator("h1")).to_have_text("My work")
+    invitee.get_by_role("link", name="Hospitals").click()
     expect(invitee.locator("#tenant-table")).to_contain_text("Alpha Medical Center")
     if SHOTS:
         invitee.screenshot(path=f"{SHOTS}/invitee-dashboard.png", full_page=True)

@@ -111,6 +111,12 @@ def test_engineer_drills_waives_reruns_and_sees_the_fix_and_other_tenants_get_40
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/review-rerun-diff.png", full_page=True)
     expect(page.locator("tbody[data-rule='structure.invalid'] [data-testid=waived]")).to_be_visible()
+    # The waiver can be revoked from the same page: the group counts again from the next run.
+    page.locator("tbody[data-rule='structure.invalid']").get_by_test_id("unwaive-submit").click()
+    expect(page.locator(".messages")).to_contain_text("Revoked the waiver of structure.invalid")
+    expect(page.locator("tbody[data-rule='structure.invalid'] [data-testid=waived]")).to_have_count(0)
+    assert_accessible(page)
+    assert Waiver.objects.get(tenant=tenant_a, rule="structure.invalid").revoked_at is not None
     assert problems == []
     page.close()
 

@@ -167,7 +167,8 @@ def test_a_gzip_bomb_stops_at_the_cap_without_memory_rising(hospital: SandboxHos
     hospital.set_faults(gzip_bomb_mib=256)
     cap = 4 * MIB
     url = f"{hospital.base_url}/Patient/{hospital.patient_ids[0]}"
-    with httpx.Client() as raw, raw.stream("GET", url) as response:
+    # A generous read timeout: building the bomb takes seconds on a busy machine; memory is what is measured.
+    with httpx.Client(timeout=60) as raw, raw.stream("GET", url) as response:
         on_the_wire = sum(len(chunk) for chunk in response.iter_raw())
         assert response.headers["content-encoding"] == "gzip"
     assert on_the_wire < cap  # small on the wire, 256 MiB once inflated

@@ -46,7 +46,8 @@ def test_worker_runs_configure_then_test_against_a_sandbox(
     assert configure.deliveries == 1
     test = wait_for_final(services.start_step(user=cs_user, onboarding=onboarding, step="test"))
     assert test.status == RunStatus.PASSED, (test.error_kind, test.error_message)
-    assert [c["outcome"] for c in test.result["checks"]] == ["passed"] * 4
+    # auth, Patient search, paging, Patient read, Observation search
+    assert [c["outcome"] for c in test.result["checks"]] == ["passed"] * 5
     assert test.started_at is not None and test.finished_at >= test.started_at
 
 

@@ -12,6 +12,12 @@ credentials, an HTML login page where FHIR should be, a wrong FHIR version, a
 redirect elsewhere, a slow drip, oversized and gzip-bomb bodies, cut-off JSON, the
 wrong resourceType, a next-link loop, a clock that is off) can be switched on at
 start-up or at runtime, so every failure path of the pipeline can be shown on purpose.
+Capacity knobs, set the same way, give the load test something to measure: a fixed
+added latency, a seeded lognormal latency, a concurrency limit past which requests
+queue in arrival order, and throttles that answer 429 with Retry-After (every Nth
+request, or past a token bucket's rate). An optional request log keeps when each FHIR
+request arrived and was answered, so tests can check a client's behaviour from the
+server's side.
 
 It is reached only over HTTP and depends on the standard library alone (plus
 `cryptography` for SMART signatures), so it can run in any process (a test, the
@@ -29,6 +35,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import random
 import re
 import secrets
@@ -40,6 +47,7 @@ import time
 import traceback
 import uuid
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -190,6 +198,15 @@ def _bounded_int(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+def _bounded_float(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ValueError(f"expected a number from {low:g} to {high:g}, got {value!r}")
+        return float(value)
+
+    return parse
+
+
 def _optional_resource_type(value: Any) -> str | None:
     if value is None:
         return None
@@ -282,9 +299,36 @@ QUIRK_SPECS: dict[str, FaultSpec] = {
 
 
 # The fault table: adding a fault means adding a row here and, if it acts on
-# every request, a handler in REQUEST_FAULTS below. The quirks come last.
+# every request, a handler in REQUEST_FAULTS below. The quirks come last. The capacity knobs
+# (latency, its distribution, the concurrency limit and the throttles) act in SandboxHospital._capacity.
 FAULT_SPECS: dict[str, FaultSpec] = {
     "latency_ms": FaultSpec(0, _non_negative_int, "Sleep this long before every answer under the FHIR base."),
+    "latency_median_ms": FaultSpec(
+        0,
+        _bounded_int(0, 600_000),
+        "Also sleep a random time per answer: lognormal with this median in ms (0 = off), drawn from the seed.",
+    ),
+    "latency_sigma": FaultSpec(
+        0.5, _bounded_float(0, 3), "Spread of that lognormal (its sigma): 0 is always the median, 1 puts p99 near 10x."
+    ),
+    "max_concurrency": FaultSpec(
+        0,
+        _bounded_int(0, 10_000),
+        "Serve at most this many FHIR requests at once (0 = no limit); the rest queue in arrival order, and the "
+        "latency is spent holding a place, as a server's worker pool would.",
+    ),
+    "throttle_every": FaultSpec(
+        0, _non_negative_int, "Answer every Nth FHIR request 429 with Retry-After (retry_after seconds); 0 = off."
+    ),
+    "throttle_rps": FaultSpec(
+        0.0,
+        _bounded_float(0, 1_000_000),
+        "Token-bucket throttle: let this many FHIR requests a second through (0 = off), answer the rest 429 "
+        "with Retry-After (retry_after seconds).",
+    ),
+    "throttle_burst": FaultSpec(
+        10, _bounded_int(1, 1_000_000), "The token bucket's size: requests let through at once after a quiet spell."
+    ),
     "rate_429": FaultSpec(0.0, _probability, "Share of requests answered 429 Too Many Requests."),
     "retry_after": FaultSpec(1, _non_negative_int, "Retry-After seconds sent with those 429s."),
     "rate_5xx": FaultSpec(0.0, _probability, "Share of requests answered with a server error."),
@@ -348,14 +392,54 @@ class FaultState:
         self._seed = seed
         self._lock = threading.Lock()
         self._values = parse_faults(raw)
-        self._rng = random.Random(seed)
+        self._reset()
+
+    def _reset(self) -> None:
+        # Latencies get a generator of their own, so drawing them never shifts who else gets hit.
+        self._rng = random.Random(self._seed)
+        self._latency_rng = random.Random(self._seed + 0x5EED)
+        limit = self._values["max_concurrency"]
+        self.slots: Slots | None = Slots(limit) if limit else None
+        self._seen = 0
+        self._tokens = float(self._values["throttle_burst"])
+        self._refilled = time.monotonic()
+        self.throttled = 0
 
     def replace(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
         values = parse_faults(raw)
         with self._lock:
             self._values = values
-            self._rng = random.Random(self._seed)
+            self._reset()
         return dict(values)
+
+    def added_latency_s(self, values: dict[str, Any]) -> float:
+        """The fixed latency plus one draw of the lognormal, in seconds."""
+        delay = values["latency_ms"] / 1000
+        median = values["latency_median_ms"]
+        if median:
+            with self._lock:
+                delay += median / 1000 * math.exp(values["latency_sigma"] * self._latency_rng.gauss(0, 1))
+        return delay
+
+    def throttle(self, values: dict[str, Any]) -> bool:
+        """Whether this request is one the throttles refuse (every Nth, or no token left)."""
+        every, rate = values["throttle_every"], values["throttle_rps"]
+        if not every and not rate:
+            return False
+        with self._lock:
+            self._seen += 1
+            refused = bool(every) and self._seen % every == 0
+            if rate and not refused:
+                now = time.monotonic()
+                self._tokens = min(float(values["throttle_burst"]), self._tokens + (now - self._refilled) * rate)
+                self._refilled = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                else:
+                    refused = True
+            if refused:
+                self.throttled += 1
+            return refused
 
     @property
     def values(self) -> dict[str, Any]:
@@ -369,13 +453,45 @@ class FaultState:
             return self._rng.random() < probability
 
 
+class Slots:
+    """A first-come, first-served limit on requests in service, counting who waits.
+
+    ``threading.Semaphore`` lets a newly arrived thread overtake ones already waiting; a
+    server's accept queue does not, and the queueing a load test should see is first in, first out.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self.busy = 0
+        self.peak_queued = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def acquire(self) -> None:
+        with self._cond:
+            if self.busy < self.limit and not self._queue:
+                self.busy += 1
+                return
+            ticket = object()
+            self._queue.append(ticket)
+            self.peak_queued = max(self.peak_queued, len(self._queue))
+            while self._queue[0] is not ticket or self.busy >= self.limit:
+                self._cond.wait()
+            self._queue.popleft()
+            self.busy += 1
+            self._cond.notify_all()  # the next in line may fit too
+
+    def release(self) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+
 RequestFault = Callable[[dict[str, Any], FaultState], "Response | None"]
-
-
-def _fault_latency(values: dict[str, Any], state: FaultState) -> Response | None:
-    if values["latency_ms"]:
-        time.sleep(values["latency_ms"] / 1000)
-    return None
 
 
 def _fault_not_fhir(values: dict[str, Any], state: FaultState) -> Response | None:
@@ -385,6 +501,12 @@ def _fault_not_fhir(values: dict[str, Any], state: FaultState) -> Response | Non
 def _fault_429(values: dict[str, Any], state: FaultState) -> Response | None:
     if not state.hit(values["rate_429"]):
         return None
+    return _too_many_requests(values)
+
+
+def _too_many_requests(values: dict[str, Any]) -> Response:
+    """A 429 with Retry-After in seconds (an HTTP-date with the retry_after_date fault), or, with the
+    throttle_style quirk, the RateLimit fields instead."""
     style, wait = values["throttle_style"], values["retry_after"]
     if style != "retry_after":
         return _rate_limited(style, wait, time.time() + values["clock_offset_s"])
@@ -427,11 +549,11 @@ def _fault_5xx(values: dict[str, Any], state: FaultState) -> Response | None:
     return operation_outcome(status, "transient", f"Simulated server error {status}; the request may be retried.")
 
 
-# Faults that act on every request under the FHIR base, in the order a real
-# stack would apply them: the network is slow, then a proxy answers instead
-# of the server, then the gateway throttles, then the server fails.
+# Faults that act on every request under the FHIR base once it has its place (see
+# SandboxHospital._capacity, which throttles, queues and adds latency first), in the
+# order a real stack would apply them: a proxy answers instead of the server, then the
+# gateway throttles, then the server fails.
 REQUEST_FAULTS: dict[str, RequestFault] = {
-    "latency_ms": _fault_latency,
     "not_fhir": _fault_not_fhir,
     "rate_429": _fault_429,
     "rate_5xx": _fault_5xx,
@@ -846,6 +968,7 @@ class SandboxHospital:
         defects: Mapping[str, Any] | str | None = None,
         extended_clinical: bool = False,
         jwks: Mapping[str, Any] | None = None,
+        request_log: int = 0,
     ) -> None:
         if flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
@@ -860,8 +983,13 @@ class SandboxHospital:
         self.client_id = client_id
         self.client_secret = client_secret
         self.log_requests = log_requests
+        if request_log < 0:
+            raise ValueError("request_log must be zero or more")
         # Validate faults and defects before binding, so a typo leaks no socket.
         self._faults = FaultState(seed, faults)
+        # The last ``request_log`` FHIR requests with when they arrived and were answered, so a
+        # test can check from the server's side what a client did (a load test's Retry-After).
+        self._request_log: deque[dict[str, Any]] | None = deque(maxlen=request_log) if request_log else None
         self.defects = parse_defects(defects, flavour)
         self._tokens = TokenStore(token_ttl_s)
         self._pages = PageTokens(f"sandbox-pages:{flavour}:{seed}")
@@ -910,6 +1038,39 @@ class SandboxHospital:
     def register_jwks(self, jwks: Mapping[str, Any] | None) -> dict[str, Any]:
         """Register the client's public key set, as a hospital does once (None clears it)."""
         return self._keys.replace(jwks)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request log, oldest first (empty unless started with ``request_log``).
+
+        Each entry has the method, target, status, Retry-After, and the arrival and answer times
+        in seconds on the machine's monotonic clock, the one ``time.monotonic()`` reads in any process.
+        """
+        return list(self._request_log or ())
+
+    def clear_requests(self) -> None:
+        """Empty the request log."""
+        if self._request_log is not None:
+            self._request_log.clear()
+
+    def capacity(self) -> dict[str, Any]:
+        """The capacity knobs' live state: requests in service and queued, the peak queue, 429s sent."""
+        slots = self._faults.slots
+        return {
+            "max_concurrency": slots.limit if slots else 0,
+            "in_service": slots.busy if slots else 0,
+            "queued": slots.queued if slots else 0,
+            "peak_queued": slots.peak_queued if slots else 0,
+            "throttled": self._faults.throttled,
+        }
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Add one answered FHIR request to the log (called by the HTTP handler)."""
+        if self._request_log is not None:
+            self._request_log.append(entry)
+
+    @property
+    def logging_requests(self) -> bool:
+        return self._request_log is not None
 
     def now(self) -> float:
         """The sandbox's wall clock, shifted by the clock_offset_s fault."""
@@ -1007,6 +1168,35 @@ class SandboxHospital:
         if values["redirect_to"]:
             # A load balancer or vanity host sending every call elsewhere.
             return Response(302, b"", PLAIN_JSON, {"Location": values["redirect_to"] + target})
+        return self._capacity(values, lambda: self._fhir(method, path, query, headers, body, values))
+
+    def _capacity(self, values: dict[str, Any], serve: Callable[[], Response]) -> Response:
+        """The capacity knobs: a gateway's throttle answers at once; the rest wait for a place, then take their time."""
+        state = self._faults
+        if state.throttle(values):
+            return _too_many_requests(values)
+        slots = state.slots
+        if slots is not None:
+            slots.acquire()
+        try:
+            delay = state.added_latency_s(values)
+            if delay:
+                time.sleep(delay)
+            return serve()
+        finally:
+            if slots is not None:
+                slots.release()
+
+    def _fhir(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: Headers,
+        body: bytes,
+        values: dict[str, Any],
+    ) -> Response:
+        base_path = self.facts.base_path
         for handler in REQUEST_FAULTS.values():
             faulted = handler(values, self._faults)
             if faulted is not None:
@@ -1506,6 +1696,7 @@ class SandboxHospital:
             "resource_types": list(self.resource_types),
             "defects": self.defects.rates,
             "planted": len(self.planted),
+            "capacity": self.capacity(),
         }
 
     def _control(self, method: str, path: str, headers: Headers, body: bytes) -> Response:
@@ -1518,6 +1709,12 @@ class SandboxHospital:
             return _json_response(200, {"defects": self.defects.rates, "planted": planted}, PLAIN_JSON)
         if path == "/_sandbox/jwks":
             return self._jwks_control(method, body)
+        if path == "/_sandbox/requests":
+            if method == "DELETE":
+                self.clear_requests()
+            elif method != "GET":
+                raise FhirError(405, "not-supported", f"{method} is not supported here; use GET or DELETE.")
+            return _json_response(200, {"requests": self.requests(), "capacity": self.capacity()}, PLAIN_JSON)
         if path != "/_sandbox/faults":
             raise FhirError(404, "not-found", f"No control endpoint at {path}.")
         if method == "GET":
@@ -1618,7 +1815,19 @@ class _Handler(BaseHTTPRequestHandler):
             response = operation_outcome(exc.status, "invalid", str(exc))
         else:
             method = "GET" if self.command == "HEAD" else self.command
+            arrived = time.monotonic()
             response = hospital.handle(method, self.path, self.headers, body)
+            if hospital.logging_requests and not self.path.startswith("/_sandbox/"):
+                hospital.record(
+                    {
+                        "method": method,
+                        "target": self.path,
+                        "status": response.status,
+                        "retry_after": response.headers.get("Retry-After"),
+                        "arrived": arrived,
+                        "answered": time.monotonic(),
+                    }
+                )
         self._write(response)
 
     def _read_body(self) -> bytes:

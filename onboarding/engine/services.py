@@ -59,6 +59,14 @@ SEND_GRACE = timedelta(seconds=10)
 
 # The task is sent by name: the engine never imports its own tasks module, which imports it.
 RUN_STEP_TASK = "onboarding.run_step"
+# No time limits in a task's message: the worker's own settings apply (see send_run).
+WORKER_TIME_LIMITS: dict[str, Any] = {"time_limit": None, "soft_time_limit": None}
+
+
+def task_for_queue(queue: str) -> str:
+    """The task name a step queue's workers run: each queue has its own task, with its own limits."""
+    return RUN_STEP_TASK if queue == "steps" else f"{RUN_STEP_TASK}.{queue}"
+
 
 # What finish_run writes; the rest of the row (the claim's, the request's) is left as it is.
 FINISH_FIELDS = (
@@ -177,17 +185,18 @@ def start_step(
 def send_run(run_id: int) -> bool:
     """Publish the task for a queued run. A broker outage is logged, not raised: the sweep re-sends.
 
-    The message goes to the step's own queue with the step's own time limits. The send time is
-    written only once the broker took the message, so a run whose publish failed (or whose process
-    died before publishing) has none, and the next sweep sends it.
+    The message goes to the step's own queue, as the task that queue's workers run. It carries no
+    time limits: the worker's own apply (its broker visibility timeout is derived from them),
+    whatever the publishing process was configured with. The send time is written only once the
+    broker took the message, so a run whose publish failed (or whose process died before
+    publishing) has none, and the next sweep sends it.
     """
     step = StepRun.objects.filter(pk=run_id).values_list("step", flat=True).first()
     if step is None:
         return False
-    module = get_step(step)
-    soft, hard = module.time_limits()
+    queue = get_step(step).queue
     try:
-        current_app.send_task(RUN_STEP_TASK, args=(run_id,), queue=module.queue, soft_time_limit=soft, time_limit=hard)
+        current_app.send_task(task_for_queue(queue), args=(run_id,), queue=queue, **WORKER_TIME_LIMITS)
     except Exception:  # any broker/transport failure; the database row is the source of truth
         logger.warning("Could not publish step run %s; the sweep will send it", run_id, exc_info=True)
         return False

@@ -17,6 +17,7 @@ from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Task, current_app, shared_task
 from celery.worker.request import Request
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
 from django.db import connection as db_connection
 from kombu.exceptions import ChannelError
@@ -29,6 +30,11 @@ logger = logging.getLogger(__name__)
 STEPS_QUEUE = "steps"
 # Every queue a step may declare (each step module names its own), for the sweep's backlog count.
 STEP_QUEUES = tuple(dict.fromkeys(step.queue for step in PIPELINE))
+# Each queue has its own task with its own limits; only the steps queue exists today. A step on a
+# new queue must add its task below (services.task_for_queue names it), or the worker refuses to start.
+_UNSERVED = [queue for queue in STEP_QUEUES if queue != STEPS_QUEUE]
+if _UNSERVED:
+    raise ImproperlyConfigured(f"No run_step task serves the step queue(s) {', '.join(_UNSERVED)}.")
 
 
 class StepRequest(Request):

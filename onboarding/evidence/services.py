@@ -14,7 +14,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Count
+from django.http import HttpRequest
 from django.utils import timezone
 
 from connections.models import AuthMethod, EHRConnection
@@ -22,6 +24,8 @@ from onboarding.engine.selectors import step_cells
 from onboarding.gates import services as gate_registry
 from onboarding.models import Decision, Onboarding, RunStatus, Step, StepRun, Waiver
 from onboarding.steps import get_step
+from portal import audit
+from portal.access import User, require_perm
 from portal.models import AuditEvent
 
 FORMAT = "onboarding-evidence-pack/1"
@@ -54,6 +58,28 @@ PRIVATE_KEY_STORAGE = (
     "never shown or exported. Only the public key (JWKS) is given to the hospital."
 )
 TLS_POLICY = "Certificate and host-name verification always on; TLS 1.2 or newer."
+
+
+# Whoever may read a hospital's audit trail may take its evidence packs.
+EXPORT_PERM = "portal.view_audit"
+
+
+def export_pack(*, user: User, onboarding: Onboarding, fmt: str, request: HttpRequest | None = None) -> dict[str, Any]:
+    """The pack for someone who may read the tenant's audit trail; each download is itself audited.
+
+    The pages (HTML, JSON) and the API (``GET /api/v1/onboardings/<code>/evidence/``) all take it here.
+    """
+    require_perm(user, EXPORT_PERM, onboarding.tenant)
+    with transaction.atomic():
+        audit.record(
+            action="evidence.export",
+            actor=user,
+            tenant=onboarding.tenant,
+            obj=onboarding,
+            request=request,
+            detail={"format": fmt},
+        )
+    return build_pack(onboarding, generated_by=user.get_username())
 
 
 def build_pack(onboarding: Onboarding, *, generated_by: str, now: datetime | None = None) -> dict[str, Any]:

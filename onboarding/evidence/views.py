@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.template.loader import render_to_string
@@ -21,8 +20,7 @@ from django.views.decorators.http import require_GET
 from onboarding.engine.selectors import get_onboarding_for_user
 from onboarding.evidence import services as evidence
 from onboarding.models import Onboarding
-from portal import audit
-from portal.access import require_perm
+from portal.middleware import api_equivalent
 
 
 @login_required
@@ -37,6 +35,7 @@ def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
     return response
 
 
+@api_equivalent("api_evidence_pack")
 @login_required
 @require_GET
 def evidence_pack_pdf(request: HttpRequest, code: str) -> HttpResponse:
@@ -55,6 +54,7 @@ def evidence_pack_pdf(request: HttpRequest, code: str) -> HttpResponse:
 @login_required
 @require_GET
 def evidence_pack_json(request: HttpRequest, code: str) -> HttpResponse:
+    """The pack as a JSON download (the API's ``/api/v1/onboardings/<code>/evidence/`` gives the same)."""
     onboarding, pack = _pack_for(request, code, fmt="json")
     response = HttpResponse(json.dumps(pack, indent=2, ensure_ascii=False), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.json"'
@@ -73,17 +73,7 @@ def _page_context(onboarding: Onboarding, pack: dict[str, Any], *, standalone: b
 
 def _pack_for(request: HttpRequest, code: str, *, fmt: str) -> tuple[Onboarding, dict[str, Any]]:
     onboarding = get_onboarding_for_user(request.user, code)
-    require_perm(request.user, "portal.view_audit", onboarding.tenant)
-    with transaction.atomic():
-        audit.record(
-            action="evidence.export",
-            actor=request.user,
-            tenant=onboarding.tenant,
-            obj=onboarding,
-            request=request,
-            detail={"format": fmt},
-        )
-    return onboarding, evidence.build_pack(onboarding, generated_by=request.user.get_username())
+    return onboarding, evidence.export_pack(user=request.user, onboarding=onboarding, fmt=fmt, request=request)
 
 
 def _filename(onboarding: Onboarding) -> str:

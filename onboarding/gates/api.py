@@ -3,6 +3,7 @@ and decide moves. The same access rules as the pages: another tenant's request i
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -128,9 +129,10 @@ class ApprovalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             approvals = approvals.filter(gate=params["gate"])
         if params.get("connection"):
             try:
-                approvals = approvals.filter(onboarding__connection__code=params["connection"])
-            except Exception:  # a malformed code matches nothing, as on the pages
-                approvals = approvals.none()
+                code = uuid.UUID(params["connection"])
+            except ValueError:  # a malformed code matches nothing, as on the pages
+                return approvals.none()
+            approvals = approvals.filter(onboarding__connection__code=code)
         return approvals
 
     @extend_schema(request=DecideInput, responses=ApprovalOutput)

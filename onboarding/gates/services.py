@@ -351,38 +351,44 @@ def decide(
             raise GateError("What you looked at is not what was put to you. Reload the page and review it again.")
         current = get_gate(locked.gate).current(onboarding)
         if current is None or (current.id, current.content_hash) != (locked.artifact_id, locked.artifact_hash):
-            label = current.label if current is not None else "nothing"
-            _void(locked, reason=f"It changed to {label} before the decision.", user=user, request=request)
-            raise GateError(
-                f"{locked.artifact_label} changed before your decision (it is now {label}), so this request was "
-                "voided. Customer success will ask again."
+            stale = current.label if current is not None else "nothing"
+        else:
+            stale = None
+        if stale is None:
+            locked.decision = decision
+            locked.decided_by = user if isinstance(user, AuthUser) else None
+            locked.decided_by_label = user.get_username()
+            locked.decided_at = timezone.now()
+            locked.comment = comment
+            locked.valid_from, locked.valid_until = valid_from, valid_until
+            locked.save(
+                update_fields=[
+                    "decision",
+                    "decided_by",
+                    "decided_by_label",
+                    "decided_at",
+                    "comment",
+                    "valid_from",
+                    "valid_until",
+                ]
             )
-        locked.decision = decision
-        locked.decided_by = user if isinstance(user, AuthUser) else None
-        locked.decided_by_label = user.get_username()
-        locked.decided_at = timezone.now()
-        locked.comment = comment
-        locked.valid_from, locked.valid_until = valid_from, valid_until
-        locked.save(
-            update_fields=[
-                "decision",
-                "decided_by",
-                "decided_by_label",
-                "decided_at",
-                "comment",
-                "valid_from",
-                "valid_until",
-            ]
+            audit.record(
+                action=f"gate.{decision}",
+                actor=user,
+                tenant=tenant,
+                obj=locked,
+                request=request,
+                detail={**_detail(locked), "comment": comment[:300]},
+            )
+            notices.approval_decided(locked, gate_label=get_gate(locked.gate).label)
+        else:
+            # Recorded (committed) before refusing: the void is what people see afterwards.
+            _void(locked, reason=f"It changed to {stale} before the decision.", user=user, request=request)
+    if stale is not None:
+        raise GateError(
+            f"{locked.artifact_label} changed before your decision (it is now {stale}), so this request was "
+            "voided. Customer success will ask again."
         )
-        audit.record(
-            action=f"gate.{decision}",
-            actor=user,
-            tenant=tenant,
-            obj=locked,
-            request=request,
-            detail={**_detail(locked), "comment": comment[:300]},
-        )
-        notices.approval_decided(locked, gate_label=get_gate(locked.gate).label)
     return locked
 
 

@@ -49,6 +49,8 @@ MAX_CSV_ROWS = 5000
 # Codes, systems and displays are short (a display at most 300 characters): anything longer is not a mapping.
 MAX_CSV_CELL_CHARS = 1000
 _TARGETS = ("target_system", "target_code", "target_display")
+# What a person may change in a tenant's validation policy (the page's form and the API alike).
+POLICY_FIELDS = ("max_error_patient_pct", "max_warning_patient_pct", "map_sample_size", "validate_sample_size")
 
 
 class MappingError(Exception):
@@ -95,21 +97,34 @@ def policy_for(tenant: Tenant) -> ValidationPolicy:
 
 
 def update_policy(
-    *, user: User, policy: ValidationPolicy, form: Any, request: HttpRequest | None = None
+    *, user: User, tenant: Tenant, changes: dict[str, Any], request: HttpRequest | None = None
 ) -> ValidationPolicy:
-    """Save a validated policy form and record what changed."""
-    require_perm(user, EDIT_PERM, policy.tenant)
+    """Change some of the tenant's policy fields (``POLICY_FIELDS``) and record which changed.
+
+    The page's form and the API's serializer both land here. The model's validators run again, so
+    a bad value is a ``ValidationError`` naming its field, and nothing is saved.
+    """
+    require_perm(user, EDIT_PERM, tenant)
+    unknown = sorted(set(changes) - set(POLICY_FIELDS))
+    if unknown:
+        raise ValueError(f"Not policy fields: {', '.join(unknown)}")
     with transaction.atomic():
-        policy = form.save(commit=False)
+        # Compare with what is stored, not with an instance a bound form may already have changed.
+        policy = ValidationPolicy.objects.select_for_update().filter(tenant=tenant).first()
+        policy = policy or ValidationPolicy(tenant=tenant)
+        changed = sorted(name for name, value in changes.items() if getattr(policy, name) != value)
+        for name, value in changes.items():
+            setattr(policy, name, value)
+        policy.full_clean(exclude=["tenant", "updated_by"], validate_unique=False)
         policy.updated_by = user if isinstance(user, AuthUser) else None
         policy.save()
         audit.record(
             action="validation_policy.update",
             actor=user,
-            tenant=policy.tenant,
+            tenant=tenant,
             obj=policy,
             request=request,
-            detail={"changed": sorted(form.changed_data)},
+            detail={"changed": changed},
         )
     return policy
 

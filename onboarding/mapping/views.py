@@ -23,6 +23,7 @@ from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import ELEMENTS_BY_KEY, KNOWN_SYSTEM_LABELS, SYSTEM_LABELS
 from onboarding.models import Mapping, Onboarding, ValidationPolicy
 from portal.access import get_tenant_for_user, require_perm
+from portal.middleware import api_equivalent
 from portal.roles import is_vendor_staff
 from portal.types import HtmxHttpRequest
 
@@ -269,6 +270,7 @@ def _report_save(request: HttpRequest, before: Mapping | None, saved: Mapping, w
         messages.success(request, f"{what}: the mapping is now version {saved.version}.")
 
 
+@api_equivalent("api_mapping_csv")
 @login_required
 @require_GET
 def mapping_export_csv(request: HttpRequest, code: str) -> HttpResponse:
@@ -317,6 +319,7 @@ def mapping_import_csv(request: HttpRequest, code: str) -> HttpResponse:
     return render(request, "onboarding/mapping.html", context, status=400)
 
 
+@api_equivalent("api_mapping_concept_map")
 @login_required
 @require_GET
 def mapping_concept_map(request: HttpRequest, code: str) -> HttpResponse:
@@ -343,14 +346,15 @@ def validation_policy(request: HttpRequest, code: str) -> HttpResponse:
     policy = mappings.policy_for(tenant)
     form_class = modelform_factory(
         ValidationPolicy,
-        fields=["max_error_patient_pct", "max_warning_patient_pct", "map_sample_size", "validate_sample_size"],
+        fields=list(mappings.POLICY_FIELDS),
     )
     can_edit = request.user.has_perm(mappings.EDIT_PERM)
     if request.method == "POST":
         require_perm(request.user, mappings.EDIT_PERM, tenant)
         form = form_class(request.POST, instance=policy)
         if form.is_valid():
-            mappings.update_policy(user=request.user, policy=policy, form=form, request=request)
+            changes = {name: form.cleaned_data[name] for name in mappings.POLICY_FIELDS}
+            mappings.update_policy(user=request.user, tenant=tenant, changes=changes, request=request)
             messages.success(request, "Validation policy saved. It applies from the next run.")
             return redirect("validation_policy", code=tenant.code)
         status = 400

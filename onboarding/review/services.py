@@ -216,9 +216,13 @@ def create_waiver(
     path: str,
     reason: str,
     expires_on: date,
+    run: StepRun | None = None,
     request: HttpRequest | None = None,
 ) -> Waiver:
-    """An engineer accepts a rule at a path for a tenant until a date, with a reason."""
+    """An engineer accepts a rule at a path for a tenant until a date, with a reason.
+
+    Given the run it is waived from, the rule and path must be one of that run's finding groups.
+    """
     require_perm(user, REVIEW_PERM, tenant)
     reason = reason.strip()
     if len(reason) < 10:
@@ -230,6 +234,8 @@ def create_waiver(
         raise WaiverError("A waiver may last at most a year; pick an earlier expiry.")
     if not rule or not path or len(rule) > 64 or len(path) > 200:
         raise WaiverError("Waive a rule and path shown on the run page.")
+    if run is not None and not run.findings.filter(rule=rule, path=path).exists():
+        raise WaiverError(f"Run {run.code} has no finding of {rule} at {path}: waive a group the run shows.")
     expires_at = timezone.make_aware(datetime.combine(expires_on, datetime.max.time()))
     with transaction.atomic():
         waiver = Waiver.objects.create(
@@ -250,6 +256,52 @@ def create_waiver(
             detail={"rule": rule, "path": path, "expires_on": expires_on.isoformat()},
         )
     return waiver
+
+
+def waivers_for(user: User) -> QuerySet[Waiver]:
+    """Waivers of the tenants the user may see, newest first (in force, expired and revoked alike)."""
+    return Waiver.objects.filter(tenant__in=tenants_for(user)).select_related("tenant")
+
+
+def get_waiver(user: User, code: uuid.UUID | str) -> Waiver:
+    """A waiver of a tenant the user may see, else 404."""
+    try:
+        return waivers_for(user).get(code=code)
+    except (Waiver.DoesNotExist, ValueError):
+        raise Http404("No such waiver.") from None
+
+
+def waiver_in_force(waiver: Waiver, at: datetime | None = None) -> bool:
+    """Whether the waiver still covers findings: not revoked and not expired."""
+    return waiver.revoked_at is None and waiver.expires_at > (at or timezone.now())
+
+
+def revoke_waiver(*, user: User, waiver: Waiver, reason: str = "", request: HttpRequest | None = None) -> Waiver:
+    """An engineer ends a waiver before it expires; the next validation run counts its findings again.
+
+    The row is kept (the evidence pack lists every waiver with when it was revoked).
+    """
+    require_perm(user, REVIEW_PERM, waiver.tenant)
+    reason = reason.strip()
+    if len(reason) > 1000:
+        raise WaiverError("Keep the reason under 1,000 characters.")
+    with transaction.atomic():
+        locked = Waiver.objects.select_for_update().get(pk=waiver.pk)
+        if locked.revoked_at is not None:
+            raise WaiverError(f"This waiver was already revoked on {locked.revoked_at:%Y-%m-%d}.")
+        if not waiver_in_force(locked):
+            raise WaiverError(f"This waiver expired on {locked.expires_at:%Y-%m-%d}; it no longer applies.")
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
+        audit.record(
+            action="waiver.revoke",
+            actor=user,
+            tenant=locked.tenant,
+            obj=locked,
+            request=request,
+            detail={"rule": locked.rule, "path": locked.path, "reason": reason},
+        )
+    return locked
 
 
 # --- reads: the queue and a run ---------------------------------------------------------------------------

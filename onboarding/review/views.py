@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -21,7 +21,7 @@ from connections.models import Vendor
 from onboarding.models import Severity
 from onboarding.review import services as review
 from portal.access import tenants_for
-from portal.middleware import send_to
+from portal.middleware import api_equivalent, send_to
 from portal.reauth import recently_authenticated
 from portal.types import HtmxHttpRequest
 
@@ -145,6 +145,7 @@ def review_waive(request: HttpRequest, code: str) -> HttpResponse:
             path=request.POST.get("path", ""),
             reason=request.POST.get("reason", ""),
             expires_on=expires,
+            run=run,
             request=request,
         )
     except review.WaiverError as exc:
@@ -158,6 +159,27 @@ def review_waive(request: HttpRequest, code: str) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def review_unwaive(request: HttpRequest, code: str) -> HttpResponse:
+    """An engineer revokes a waiver shown on the run page; the next validation run counts its findings again."""
+    run = review.get_validation_run(request.user, code)
+    waiver = review.get_waiver(request.user, request.POST.get("waiver", ""))
+    if waiver.tenant_id != run.onboarding.tenant_id:
+        # A waiver of another tenant is not on this run's page: the same 404 as a missing one.
+        raise Http404("No such waiver.")
+    try:
+        review.revoke_waiver(user=request.user, waiver=waiver, reason=request.POST.get("reason", ""), request=request)
+    except review.WaiverError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request, f"Revoked the waiver of {waiver.rule} at {waiver.path}. Re-run validate to count its findings."
+        )
+    return redirect(reverse("review_run", kwargs={"code": run.code}) + "#groups")
+
+
+@api_equivalent("api_run_export_csv")
+@login_required
 @require_GET
 def review_export_csv(request: HttpRequest, code: str) -> StreamingHttpResponse:
     """The run's findings as CSV, streamed; audited."""
@@ -168,6 +190,7 @@ def review_export_csv(request: HttpRequest, code: str) -> StreamingHttpResponse:
     return response
 
 
+@api_equivalent("api_run_export")
 @login_required
 @require_GET
 def review_export_json(request: HttpRequest, code: str) -> JsonResponse:

@@ -138,11 +138,12 @@ class StepModule:
     # Gates (onboarding.gates) that need a live approval of their current artifact before it starts.
     gates: ClassVar[tuple[str, ...]] = ()
     # The Celery queue its task goes to: a step that runs for many minutes gets workers of its own,
-    # so it never holds up the short steps of other hospitals.
+    # so it never holds up the short steps of other hospitals. Each queue has its own task, whose
+    # limits are the step's time_limits() as the worker's settings give them.
     queue: ClassVar[str] = "steps"
 
     def time_limits(self) -> tuple[int, int]:
-        """(soft, hard) seconds the step may run; sent with its task. Read from settings at send time."""
+        """(soft, hard) seconds the step may run, read from the settings of the worker that runs it."""
         return settings.STEP_SOFT_TIME_LIMIT, settings.STEP_TIME_LIMIT
 
     def run(self, ctx: StepContext) -> StepOutcome:

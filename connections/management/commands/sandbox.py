@@ -62,6 +62,36 @@ class Command(BaseCommand):
         parser.add_argument("--latency-ms", type=int, default=0, help="Fault: delay every FHIR answer by N ms.")
         parser.add_argument("--rate-429", type=float, default=0.0, help="Fault: share of requests answered 429.")
         parser.add_argument("--rate-5xx", type=float, default=0.0, help="Fault: share of requests answered 503.")
+        capacity = parser.add_argument_group(
+            "capacity knobs (for load tests)",
+            "Also settable while running, with every fault, by PUT /_sandbox/faults and a JSON object of "
+            "names below (latency_ms, latency_median_ms, latency_sigma, max_concurrency, throttle_every, "
+            "throttle_rps, throttle_burst, retry_after); GET /_sandbox/info shows the queue and 429 counts.",
+        )
+        capacity.add_argument(
+            "--latency-median-ms", type=int, default=0, help="Add a seeded lognormal latency with this median (ms)."
+        )
+        capacity.add_argument(
+            "--latency-sigma", type=float, default=0.5, help="That lognormal's sigma (0 = fixed, 1 = p99 near 10x)."
+        )
+        capacity.add_argument(
+            "--max-concurrency",
+            type=int,
+            default=0,
+            help="Serve at most N FHIR requests at once; the rest queue in arrival order (0 = no limit).",
+        )
+        capacity.add_argument("--throttle-every", type=int, default=0, help="Answer every Nth FHIR request 429.")
+        capacity.add_argument(
+            "--throttle-rps", type=float, default=0.0, help="Token bucket: let N FHIR requests a second through."
+        )
+        capacity.add_argument("--throttle-burst", type=int, default=10, help="The token bucket's size.")
+        capacity.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with every 429.")
+        capacity.add_argument(
+            "--request-log",
+            type=int,
+            default=0,
+            help="Keep the last N FHIR requests' arrival and answer times (GET /_sandbox/requests).",
+        )
         parser.add_argument(
             "--fault",
             action="append",
@@ -87,7 +117,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Only faults that were asked for, so the rest keep their defaults.
-        faults = {key: options[key] for key in ("latency_ms", "rate_429", "rate_5xx") if options[key]}
+        knobs = ("latency_ms", "rate_429", "rate_5xx", "latency_median_ms", "max_concurrency", "throttle_every")
+        faults = {key: options[key] for key in (*knobs, "throttle_rps") if options[key]}
+        for key, default in (("latency_sigma", 0.5), ("throttle_burst", 10), ("retry_after", 1)):
+            if options[key] != default:
+                faults[key] = options[key]
         faults.update(parse_switch(text) for text in options["fault"])
         try:
             hospital = SandboxHospital(
@@ -103,6 +137,7 @@ class Command(BaseCommand):
                 log_requests=options["log_requests"],
                 defects=None if options["defects"] == "none" else options["defects"],
                 extended_clinical=options["extended_clinical"],
+                request_log=options["request_log"],
             )
         except (ValueError, OSError) as exc:
             raise CommandError(f"Cannot start the sandbox: {exc}") from exc
