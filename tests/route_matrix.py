@@ -787,6 +787,13 @@ ROUTES: dict[str, list[Call]] = {
             expect=tenant_a_staff(200, 200, 200),
         )
     ],
+    "api_evidence_pack_pdf": [
+        api(
+            lambda w: _r("api_evidence_pack_pdf", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
     # Only engineers waive (a group permission, never a tenant's): everyone else is refused first (403).
     "waiver-list": [
         api(lambda w: "/api/v1/waivers/", expect=everyone(200), lists=True),

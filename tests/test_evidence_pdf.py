@@ -81,3 +81,24 @@ def test_the_page_links_the_pdf_and_another_hospital_gets_404(onboarding: Any, i
     assert f'href="{reverse("evidence_pack_pdf", kwargs={"code": onboarding.code})}"' in page
     assert client_for(it_b).get(reverse("evidence_pack_pdf", kwargs={"code": onboarding.code})).status_code == 404
     assert not AuditEvent.objects.filter(action="evidence.export", actor=it_b).exists()
+
+
+def test_the_api_gives_the_same_pdf_to_a_token(onboarding: Any, it_a: Any, it_b: Any) -> None:
+    from rest_framework.test import APIClient
+
+    from portal.tokens import issue_token
+
+    def with_token(user: Any) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user=user)[1]}")
+        return client
+
+    url = reverse("api_evidence_pack_pdf", kwargs={"code": onboarding.code})
+    response = with_token(it_a).get(url)
+    assert response.status_code == 200 and response["Content-Type"] == "application/pdf"
+    _, text = pdf_text(response.content)
+    assert all(heading in text for heading in SECTIONS)
+    assert with_token(it_b).get(url).status_code == 404
+    # A token sent to the page's address is told where the API serves it.
+    page = with_token(it_a).get(reverse("evidence_pack_pdf", kwargs={"code": onboarding.code}))
+    assert page.status_code == 401 and page.json()["api"] == url

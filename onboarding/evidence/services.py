@@ -320,6 +320,27 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def page_context(onboarding: Onboarding, pack: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
+    """What the pack's template (onboarding/evidence.html) shows: the pack, and times in the hospital's zone."""
+    return {
+        "pack": pack,
+        "onboarding": onboarding,
+        "connection": onboarding.connection,
+        "standalone": standalone,
+        "zone": onboarding.tenant,
+    }
+
+
+def pack_pdf(onboarding: Onboarding, pack: dict[str, Any], *, request: HttpRequest | None = None) -> bytes:
+    """The pack as a PDF file: its standalone page (the one the HTML download gives), typeset."""
+    from django.template.loader import render_to_string
+
+    html = render_to_string(
+        "onboarding/evidence.html", {**page_context(onboarding, pack, standalone=True), "pdf": True}, request=request
+    )
+    return render_pdf(html)
+
+
 def render_pdf(html: str) -> bytes:
     """The standalone evidence pack page as a PDF file (WeasyPrint: HTML and CSS, paged media).
 

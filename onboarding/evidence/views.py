@@ -13,7 +13,6 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
@@ -29,28 +28,29 @@ def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
     """The pack as a page to read and print; `?download=1` gives a standalone file to keep."""
     onboarding, pack = _pack_for(request, code, fmt="html")
     download = request.GET.get("download") == "1"
-    response = render(request, "onboarding/evidence.html", _page_context(onboarding, pack, standalone=download))
+    response = render(request, "onboarding/evidence.html", evidence.page_context(onboarding, pack, standalone=download))
     if download:
         response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.html"'
     return response
 
 
-@api_equivalent("api_evidence_pack")
+@api_equivalent("api_evidence_pack_pdf")
 @login_required
 @require_GET
 def evidence_pack_pdf(request: HttpRequest, code: str) -> HttpResponse:
     """The pack as a PDF file, for a hospital's security review: the standalone page, typeset by WeasyPrint."""
     onboarding, pack = _pack_for(request, code, fmt="pdf")
-    html = render_to_string(
-        "onboarding/evidence.html",
-        {**_page_context(onboarding, pack, standalone=True), "pdf": True},
-        request=request,
-    )
-    response = HttpResponse(evidence.render_pdf(html), content_type="application/pdf")
+    return pdf_response(onboarding, evidence.pack_pdf(onboarding, pack, request=request))
+
+
+def pdf_response(onboarding: Onboarding, pdf: bytes) -> HttpResponse:
+    """The PDF as a download named after the onboarding and the day (the page and the API give the same)."""
+    response = HttpResponse(pdf, content_type="application/pdf")
     response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.pdf"'
     return response
 
 
+@api_equivalent("api_evidence_pack")
 @login_required
 @require_GET
 def evidence_pack_json(request: HttpRequest, code: str) -> HttpResponse:
@@ -59,16 +59,6 @@ def evidence_pack_json(request: HttpRequest, code: str) -> HttpResponse:
     response = HttpResponse(json.dumps(pack, indent=2, ensure_ascii=False), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.json"'
     return response
-
-
-def _page_context(onboarding: Onboarding, pack: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
-    return {
-        "pack": pack,
-        "onboarding": onboarding,
-        "connection": onboarding.connection,
-        "standalone": standalone,
-        "zone": onboarding.tenant,  # times in the hospital's zone, labelled
-    }
 
 
 def _pack_for(request: HttpRequest, code: str, *, fmt: str) -> tuple[Onboarding, dict[str, Any]]:
