@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -18,11 +18,14 @@ from rest_framework.response import Response
 from connections import forms
 from connections.keys import ALGORITHMS
 from connections.models import AuthMethod, EHRConnection, Environment
-from connections.selectors import connections_for
+from connections.selectors import connections_for, listed_connections_for
 from connections.services import (
     EDITABLE_FIELDS,
+    ArchiveError,
+    archive_connection,
     create_connection,
     generate_key_pair,
+    restore_connection,
     set_without_capability_statement,
     update_connection,
 )
@@ -64,6 +67,7 @@ class ConnectionOutput(serializers.ModelSerializer):
             "key_id",
             "key_created_at",
             "jwks",
+            "archived_at",
             "created_at",
             "updated_at",
         ]
@@ -147,7 +151,21 @@ class ConnectionViewSet(
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> Any:
+        if self.action == "list":
+            # Lists hide archived connections, as the pages do; ?archived=true lists only those.
+            archived = self.request.query_params.get("archived", "").lower() in ("true", "1")
+            return listed_connections_for(self.request.user, archived=archived).order_by("tenant__name", "name")
         return connections_for(self.request.user).order_by("tenant__name", "name")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "archived", bool, description="true: only archived connections; otherwise only the live ones."
+            )
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
 
     def get_serializer_class(self) -> Any:
         if self.action == "create":
@@ -212,6 +230,28 @@ class ConnectionViewSet(
             enabled=data.validated_data["continue_without"],
             request=request._request,
         )
+        return Response(ConnectionOutput(connection).data)
+
+    @extend_schema(request=None, responses=ConnectionOutput)
+    @action(detail=True, methods=["post"])
+    def archive(self, request: Request, code: str | None = None) -> Response:
+        """Archive: hidden from lists and closed to new runs, kept with its whole history (audited)."""
+        return self._archive_or_restore(request, archive_connection)
+
+    @extend_schema(request=None, responses=ConnectionOutput)
+    @action(detail=True, methods=["post"])
+    def restore(self, request: Request, code: str | None = None) -> Response:
+        """Bring an archived connection back into the lists; its steps can run again (audited)."""
+        return self._archive_or_restore(request, restore_connection)
+
+    def _archive_or_restore(self, request: Request, service: Any) -> Response:
+        connection = self.get_object()
+        require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
+        try:
+            connection = service(user=request.user, connection=connection, request=request._request)
+        except ArchiveError as exc:
+            # Already in the asked state: a conflict with what the caller believed, nothing changed.
+            return Response({"detail": " ".join(exc.messages)}, status=status.HTTP_409_CONFLICT)
         return Response(ConnectionOutput(connection).data)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -92,6 +92,11 @@ class EHRConnection(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Archived: hidden from lists and closed to new runs, kept with its whole history for the audit.
+    archived_at = models.DateTimeField(null=True, blank=True)
+    archived_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["tenant__name", "name"]
@@ -119,6 +124,10 @@ class EHRConnection(models.Model):
         }
         if errors:
             raise ValidationError(errors)
+
+    @property
+    def is_archived(self) -> bool:
+        return self.archived_at is not None
 
     @property
     def has_secret(self) -> bool:

@@ -16,6 +16,14 @@ def connections_for(user: User) -> QuerySet[EHRConnection]:
     return EHRConnection.objects.filter(tenant__in=tenants_for(user)).select_related("tenant")
 
 
+def listed_connections_for(user: User, *, archived: bool = False) -> QuerySet[EHRConnection]:
+    """What lists show: the live connections, or (``archived``) only the archived ones.
+
+    An archived connection stays reachable by its code (get_connection_for_user): only lists hide it.
+    """
+    return connections_for(user).filter(archived_at__isnull=not archived)
+
+
 def get_connection_for_user(user: User, code: uuid.UUID | str) -> EHRConnection:
     """The connection with this code if the user may see its tenant, else 404."""
     try:

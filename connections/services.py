@@ -252,3 +252,48 @@ def set_without_capability_statement(
         detail={"without_capability_statement": enabled},
     )
     return connection
+
+
+class ArchiveError(ValidationError):
+    """An archive or restore that cannot happen as asked (already archived, or not archived)."""
+
+
+@transaction.atomic
+def archive_connection(*, user: User, connection: EHRConnection, request: HttpRequest | None = None) -> EHRConnection:
+    """Archive a connection: hidden from lists, closed to new runs, kept with its whole history.
+
+    Nothing is deleted: its runs, mappings, approvals and audit trail stay, and the evidence pack
+    and every link to it keep working. A run already going finishes; no new one can start until
+    the connection is restored.
+    """
+    require_perm(user, "connections.change_ehrconnection", connection.tenant)
+    connection = EHRConnection.objects.select_for_update().get(pk=connection.pk)
+    if connection.archived_at is not None:
+        raise ArchiveError(f"“{connection.name}” is already archived.")
+    connection.archived_at = timezone.now()
+    connection.archived_by = user if user.is_authenticated else None
+    connection.save(update_fields=["archived_at", "archived_by", "updated_at"])
+    audit.record(action="connection.archive", actor=user, tenant=connection.tenant, obj=connection, request=request)
+    return connection
+
+
+@transaction.atomic
+def restore_connection(*, user: User, connection: EHRConnection, request: HttpRequest | None = None) -> EHRConnection:
+    """Bring an archived connection back into the lists; its steps can run again."""
+    require_perm(user, "connections.change_ehrconnection", connection.tenant)
+    connection = EHRConnection.objects.select_for_update().get(pk=connection.pk)
+    if connection.archived_at is None:
+        raise ArchiveError(f"“{connection.name}” is not archived.")
+    archived_at = connection.archived_at
+    connection.archived_at = None
+    connection.archived_by = None
+    connection.save(update_fields=["archived_at", "archived_by", "updated_at"])
+    audit.record(
+        action="connection.restore",
+        actor=user,
+        tenant=connection.tenant,
+        obj=connection,
+        request=request,
+        detail={"archived_at": archived_at.isoformat()},
+    )
+    return connection

@@ -15,8 +15,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from connections.forms import ConnectionForm, KeyPairForm
 from connections.selectors import get_connection_for_user
 from connections.services import (
+    ArchiveError,
+    archive_connection,
     create_connection,
     generate_key_pair,
+    restore_connection,
     set_without_capability_statement,
     update_connection,
 )
@@ -139,3 +142,38 @@ def jwks_download(request: HttpRequest, code: str) -> HttpResponse:
     response = HttpResponse(json.dumps(connection.jwks, indent=2), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{slug}-jwks.json"'
     return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def connection_archive(request: HttpRequest, code: str) -> HttpResponse:
+    """Archive a connection, after a confirmation page: hidden from lists, kept with its history."""
+    connection = get_connection_for_user(request.user, code)
+    require_perm(request.user, "connections.change_ehrconnection", connection.tenant)
+    if request.method == "POST":
+        try:
+            archive_connection(user=request.user, connection=connection, request=request)
+        except ArchiveError as exc:
+            messages.error(request, " ".join(exc.messages))
+            return redirect("connection_detail", code=connection.code)
+        messages.success(
+            request,
+            f"“{connection.name}” is archived: it is hidden from the lists and its steps cannot run. Its history is "
+            "kept; restore it from its page (the dashboard's “Archived” filter lists it).",
+        )
+        return redirect("tenant_detail", code=connection.tenant.code)
+    return render(request, "connections/archive_confirm.html", {"connection": connection, "tenant": connection.tenant})
+
+
+@login_required
+@require_POST
+def connection_restore(request: HttpRequest, code: str) -> HttpResponse:
+    """Bring an archived connection back into the lists."""
+    connection = get_connection_for_user(request.user, code)
+    try:
+        restore_connection(user=request.user, connection=connection, request=request)
+    except ArchiveError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"“{connection.name}” is restored: it is back in the lists and its steps can run.")
+    return redirect("connection_detail", code=connection.code)

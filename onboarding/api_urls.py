@@ -53,6 +53,7 @@ review_urls = [
     path("v1/runs/<uuid:code>/export/", review_api.run_export, name="api_run_export"),
     path("v1/runs/<uuid:code>/export/csv/", review_api.RunExportCsv.as_view(), name="api_run_export_csv"),
     path("v1/onboardings/<uuid:code>/evidence/", evidence_api.evidence_pack, name="api_evidence_pack"),
+    path("v1/onboardings/<uuid:code>/evidence.pdf", evidence_api.evidence_pack_pdf, name="api_evidence_pack_pdf"),
 ]
 
 urlpatterns = [

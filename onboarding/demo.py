@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -25,6 +26,37 @@ class DemoSandbox:
     # Planted data-quality defects and the extra resource types, so map and validate find something.
     defects: bool = False
 
+    def options(self) -> dict[str, Any]:
+        """The sandbox's settings, as `SandboxHospital` takes them (`manage.py sandbox` spells them as flags)."""
+        options: dict[str, Any] = {
+            "flavour": self.flavour,
+            "port": self.port,
+            "auth": self.auth,
+            "patients": DEMO_PATIENTS,
+        }
+        if self.client_id:
+            options.update(client_id=self.client_id, client_secret=self.client_secret)
+        if self.defects:
+            # A showcase, not the flavour's plain rates: those leave most kinds out of the default
+            # 10-patient sample (seed 1 put no local code in it), and the demo would hide what the
+            # README promises map and validate find. Each kind is planted once on the first patients.
+            options.update(defects="showcase", extended_clinical=True)
+        return options
+
+    def command(self) -> list[str]:
+        """The `manage.py sandbox` arguments that serve this sandbox."""
+        options = self.options()
+        args = ["--flavour", self.flavour, "--port", str(self.port), "--auth", self.auth]
+        args += ["--patients", str(options["patients"])]
+        if self.client_id:
+            args += ["--client-id", self.client_id, "--client-secret", self.client_secret]
+        if "defects" in options:
+            args += ["--defects", options["defects"], "--extended-clinical"]
+        return args
+
+
+# Patients each demo sandbox serves: enough for the policy's largest sensible demo sample.
+DEMO_PATIENTS = 60
 
 # The demo's hospitals. Ports match the embedded default OUTBOUND_ALLOWLIST.
 SANDBOXES = (

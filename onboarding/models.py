@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -112,6 +113,20 @@ class StepRun(models.Model):
         return self.status in ACTIVE_STATUSES
 
     @property
+    def queue_wait(self) -> timedelta | None:
+        """How long the run waited for a worker (until now while it still waits)."""
+        if self.queued_at is None or (self.started_at is None and not self.is_active):
+            return None
+        return (self.started_at or timezone.now()) - self.queued_at
+
+    @property
+    def run_time(self) -> timedelta | None:
+        """How long the run ran: start to finish, or so far while it runs."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
     def progress_percent(self) -> int:
         if not self.progress_total:
             return 0
@@ -129,12 +144,16 @@ class ValidationPolicy(models.Model):
     max_error_patient_pct = models.FloatField(
         default=0.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
-        verbose_name="errors: at most % of patients",
+        verbose_name="most patients with an error (%)",
+        help_text="Validate fails when a larger share of patients than this has an error no waiver covers; "
+        "0 allows none.",
     )
     max_warning_patient_pct = models.FloatField(
         default=100.0,
         validators=[MinValueValidator(0.0), MaxValueValidator(100.0)],
-        verbose_name="warnings: at most % of patients",
+        verbose_name="most patients with a warning (%)",
+        help_text="Validate fails when a larger share of patients than this has a warning no waiver covers; "
+        "100 never fails on warnings.",
     )
     map_sample_size = models.PositiveIntegerField(
         default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)], verbose_name="patients sampled by map"

@@ -38,4 +38,5 @@ urlpatterns = [
     path("review/findings/<uuid:code>/raw/", review_views.review_raw, name="review_raw"),
     path("o/<uuid:code>/evidence/", evidence_views.evidence_pack, name="evidence_pack"),
     path("o/<uuid:code>/evidence.json", evidence_views.evidence_pack_json, name="evidence_pack_json"),
+    path("o/<uuid:code>/evidence.pdf", evidence_views.evidence_pack_pdf, name="evidence_pack_pdf"),
 ]

@@ -13,9 +13,9 @@ from urllib.parse import urlencode, urlsplit
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import redirect
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, is_valid_path, reverse
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
@@ -223,3 +223,40 @@ class NoStoreMiddleware:
         response = self.get_response(request)
         patch_cache_control(response, no_store=True, private=True)
         return response
+
+
+class NotFoundPageMiddleware:
+    """The portal's own 404 page with DEBUG on too, never Django's technical one.
+
+    With DEBUG off, Django renders templates/404.html itself. With DEBUG on (the embedded demo), it
+    answers a 404 with its debug page, which lists every URL pattern of the project: a map of the
+    portal for whoever mistypes an address. A view's Http404 is caught here before Django sees it; an
+    address that matches no pattern never reaches a view, so its response is replaced. API calls keep
+    their JSON answers. Placed after CommonMiddleware, which still adds a missing slash first.
+    """
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if (
+            settings.DEBUG
+            and response.status_code == 404
+            and not is_api_request(request)
+            and not is_valid_path(request.path_info, getattr(request, "urlconf", None))
+        ):
+            return _not_found(request)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
+        if settings.DEBUG and isinstance(exception, Http404) and not is_api_request(request):
+            return _not_found(request)
+        return None
+
+
+def _not_found(request: HttpRequest) -> HttpResponseBase:
+    from django.views.defaults import page_not_found
+
+    # No exception text: a view's "No such connection." would tell a stranger what exists.
+    return page_not_found(request, Http404())

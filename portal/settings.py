@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # The portal's 404 page even with DEBUG on (after CommonMiddleware, which adds a missing slash first).
+    "portal.middleware.NotFoundPageMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
@@ -138,6 +140,8 @@ TEMPLATES = [
                 "portal.context_processors.roles",
                 "portal.context_processors.inbox",
             ],
+            # Every page writes times, durations (`when`, `day`, `duration`) and sentences (`sentence`) the same way.
+            "builtins": ["portal.templatetags.times", "portal.templatetags.wording"],
         },
     }
 ]

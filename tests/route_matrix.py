@@ -96,7 +96,15 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra.update(_notifications(tenant_a=tenant_a, tenant_b=tenant_b, run_a=run_a, run_b=run_b))
     world.extra.update(_people(tenant_a=tenant_a))
     world.extra["foreign_token_id"] = _someone_elses_api_token()
+    world.extra["archived_conn"] = _archived_connection(tenant_a)
     return world
+
+
+def _archived_connection(tenant: Any) -> EHRConnection:
+    """An archived connection of tenant A, for the restore routes."""
+    from django.utils import timezone
+
+    return ConnectionFactory(tenant=tenant, name="Alpha archived", archived_at=timezone.now())
 
 
 def _waiver(tenant: Any) -> Any:
@@ -386,6 +394,24 @@ ROUTES: dict[str, list[Call]] = {
     ],
     "connection_detail": [
         page(lambda w: _r("connection_detail", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    # Archive: a confirmation page (GET), then the archive (POST); customer success only.
+    "connection_archive": [
+        page(lambda w: _r("connection_archive", code=w.conn_a.code), owner="a", expect=tenant_a_staff(403, 200, 403)),
+        page(
+            lambda w: _r("connection_archive", code=w.conn_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    "connection_restore": [
+        page(
+            lambda w: _r("connection_restore", code=w.extra["archived_conn"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
     ],
     # --- The pipeline -----------------------------------------------------------------------------
     "start_step": [
@@ -693,6 +719,13 @@ ROUTES: dict[str, list[Call]] = {
             expect=tenant_a_staff(200, 200, 200),
         )
     ],
+    "evidence_pack_pdf": [
+        page(
+            lambda w: _r("evidence_pack_pdf", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
     "api_validation_policy": [
         api(
             lambda w: _r("api_validation_policy", code=w.tenant_a.code),
@@ -750,6 +783,13 @@ ROUTES: dict[str, list[Call]] = {
     "api_evidence_pack": [
         api(
             lambda w: _r("api_evidence_pack", code=w.onboarding_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
+    "api_evidence_pack_pdf": [
+        api(
+            lambda w: _r("api_evidence_pack_pdf", code=w.onboarding_a.code),
             owner="a",
             expect=tenant_a_staff(200, 200, 200),
         )
@@ -1137,6 +1177,22 @@ ROUTES: dict[str, list[Call]] = {
             lambda w: f"/api/v1/connections/{w.conn_a.code}/capability-statement/",
             method="POST",
             data=lambda w: {"continue_without": True},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "connection-archive": [
+        api(
+            lambda w: f"/api/v1/connections/{w.conn_a.code}/archive/",
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        )
+    ],
+    "connection-restore": [
+        api(
+            lambda w: f"/api/v1/connections/{w.extra['archived_conn'].code}/restore/",
+            method="POST",
             owner="a",
             expect=tenant_a_staff(403, 200, 403),
         )

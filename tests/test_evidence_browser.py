@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
-from connections.services import create_connection
-from onboarding.engine import services
-from onboarding.models import Finding, Mapping, StepRun, Waiver
 from tests.browser import assert_accessible, log_in
-from tests.factories import DEFAULT_PASSWORD, sign_mapping_off
+from tests.evidence_helpers import MAPPING_HASH, evidence_onboarding
+from tests.factories import DEFAULT_PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-MAPPING_HASH = "9f2c4e" * 10 + "abcd"
 
 
 def csp_watch(page: Page) -> list[str]:
@@ -42,75 +36,7 @@ def csp_watch(page: Page) -> list[str]:
 @pytest.fixture
 def onboarding(tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any) -> Any:
     """An onboarding with history: attempts, a signed mapping, a failed validation with a waiver."""
-    conn = create_connection(
-        user=cs_user,
-        tenant=tenant_a,
-        fields={
-            "name": "Alpha main FHIR",
-            "vendor": "meditech",
-            "base_url": "https://fhir.alpha.example.org/r4",
-            "auth_method": "basic",
-            "client_id": "alpha-portal",
-        },
-        secret="evidence-test-secret",
-    )
-    onboarding = services.ensure_onboarding(conn)
-    configure = services.start_step(user=cs_user, onboarding=onboarding, step="configure")
-    StepRun.objects.filter(pk=configure.pk).update(status="passed", finished_at=timezone.now())
-    StepRun.objects.create(
-        onboarding=onboarding,
-        step="test",
-        attempt=1,
-        status="failed",
-        finished_at=timezone.now(),
-        error_kind="auth",
-        error_message="The hospital refused the credentials.",
-    )
-    StepRun.objects.create(onboarding=onboarding, step="test", attempt=2, status="passed", finished_at=timezone.now())
-    mapping = Mapping.objects.create(
-        onboarding=onboarding,
-        version=3,
-        source="editor",
-        mrn_system="urn:oid:2.16.840.1.113883.3.1",
-        content_hash=MAPPING_HASH,
-    )
-    sign_mapping_off(cs=cs_user, it=it_a, mapping=mapping, comment="MRN system confirmed with our registration team.")
-    validate = StepRun.objects.create(
-        onboarding=onboarding,
-        step="validate",
-        attempt=1,
-        status="failed",
-        finished_at=timezone.now(),
-        result={
-            "patients": 10,
-            "patients_with_error": 2,
-            "error_share": 20.0,
-            "waived": 1,
-            "mapping_version": 3,
-            "thresholds": {"max_error_patient_pct": 0.0, "max_warning_patient_pct": 100.0},
-        },
-    )
-
-    for severity in ("error", "error", "warning"):
-        Finding.objects.create(
-            run=validate,
-            severity=severity,
-            rule="us-core-must-support",
-            resource_type="Patient",
-            path="Patient.gender",
-            message="Must-support element missing",
-            fingerprint=f"fp-{severity}-{Finding.objects.count()}",
-        )
-    Waiver.objects.create(
-        tenant=tenant_a,
-        rule="us-core-must-support",
-        path="Patient.birthDate",
-        reason="Not recorded for newborns.",
-        approver=engineer,
-        approver_label=engineer.username,
-        expires_at=timezone.now() + timedelta(days=90),
-    )
-    return onboarding
+    return evidence_onboarding(tenant=tenant_a, cs=cs_user, it=it_a, engineer=engineer)
 
 
 def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
@@ -142,7 +68,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")
 
     validation = page.get_by_test_id("evidence-validation")
-    expect(validation).to_contain_text("2 error, 1 warning")
+    expect(validation).to_contain_text("2 errors, 1 warning")
     expect(validation).to_contain_text("Not recorded for newborns.")
     expect(validation.get_by_test_id("validation-figures")).to_contain_text("2 (20.0%; at most 0.0% allowed)")
 
@@ -198,6 +124,10 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     ):
         assert heading in html
     assert "<style>" in html and "evidence-test-secret" not in html
+    with page.expect_download() as download_info:
+        page.get_by_test_id("download-pdf").click()
+    assert download_info.value.suggested_filename.endswith(".pdf")
+    assert Path(download_info.value.path()).read_bytes().startswith(b"%PDF-")
     assert problems == []
     context.close()
 

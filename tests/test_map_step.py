@@ -165,7 +165,9 @@ def test_the_sandbox_plants_every_kind_and_reports_exactly_what(defects: Any) ->
 def test_without_defects_nothing_is_planted_and_bad_rates_are_refused() -> None:
     assert parse_defects(None, "epic").active is False
     assert parse_defects("default", "epic").rates["local_lab_code"] > 0
-    for bad in ({"no_such_defect": 0.1}, {"bad_date": 1.5}, {"bad_date": True}, "sometimes"):
+    assert parse_defects("showcase", "epic").showcase and not parse_defects("default", "epic").showcase
+    assert parse_defects({"showcase": True, "bad_date": 0.5}, "epic").showcase
+    for bad in ({"no_such_defect": 0.1}, {"bad_date": 1.5}, {"bad_date": True}, {"showcase": "yes"}, "sometimes"):
         with pytest.raises(ValueError):
             parse_defects(bad, "generic")  # type: ignore[arg-type]
 

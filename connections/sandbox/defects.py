@@ -7,9 +7,14 @@ So defects are planted here on purpose, at rates per vendor flavour, and every o
 
 Rules that keep the record exact:
 - each patient carries at most one defect, so one defect never hides or doubles another;
-- the choice for patient N depends only on the seed, the kind and N (not on how many patients
-  the sandbox holds), so a smaller population's defects are a prefix of a larger one's;
+- the choice for patient N depends only on the seed, the kind, N and the patients before it (not
+  on how many patients the sandbox holds), so a smaller population's defects are a prefix of a
+  larger one's;
 - nothing is planted unless a sandbox asks for it: without defects the data is unchanged.
+
+A "showcase" sandbox (the demo's) first plants each kind once, on the first patients that can carry
+it, then goes on at the flavour's rates: a sample of ten patients, the default policy's, then shows
+every kind, where rates of 4 to 15 % would leave most kinds out of it.
 """
 
 from __future__ import annotations
@@ -59,6 +64,19 @@ DEFAULT_RATES: dict[str, dict[str, float]] = {
     "meditech": {**_BASE_RATES, "unknown_extension": 0.12, "missing_birth_date": 0.08},
     "athenahealth": {**_BASE_RATES, "dangling_reference": 0.08, "bad_date": 0.06},
 }
+
+# The order a showcase plants each kind once: the ones validate reports as errors first, and the
+# duplicate (which adds a patient to the population) last, so a short sample holds them all.
+SHOWCASE_ORDER: tuple[str, ...] = (
+    "local_lab_code",
+    "bad_structure",
+    "dangling_reference",
+    "second_identifier",
+    "unknown_extension",
+    "missing_birth_date",
+    "bad_date",
+    "duplicate_patient",
+)
 
 # Per flavour: the local lab code system, the legacy MRN system a merger left behind, and the
 # home-grown extension. Synthetic, and pointing at no real hospital.
@@ -110,10 +128,12 @@ class Planted:
 
 @dataclass(frozen=True)
 class DefectConfig:
-    """Rates per kind (0 to 1), and an optional family name given to every patient (PHI tests)."""
+    """Rates per kind (0 to 1), an optional family name given to every patient (PHI tests), and
+    whether each kind is first planted once on the first patients (a showcase)."""
 
     rates: dict[str, float]
     sentinel_family: str | None = None
+    showcase: bool = False
 
     @property
     def active(self) -> bool:
@@ -121,23 +141,30 @@ class DefectConfig:
 
 
 def parse_defects(raw: Mapping[str, Any] | str | None, flavour: str) -> DefectConfig:
-    """ "default" (the flavour's rates), None (nothing planted) or a mapping of overrides.
+    """ "default" (the flavour's rates), "showcase" (each kind once first, then those rates), None
+    (nothing planted) or a mapping of overrides.
 
     A mapping starts from zero for every kind, names only known kinds with rates between 0 and 1,
-    and may carry "default": true to start from the flavour's rates instead, and "sentinel_family".
-    ValueError says what is wrong.
+    and may carry "default": true to start from the flavour's rates instead, "showcase": true, and
+    "sentinel_family". ValueError says what is wrong.
     """
     if raw is None:
         return DefectConfig(rates=dict.fromkeys(DEFECT_KINDS, 0.0))
-    if raw == "default":
-        return DefectConfig(rates=dict(DEFAULT_RATES[flavour]))
+    if raw in ("default", "showcase"):
+        return DefectConfig(rates=dict(DEFAULT_RATES[flavour]), showcase=raw == "showcase")
     if not isinstance(raw, Mapping):
-        raise ValueError('defects must be "default", null or a JSON object of rates')
+        raise ValueError('defects must be "default", "showcase", null or a JSON object of rates')
     base = DEFAULT_RATES[flavour] if raw.get("default") is True else dict.fromkeys(DEFECT_KINDS, 0.0)
     rates = dict(base)
     sentinel: str | None = None
+    showcase = False
     for name, value in raw.items():
         if name == "default":
+            continue
+        if name == "showcase":
+            if not isinstance(value, bool):
+                raise ValueError("showcase must be true or false")
+            showcase = value
             continue
         if name == "sentinel_family":
             if not isinstance(value, str) or not value.strip():
@@ -149,7 +176,7 @@ def parse_defects(raw: Mapping[str, Any] | str | None, flavour: str) -> DefectCo
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise ValueError(f"defect {name!r}: expected a rate between 0 and 1, got {value!r}")
         rates[name] = float(value)
-    return DefectConfig(rates=rates, sentinel_family=sentinel)
+    return DefectConfig(rates=rates, sentinel_family=sentinel, showcase=showcase)
 
 
 # --- planting --------------------------------------------------------------------------------
@@ -189,7 +216,13 @@ def plant_defects(population: Population, *, seed: int, flavour: Flavour, config
         for record in records:
             _rename(record, config.sentinel_family)
     planted: list[Planted] = []
+    # A showcase's kinds still to plant once, in order; a kind switched off (rate 0) is never shown.
+    to_show = [kind for kind in SHOWCASE_ORDER if config.rates.get(kind, 0.0) > 0] if config.showcase else []
     for record in records:
+        shown = _show_one(record, to_show, seed)
+        if shown is not None:
+            planted.append(shown)
+            continue
         # A per-patient order, so kinds tried late are not starved by the one-defect rule.
         order = list(DEFECT_KINDS)
         random.Random(f"sandbox-defect-order:{seed}:{record.n}").shuffle(order)
@@ -205,6 +238,16 @@ def plant_defects(population: Population, *, seed: int, flavour: Flavour, config
                 planted.append(done)
                 break  # at most one defect per patient
     return planted
+
+
+def _show_one(record: _PatientRecords, to_show: list[str], seed: int) -> Planted | None:
+    """The first kind still to show that this patient can carry, planted (and struck off), or None."""
+    for kind in to_show:
+        done = PLANTERS[kind](record, random.Random(f"sandbox-defect:{seed}:{kind}:{record.n}"))
+        if done is not None:
+            to_show.remove(kind)
+            return done
+    return None
 
 
 def _records_by_patient(population: Population, seed: int, flavour: Flavour) -> list[_PatientRecords]:

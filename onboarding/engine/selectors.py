@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 
 from connections.models import EHRConnection
 from onboarding.gates import services as gates
-from onboarding.models import ACTIVE_STATUSES, Approval, Onboarding, RunStatus, StepRun
+from onboarding.models import ACTIVE_STATUSES, Approval, Decision, Onboarding, RunStatus, StepRun
+from onboarding.review import services as review
 from onboarding.steps import PIPELINE
 from portal.access import User, tenants_for
 from portal.models import Tenant
@@ -156,7 +158,60 @@ DASHBOARD_FILTERS = {
     "running": "In progress",
     "failed": "Needs attention",
     "not_started": "Not started",
+    "archived": "Archived",
 }
+
+
+def _newest_requests() -> QuerySet[Approval]:
+    """Each gate's newest request of each pipeline (unfiltered: callers scope it)."""
+    newer = Approval.objects.filter(
+        onboarding=OuterRef("onboarding"), gate=OuterRef("gate"), requested_at__gt=OuterRef("requested_at")
+    )
+    return Approval.objects.annotate(superseded=Exists(newer)).filter(superseded=False)
+
+
+def _runs_needing_attention() -> QuerySet[StepRun]:
+    """Latest attempts that failed and that nobody has answered yet.
+
+    The same failures a step chip shows as "failed": a failed step whose artifact is already with
+    hospital IT, or approved (a mapping finished in the editor after an incomplete map), is not one;
+    nor is a refusal of a precondition (no signed mapping), which says nothing about the hospital.
+    """
+    runs = _latest_runs.filter(status=RunStatus.FAILED).exclude(error_kind__in=review.PRECONDITION_KINDS)
+    for gate in gates.all_gates():
+        settled = _newest_requests().filter(
+            onboarding=OuterRef("onboarding"),
+            gate=gate.key,
+            voided_at=None,
+            decision__in=["", Decision.APPROVED],
+        )
+        runs = runs.exclude(Q(step=gate.step) & Exists(settled))
+    return runs
+
+
+def connection_state_filter(state: str) -> Q:
+    """The connections a dashboard state filter keeps, as a condition on EHRConnection.
+
+    "failed" ("Needs attention") is a latest run that failed and was not answered, or a gate's newest
+    request that hospital IT rejected: what customer success owe an action on. "archived" keeps only
+    archived connections; every other state, and no state, only live ones.
+    """
+    if state == "archived":
+        return Q(archived_at__isnull=False)
+    live = Q(archived_at=None)
+    if state == "running":
+        return live & Q(
+            Exists(StepRun.objects.filter(onboarding__connection=OuterRef("pk"), status__in=ACTIVE_STATUSES))
+        )
+    if state == "failed":
+        failed = Exists(_runs_needing_attention().filter(onboarding__connection=OuterRef("pk")))
+        rejected = Exists(
+            _newest_requests().filter(onboarding__connection=OuterRef("pk"), decision=Decision.REJECTED, voided_at=None)
+        )
+        return live & (Q(failed) | Q(rejected))
+    if state == "not_started":
+        return live & ~Q(Exists(StepRun.objects.filter(onboarding__connection=OuterRef("pk"))))
+    return live
 
 
 def default_scope(user: User) -> str:
@@ -183,13 +238,15 @@ def dashboard_tenants(
         tenants = tenants.filter(Q(name__icontains=search) | Q(connections__name__icontains=search)).distinct()
     if vendor:
         tenants = tenants.filter(connections__vendor=vendor).distinct()
-    runs_of_tenant = _latest_runs.filter(onboarding__tenant=OuterRef("pk"))
-    if state == "running":
-        tenants = tenants.filter(Exists(runs_of_tenant.filter(status__in=ACTIVE_STATUSES)))
-    elif state == "failed":
-        tenants = tenants.filter(Exists(runs_of_tenant.filter(status=RunStatus.FAILED)))
-    elif state == "not_started":
-        tenants = tenants.filter(~Exists(StepRun.objects.filter(onboarding__tenant=OuterRef("pk"))))
+    if state:
+        matching = EHRConnection.objects.filter(connection_state_filter(state), tenant=OuterRef("pk"))
+        if state == "not_started":
+            # A hospital with no connection yet has not started either.
+            tenants = tenants.filter(
+                Exists(matching) | ~Exists(EHRConnection.objects.filter(tenant=OuterRef("pk"), archived_at=None))
+            )
+        else:
+            tenants = tenants.filter(Exists(matching))
     return tenants.order_by("name")
 
 
@@ -207,21 +264,29 @@ class DashboardRow:
 
     tenant: Tenant
     connections: list[ConnectionRow]
+    archived: int = 0  # archived connections of the tenant not shown (the "Archived" filter shows them)
 
 
-def dashboard_rows(tenants: Iterable[Tenant]) -> list[DashboardRow]:
+def dashboard_rows(tenants: Iterable[Tenant], *, state: str = "") -> list[DashboardRow]:
     """The rows of one dashboard page: three queries however many tenants, connections, runs and approvals.
 
+    Only the connections the state filter keeps are shown (see connection_state_filter): a hospital
+    listed under "Needs attention" shows the connections that need it, not the healthy ones beside them.
     Plain queries grouped here, not prefetch_related: the prefetch machinery builds a queryset per
     tenant and relation, and on a page of 25 tenants that cost more than the queries themselves.
     """
     tenants = list(tenants)
-    connections = list(
+    # One query for every connection of the page's tenants, each marked shown or not: the ones not
+    # shown are counted, so a hospital whose connections are all archived does not look empty.
+    every = list(
         EHRConnection.objects.filter(tenant__in=tenants)
+        .annotate(shown=ExpressionWrapper(connection_state_filter(state), output_field=BooleanField()))
         .select_related("onboarding")
-        .only("id", "code", "tenant_id", "name", "vendor", "environment", "onboarding__id")
+        .only("id", "code", "tenant_id", "name", "vendor", "environment", "archived_at", "onboarding__id")
         .order_by("name", "pk")
     )
+    connections = [c for c in every if c.shown]
+    archived: Counter[int] = Counter(c.tenant_id for c in every if c.archived_at is not None and not c.shown)
     onboarding_ids = [c.onboarding.pk for c in connections if _onboarding_of(c) is not None]
     runs_by_onboarding: dict[int, list[StepRun]] = {}
     for run in StepRun.objects.filter(onboarding_id__in=onboarding_ids).only(
@@ -235,7 +300,7 @@ def dashboard_rows(tenants: Iterable[Tenant]) -> list[DashboardRow]:
         runs = runs_by_onboarding.get(onboarding.pk, []) if onboarding is not None else []
         gated = approvals.get(onboarding.pk, []) if onboarding is not None else []
         by_tenant[connection.tenant_id].append(ConnectionRow(connection, step_cells(runs, gated)))
-    return [DashboardRow(tenant, by_tenant[tenant.pk]) for tenant in tenants]
+    return [DashboardRow(tenant, by_tenant[tenant.pk], archived[tenant.pk]) for tenant in tenants]
 
 
 def _onboarding_of(connection: EHRConnection) -> Onboarding | None:

@@ -143,6 +143,8 @@ def start_step(
         raise StepNotAvailable(f"There is no step called “{step}”.") from None
     if not module.available:
         raise StepNotAvailable(f"The {module.label} step is not available yet.")
+    if onboarding.connection.is_archived:
+        raise StepBlocked(f"This connection is archived: restore it before running {module.label}.")
 
     with transaction.atomic():
         # Locking the onboarding serialises starts of the same pipeline, so attempt numbers never clash.

@@ -39,7 +39,7 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     )
     tenants = selectors.dashboard_tenants(request.user, search=search, vendor=vendor, state=state, mine=scope == "mine")
     page = Paginator(tenants, DASHBOARD_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = selectors.dashboard_rows(page.object_list)
+    rows = selectors.dashboard_rows(page.object_list, state=state)
     context = {
         "page": page,
         "rows": rows,
@@ -62,7 +62,8 @@ def tenant_detail(request: HttpRequest, code: str) -> HttpResponse:
     tenant = get_tenant_for_user(request.user, code)
     connections = []
     for connection in (
-        tenant.connections.select_related("onboarding")
+        tenant.connections.filter(archived_at=None)
+        .select_related("onboarding")
         .prefetch_related("onboarding__runs", "onboarding__approvals")
         .order_by("name")
     ):
@@ -78,7 +79,13 @@ def tenant_detail(request: HttpRequest, code: str) -> HttpResponse:
     return render(
         request,
         "onboarding/tenant_detail.html",
-        {"tenant": tenant, "connections": connections, "recent_runs": recent},
+        {
+            "tenant": tenant,
+            "connections": connections,
+            # Out of the list, one click away: kept with their history, restorable from their page.
+            "archived": list(tenant.connections.exclude(archived_at=None).order_by("name")),
+            "recent_runs": recent,
+        },
     )
 
 

@@ -30,6 +30,8 @@ from portal.people.selectors import tenants_assigned_to
 from portal.roles import is_vendor_staff
 
 LIMIT = 50
+# Work on an archived connection waits on nobody: it stays readable by its links, out of the queues.
+LIVE = {"onboarding__connection__archived_at": None}
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class WorkItem:
     since: datetime | None
     owed_by: str
     detail: str = ""
+    zone: str = ""  # the hospital's time zone, to show `since` in
 
     @property
     def waited(self) -> str:
@@ -80,7 +83,7 @@ def work_for(user: User) -> list[WorkSection]:
 
 
 def _decisions(user: User) -> WorkSection:
-    pending = approvals_for(user).filter(decision="", voided_at__isnull=True).order_by("requested_at")
+    pending = approvals_for(user).filter(decision="", voided_at__isnull=True, **LIVE).order_by("requested_at")
     may_decide = any(user.has_perm(gates.DECIDE_PERM, tenant) for tenant in tenants_for(user))
     section = WorkSection(
         key="decisions",
@@ -96,7 +99,7 @@ def _rejections(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
     )
     rejected = (
         approvals_for(user)
-        .filter(onboarding__tenant__in=tenants, decision=Decision.REJECTED, voided_at__isnull=True)
+        .filter(onboarding__tenant__in=tenants, decision=Decision.REJECTED, voided_at__isnull=True, **LIVE)
         .exclude(Exists(newer))
         .order_by("decided_at")
     )
@@ -109,7 +112,7 @@ def _rejections(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
 def _waiting_on_hospital(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
     pending = (
         approvals_for(user)
-        .filter(onboarding__tenant__in=tenants, decision="", voided_at__isnull=True)
+        .filter(onboarding__tenant__in=tenants, decision="", voided_at__isnull=True, **LIVE)
         .order_by("requested_at")
     )
     section = WorkSection(key="waiting", title="Waiting on hospital IT", empty="Nothing waits on hospital IT.")
@@ -119,7 +122,7 @@ def _waiting_on_hospital(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
 def _failed_runs(tenants: QuerySet[Tenant]) -> WorkSection:
     failed = (
         latest_runs_query()
-        .filter(onboarding__tenant__in=tenants, status=RunStatus.FAILED)
+        .filter(onboarding__tenant__in=tenants, status=RunStatus.FAILED, **LIVE)
         .exclude(error_kind__in=review.PRECONDITION_KINDS)
         .select_related("onboarding__tenant", "onboarding__connection")
         .order_by("finished_at")
@@ -163,6 +166,7 @@ def _approval_item(approval: Approval, kind: str, owed_by: str) -> WorkItem:
         since=since,
         owed_by=owed_by,
         detail=detail,
+        zone=onboarding.tenant.timezone,
     )
 
 
@@ -177,4 +181,5 @@ def _run_item(run: StepRun) -> WorkItem:
         since=run.finished_at,
         owed_by="customer success",
         detail=run.error_message[:200],
+        zone=onboarding.tenant.timezone,
     )

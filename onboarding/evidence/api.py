@@ -6,6 +6,8 @@ staff) may take the pack, another hospital's onboarding is a 404, and each downl
 
 from __future__ import annotations
 
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
@@ -14,6 +16,7 @@ from rest_framework.response import Response
 
 from onboarding.engine.selectors import get_onboarding_for_user
 from onboarding.evidence import services as evidence
+from onboarding.evidence.views import pdf_response
 
 
 class NamedRefOutput(serializers.Serializer):
@@ -47,6 +50,8 @@ class AttemptOutput(serializers.Serializer):
     queued_at = serializers.CharField(allow_null=True)
     started_at = serializers.CharField(allow_null=True)
     finished_at = serializers.CharField(allow_null=True)
+    queue_wait_s = serializers.FloatField(allow_null=True, help_text="seconds it waited for a worker")
+    run_time_s = serializers.FloatField(allow_null=True, help_text="seconds it ran, start to finish")
     error_kind = serializers.CharField()
     error_message = serializers.CharField()
 
@@ -91,3 +96,12 @@ def evidence_pack(request: Request, code: str) -> Response:
     pack = evidence.export_pack(user=request.user, onboarding=onboarding, fmt="json", request=request._request)
     # The document itself, unfiltered: the serializer above describes it for the schema.
     return Response(pack)
+
+
+@extend_schema(responses={(200, "application/pdf"): OpenApiTypes.BINARY}, operation_id="onboardings_evidence_pdf")
+@api_view(["GET"])
+def evidence_pack_pdf(request: Request, code: str) -> HttpResponse:
+    """The evidence pack as a PDF file (the page's "Download PDF"): the same six sections, typeset; audited."""
+    onboarding = get_onboarding_for_user(request.user, code)
+    pack = evidence.export_pack(user=request.user, onboarding=onboarding, fmt="pdf", request=request._request)
+    return pdf_response(onboarding, evidence.pack_pdf(onboarding, pack, request=request._request))

@@ -5,12 +5,13 @@ time, comment and the exact artifact version, the validation summary with waiver
 summary, the connection's security facts and the audit extract. A part whose step is not built
 says "not available yet" rather than looking empty or passed: nothing here is ever made up.
 
-The same dictionary is the JSON download and the context of the printable HTML page.
+The same dictionary is the JSON download and the context of the printable HTML page, which
+WeasyPrint also typesets as the PDF file (render_pdf).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -124,6 +125,9 @@ def timeline(runs: list[StepRun]) -> dict[str, Any]:
                 "queued_at": _iso(run.queued_at),
                 "started_at": _iso(run.started_at),
                 "finished_at": _iso(run.finished_at),
+                # How long it waited for a worker and how long it ran, in seconds (None when it did not).
+                "queue_wait_s": _seconds(run.queue_wait if run.started_at else None),
+                "run_time_s": _seconds(run.run_time if run.finished_at else None),
                 "error_kind": run.error_kind,
                 "error_message": run.error_message,
             }
@@ -308,5 +312,44 @@ def _age_days(then: datetime | None, now: datetime) -> int | None:
     return None if then is None else max(0, (now - then).days)
 
 
+def _seconds(value: timedelta | None) -> float | None:
+    return None if value is None else round(value.total_seconds(), 3)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def page_context(onboarding: Onboarding, pack: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
+    """What the pack's template (onboarding/evidence.html) shows: the pack, and times in the hospital's zone."""
+    return {
+        "pack": pack,
+        "onboarding": onboarding,
+        "connection": onboarding.connection,
+        "standalone": standalone,
+        "zone": onboarding.tenant,
+    }
+
+
+def pack_pdf(onboarding: Onboarding, pack: dict[str, Any], *, request: HttpRequest | None = None) -> bytes:
+    """The pack as a PDF file: its standalone page (the one the HTML download gives), typeset."""
+    from django.template.loader import render_to_string
+
+    html = render_to_string(
+        "onboarding/evidence.html", {**page_context(onboarding, pack, standalone=True), "pdf": True}, request=request
+    )
+    return render_pdf(html)
+
+
+def render_pdf(html: str) -> bytes:
+    """The standalone evidence pack page as a PDF file (WeasyPrint: HTML and CSS, paged media).
+
+    The page carries its own styles and no images, so WeasyPrint may fetch nothing (no protocol is
+    allowed): a URL in hospital data must never make the server reach out while it typesets.
+    """
+    # Imported here: WeasyPrint loads Pango at import, which only this download needs.
+    from weasyprint import HTML
+    from weasyprint.urls import URLFetcher
+
+    pdf: bytes = HTML(string=html, url_fetcher=URLFetcher(allowed_protocols=())).write_pdf()
+    return pdf

@@ -1,4 +1,4 @@
-"""The evidence pack pages: printable HTML, a standalone HTML download and JSON.
+"""The evidence pack pages: printable HTML, a standalone HTML download, a PDF file and JSON.
 
 Whoever may read a hospital's audit trail may download its evidence packs (its hospital IT and
 vendor staff); another hospital's pack is a 404 like any other object. Each download is itself
@@ -28,10 +28,25 @@ def evidence_pack(request: HttpRequest, code: str) -> HttpResponse:
     """The pack as a page to read and print; `?download=1` gives a standalone file to keep."""
     onboarding, pack = _pack_for(request, code, fmt="html")
     download = request.GET.get("download") == "1"
-    context = {"pack": pack, "onboarding": onboarding, "connection": onboarding.connection, "standalone": download}
-    response = render(request, "onboarding/evidence.html", context)
+    response = render(request, "onboarding/evidence.html", evidence.page_context(onboarding, pack, standalone=download))
     if download:
         response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.html"'
+    return response
+
+
+@api_equivalent("api_evidence_pack_pdf")
+@login_required
+@require_GET
+def evidence_pack_pdf(request: HttpRequest, code: str) -> HttpResponse:
+    """The pack as a PDF file, for a hospital's security review: the standalone page, typeset by WeasyPrint."""
+    onboarding, pack = _pack_for(request, code, fmt="pdf")
+    return pdf_response(onboarding, evidence.pack_pdf(onboarding, pack, request=request))
+
+
+def pdf_response(onboarding: Onboarding, pdf: bytes) -> HttpResponse:
+    """The PDF as a download named after the onboarding and the day (the page and the API give the same)."""
+    response = HttpResponse(pdf, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{_filename(onboarding)}.pdf"'
     return response
 
 

@@ -29,6 +29,7 @@ from portal import audit
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
 from portal.roles import is_vendor_staff
+from portal.timefmt import format_duration
 
 REQUEST_PERM = "onboarding.run_step"
 DECIDE_PERM = "portal.approve_gates"
@@ -477,14 +478,5 @@ def _ago(moment: datetime) -> str:
 
 
 def duration(delta: timedelta) -> str:
-    """A short human duration: "45 s", "12 min", "3 h 5 min", "2 days"."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    return f"{hours // 24} days"
+    """A short human duration: "45 s", "12 min", "3 h 5 min", "2 days" (the portal's one way: portal.timefmt)."""
+    return format_duration(delta)

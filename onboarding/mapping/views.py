@@ -53,6 +53,8 @@ def _page_context(
     map_run = mappings.latest_map_run(onboarding) if onboarding else None
     tenant = connection.tenant
     _, sign_reason = mappings.sign_off_state(mapping)
+    profile = (map_run.result or {}).get("profile") if map_run else None
+    choices = _mrn_choices(profile, mapping)
     return {
         "connection": connection,
         "tenant": tenant,
@@ -60,7 +62,11 @@ def _page_context(
         "mapping": mapping,
         "rows": _rows(mapping),
         "map_run": map_run,
-        "profile": (map_run.result or {}).get("profile") if map_run else None,
+        "profile": profile,
+        "mrn_choices": choices,
+        # "Another system" is chosen when the current one is not among the profile's, or there is no profile.
+        "mrn_other": not choices or (bool(mapping and mapping.mrn_system) and not any(c["current"] for c in choices)),
+        "mrn_other_value": MRN_OTHER,
         "coverage": mappings.coverage(mapping) if mapping else None,
         "sign_off": mappings.active_sign_off(mapping) if mapping else None,
         "history": list(mapping.onboarding.mappings.order_by("-version")[:10]) if mapping else [],
@@ -73,6 +79,26 @@ def _page_context(
         "extension_choices": mappings.EXTENSION_CHOICES,
         "editing": request.GET.get("edit", ""),
     }
+
+
+# The radio button that says "the system typed in the box", not one of the profile's.
+MRN_OTHER = "other"
+
+
+def _mrn_choices(profile: dict[str, Any] | None, mapping: Mapping | None) -> list[dict[str, Any]]:
+    """The identifier systems the profile found, with their shares, to pick the MRN system from."""
+    if not profile:
+        return []
+    current = mapping.mrn_system if mapping else ""
+    return [
+        {
+            **item,
+            "suggested": item.get("system") == profile.get("suggested_mrn_system"),
+            "current": item.get("system") == current,
+        }
+        for item in profile.get("identifier_systems") or []
+        if isinstance(item, dict) and item.get("system")
+    ]
 
 
 def _may_sign(request: HttpRequest, connection: EHRConnection) -> bool:
@@ -199,10 +225,12 @@ def mapping_mrn(request: HttpRequest, code: str) -> HttpResponse:
     """Save the MRN identifier system."""
     connection, onboarding, before = _context(request, code)
     seen = _seen_version(onboarding, request)
+    system = request.POST.get("system", "")
+    if system == MRN_OTHER:
+        # "Another system": what was typed, for a system the sample did not hold.
+        system = request.POST.get("other_system", "")
     try:
-        mapping = mappings.set_mrn_system(
-            user=request.user, mapping=seen, system=request.POST.get("system", ""), request=request
-        )
+        mapping = mappings.set_mrn_system(user=request.user, mapping=seen, system=system, request=request)
     except mappings.MappingError as exc:
         messages.error(request, str(exc))
     else:

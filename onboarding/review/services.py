@@ -352,7 +352,8 @@ def failed_runs(user: User, filters: QueueFilters) -> QuerySet[StepRun]:
     )
     runs = (
         validation_runs_for(user)
-        .filter(status=RunStatus.FAILED)
+        # An archived connection's runs stay readable by their links, out of the queue.
+        .filter(status=RunStatus.FAILED, onboarding__connection__archived_at=None)
         .exclude(error_kind__in=PRECONDITION_KINDS)
         .exclude(Exists(passed_later))
     )

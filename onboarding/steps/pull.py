@@ -86,8 +86,9 @@ def pull_warnings(report: dict[str, Any]) -> list[str]:
         warnings.append(f"{note} Ask the hospital's FHIR team; the test step checks it.")
     throttling = report.get("throttling") or {}
     if throttling.get("throttled"):
+        times = "time" if throttling["throttled"] == 1 else "times"
         warnings.append(
-            f"The hospital throttled this run {throttling['throttled']} times (HTTP 429); it waited "
+            f"The hospital throttled this run {throttling['throttled']} {times} (HTTP 429); it waited "
             f"{throttling['throttle_waited_s']:.0f} s in all. Agree a higher rate limit with the hospital, or use a "
             "smaller sample."
         )

@@ -25,15 +25,16 @@ def step_cells(cells: list[StepCell]) -> SafeString:
 
 
 def _cell(cell: StepCell) -> str:
+    # The state is written out under the step's name: colour and the tooltip only repeat it (WCAG 1.4.1).
     label = escape(cell.label)
+    state_label = escape(cell.state_label)
     if cell.run is not None:
         inner = f'<a href="{escape(reverse("run_detail", kwargs={"code": cell.run.code}))}">{label}</a>'
-    elif not cell.available:
-        inner = f'<span>{label}</span><small class="na">not available yet</small>'
     else:
         inner = f"<span>{label}</span>"
+    css = "na" if not cell.available else "chip-state"
     state = escape(cell.state)
     return (
         f'<li class="step state-{state}" data-step="{escape(cell.key)}" data-state="{state}" '
-        f'title="{label}: {escape(cell.state_label)}">{inner}</li>'
+        f'title="{label}: {state_label}">{inner}<small class="{css}">{state_label}</small></li>'
     )

@@ -102,9 +102,11 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--defects",
-            choices=["none", "default"],
+            choices=["none", "default", "showcase"],
             default="none",
-            help="Plant the flavour's data-quality defects (missing birth dates, local lab codes, duplicates...).",
+            help="Plant the flavour's data-quality defects (missing birth dates, local lab codes, duplicates...) at "
+            "its rates; showcase first plants each kind once on the first patients (the demo's), so a small sample "
+            "shows them all.",
         )
         parser.add_argument(
             "--extended-clinical",
@@ -133,7 +135,7 @@ class Command(BaseCommand):
                 client_secret=options["client_secret"],
                 faults=faults,
                 log_requests=options["log_requests"],
-                defects="default" if options["defects"] == "default" else None,
+                defects=None if options["defects"] == "none" else options["defects"],
                 extended_clinical=options["extended_clinical"],
                 request_log=options["request_log"],
             )

@@ -48,23 +48,7 @@ class Command(BaseCommand):
         children: list[subprocess.Popen[bytes]] = []
         try:
             for sandbox in demo.SANDBOXES:
-                command = [
-                    sys.executable,
-                    manage,
-                    "sandbox",
-                    "--flavour",
-                    sandbox.flavour,
-                    "--port",
-                    str(sandbox.port),
-                    "--auth",
-                    sandbox.auth,
-                    "--patients",
-                    "60",
-                ]
-                if sandbox.client_id:
-                    command += ["--client-id", sandbox.client_id, "--client-secret", sandbox.client_secret]
-                if sandbox.defects:
-                    command += ["--defects", "default", "--extended-clinical"]
+                command = [sys.executable, manage, "sandbox", *sandbox.command()]
                 children.append(subprocess.Popen(command))
             beat_schedule = str(Path(settings.VAR_DIR) / "celerybeat-schedule")
             children.append(
