@@ -56,7 +56,7 @@ def world(tenant_a: Any, cs_user: Any, it_a: Any, engineer: Any) -> dict[str, An
         attempt=2,
         status="failed",
         finished_at=timezone.now(),
-        error_message="4 of 3 patients have an error; at most 0.0% may.",
+        error_message="3 of 3 patients have an error; at most 0.0% may.",
         result={
             "patients": 3,
             "patient_keys": ["p0", "p1", "p2"],
