@@ -19,7 +19,10 @@ up the short steps of other hospitals.
 
 from __future__ import annotations
 
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 
@@ -33,7 +36,13 @@ from onboarding.review import services as review
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.validation.fhirjson import as_items
 
+if TYPE_CHECKING:
+    from connections.loadgen.results import LoadResult
+
 PATIENT_PAGE_SIZE = 50
+# How long a stopped step waits for the engine to notice (it checks once a second) and return.
+ENGINE_STOP_WAIT_S = 5.0
+_DONE = object()
 # A token is refused when it would expire within this margin of the run's last possible answer.
 TOKEN_MARGIN_S = 60
 
@@ -109,8 +118,11 @@ class LoadTestStep(StepModule):
             f"Running load-test plan version {plan.version} ({loadtests.load_sentence(plan)}), approved by "
             f"{approval.decided_by_label}{', ' + window if window else ''}."
         )
-        live = _Live(ctx, engine_plan.total_duration_s)
-        result = loadgen.run(target, engine_plan, loadtests.caps(), progress=live.progress, cancelled=live.cancelled)
+        live = _Live(ctx)
+        caps = loadtests.caps()
+        result = live.drive(
+            lambda: loadgen.run(target, engine_plan, caps, progress=live.progress, cancelled=live.cancelled)
+        )
         summary = loadtests.summarize(
             result,
             plan,
@@ -142,29 +154,81 @@ class LoadTestStep(StepModule):
 
 
 class _Live:
-    """The engine's once-a-second callbacks: progress and measured seconds out, a cancel back in.
+    """Runs the engine on a thread of its own and turns its once-a-second reports into database writes.
 
-    Both run on the engine's event-loop thread, so each does one short database write. When a
-    progress report is refused (the run was cancelled, or this delivery lost it), the refusal is
-    kept and ``cancelled`` says so at the engine's next tick; the step raises it after the run.
+    The engine's callbacks run on its event loop, where every millisecond spent delays requests
+    that are due (and shows in their latency), and where Django would open a database connection
+    of the loop's own. So they only hand over: ``progress`` queues the report, ``cancelled`` reads
+    a flag. This thread, the step's own with its own connection, writes progress (which also
+    notices a cancel, or a lost lease) and the seconds measured; when a write is refused, the flag
+    tells the engine to stop, and the refusal is raised once the engine has returned what it measured.
     """
 
-    def __init__(self, ctx: StepContext, planned_s: int) -> None:
+    def __init__(self, ctx: StepContext) -> None:
         self.ctx = ctx
-        self.planned_s = planned_s
         self.error: BaseException | None = None
-
-    def cancelled(self) -> bool:
-        return self.error is not None
+        self._updates: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
 
     def progress(self, progress: Any) -> None:
-        if self.error is not None:
-            return
+        """The engine's progress callback (on its loop): hand the report over."""
+        self._updates.put(progress)
+
+    def cancelled(self) -> bool:
+        """The engine's cancel check (on its loop)."""
+        return self._stop.is_set()
+
+    def drive(self, work: Callable[[], LoadResult]) -> LoadResult:
+        """Run ``work`` (the engine) on its own thread; write its reports here until it returns."""
+        outcome: dict[str, Any] = {}
+
+        def engine() -> None:
+            try:
+                outcome["result"] = work()
+            except BaseException as exc:  # handed to the step's thread, which raises it
+                outcome["error"] = exc
+            finally:
+                self._updates.put(_DONE)
+
+        thread = threading.Thread(target=engine, name=f"load-engine-run-{self.ctx.run.pk}", daemon=True)
+        thread.start()
         try:
-            self.ctx.progress(int(progress.elapsed_s), max(1, int(progress.planned_s)), _line(progress))
-            loadtests.record_seconds(self.ctx.run.pk, self.ctx.lease, progress.seconds)
-        except Exception as exc:
-            self.error = exc
+            while self._write(self._next()):
+                pass
+        except BaseException:
+            # The soft time limit (or a stop of the worker) interrupts this thread: stop the engine too.
+            self._stop.set()
+            thread.join(timeout=ENGINE_STOP_WAIT_S)
+            raise
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return cast("LoadResult", outcome["result"])
+
+    def _next(self) -> list[Any]:
+        """The next report, with any that queued up behind it while the database was slow."""
+        items = [self._updates.get()]
+        while items[-1] is not _DONE:
+            try:
+                items.append(self._updates.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _write(self, items: list[Any]) -> bool:
+        """Write the reports' progress (the last one) and seconds (all); False once the engine is done."""
+        done = items[-1] is _DONE
+        reports = [item for item in items if item is not _DONE]
+        if reports and self.error is None:
+            last = reports[-1]
+            try:
+                self.ctx.progress(int(last.elapsed_s), max(1, int(last.planned_s)), _line(last))
+                seconds = tuple(second for report in reports for second in report.seconds)
+                loadtests.record_seconds(self.ctx.run.pk, self.ctx.lease, seconds)
+            except Exception as exc:
+                self.error = exc
+                self._stop.set()
+        return not done
 
 
 def _line(progress: Any) -> str:
