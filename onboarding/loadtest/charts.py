@@ -35,13 +35,21 @@ class SecondPoint:
     errors: int
 
 
-def latency_over_time(points: Sequence[SecondPoint], *, sla_p95_ms: float | None, chart_id: str) -> SafeString:
-    """Latency per second of intended send time: p50 as a line, p50-p95 and p95-p99 as bands, the agreed p95."""
+def latency_over_time(
+    points: Sequence[SecondPoint], *, sla_p95_ms: float | None, chart_id: str, span_s: int = 0
+) -> SafeString:
+    """Latency per second of intended send time: p50 as a line, p50-p95 and p95-p99 as bands, the agreed p95.
+
+    ``span_s`` keeps the time axis as long as the plan while a run is still going, so it fills up.
+    The agreed p95 sets the scale only when it is near the data; far above it, the legend says so.
+    """
     answered = [p for p in points if p.answered]
     if not answered:
         return _empty(chart_id, "Latency over time", "No request was answered, so there is no latency to draw.")
-    top = _nice(max([p.p99_ms for p in answered] + [sla_p95_ms or 0.0]) * 1.08)
-    last = max(p.second for p in points)
+    data_top = max(p.p99_ms for p in answered) * 1.1
+    sla_shown = sla_p95_ms is not None and sla_p95_ms <= 2 * data_top
+    top = _nice(max(data_top, (sla_p95_ms or 0.0) * 1.1) if sla_shown else data_top)
+    last = max([p.second for p in points] + [span_s - 1])
     x = _x_scale(last)
     y = _y_scale(top)
     parts = _frame(chart_id, "Latency over time", _latency_desc(answered, sla_p95_ms))
@@ -56,7 +64,9 @@ def latency_over_time(points: Sequence[SecondPoint], *, sla_p95_ms: float | None
             f'<polyline points="{_pts([(x(p.second), y(p.p50_ms)) for p in run])}" fill="none" '
             f'stroke="{MEDIAN}" stroke-width="2"/>'
         )
-    if sla_p95_ms is not None and sla_p95_ms <= top:
+        if len({p.second for p in run}) == 1:
+            parts.append(f'<circle cx="{x(run[0].second):.1f}" cy="{y(run[0].p50_ms):.1f}" r="3" fill="{MEDIAN}"/>')
+    if sla_shown and sla_p95_ms is not None:
         level = y(sla_p95_ms)
         parts.append(
             f'<line x1="{LEFT}" y1="{level:.1f}" x2="{WIDTH - RIGHT}" y2="{level:.1f}" stroke="{SLA_LINE}" '
@@ -67,18 +77,23 @@ def latency_over_time(points: Sequence[SecondPoint], *, sla_p95_ms: float | None
             ("line", MEDIAN, "p50"),
             ("box", BAND_MID, "p50 to p95"),
             ("box", BAND_TAIL, "p95 to p99"),
-            *([("dash", SLA_LINE, f"agreed p95 ({sla_p95_ms:g} ms)")] if sla_p95_ms is not None else []),
+            *([("dash", SLA_LINE, f"agreed p95 ({sla_p95_ms:g} ms)")] if sla_shown and sla_p95_ms is not None else []),
+            *(
+                [("none", SLA_LINE, f"agreed p95 {sla_p95_ms:g} ms: far above this chart")]
+                if not sla_shown and sla_p95_ms is not None
+                else []
+            ),
         ]
     )
     return _close(parts)
 
 
-def throughput_over_time(points: Sequence[SecondPoint], *, chart_id: str) -> SafeString:
+def throughput_over_time(points: Sequence[SecondPoint], *, chart_id: str, span_s: int = 0) -> SafeString:
     """Answers per second against the target rate, with the errors of each second as bars."""
     if not points:
         return _empty(chart_id, "Throughput over time", "The run measured no second.")
     top = _nice(max([p.throughput for p in points] + [p.target_rps for p in points] + [1.0]) * 1.08)
-    last = max(p.second for p in points)
+    last = max([p.second for p in points] + [span_s - 1])
     x = _x_scale(last)
     y = _y_scale(top)
     peak = max(points, key=lambda p: p.throughput)
@@ -107,6 +122,10 @@ def throughput_over_time(points: Sequence[SecondPoint], *, chart_id: str) -> Saf
         f'<polyline points="{_pts([(x(p.second), y(p.throughput)) for p in points])}" fill="none" '
         f'stroke="{MEDIAN}" stroke-width="2"/>'
     )
+    if len(points) == 1:
+        parts.append(
+            f'<circle cx="{x(points[0].second):.1f}" cy="{y(points[0].throughput):.1f}" r="3" fill="{MEDIAN}"/>'
+        )
     parts += _legend([("line", MEDIAN, "answers per second"), ("dash", MUTED, "target"), ("box", ERRORS, "errors")])
     return _close(parts)
 
@@ -114,6 +133,9 @@ def throughput_over_time(points: Sequence[SecondPoint], *, chart_id: str) -> Saf
 def latency_histogram(bars: Sequence[Sequence[float]], *, chart_id: str) -> SafeString:
     """How many answers fell in each latency range (the engine's bars, each up to its bound in ms)."""
     counts = [(float(bound), int(count)) for bound, count in bars]
+    # Empty bars below the fastest answer say nothing; one is kept, so the first bar's range shows.
+    first = next((i for i, (_, count) in enumerate(counts) if count), 0)
+    counts = counts[max(0, first - 1) :]
     total = sum(count for _, count in counts)
     if not total:
         return _empty(chart_id, "Latency histogram", "No request was answered, so there is no histogram.")
@@ -223,7 +245,9 @@ def _legend(items: list[tuple[str, str, str]]) -> list[str]:
     parts = []
     left = float(LEFT)
     for kind, colour, label in items:
-        if kind == "box":
+        if kind == "none":
+            pass
+        elif kind == "box":
             parts.append(f'<rect x="{left:.1f}" y="10" width="14" height="10" fill="{colour}"/>')
         else:
             dash = ' stroke-dasharray="4 3"' if kind == "dash" else ""
@@ -270,11 +294,11 @@ def _pts(points: Sequence[tuple[float, float]]) -> str:
 
 
 def _nice(value: float) -> float:
-    """A round number at or above ``value`` for an axis top (1, 2, 2.5 or 5 times a power of ten)."""
+    """A round number at or above ``value`` for an axis top (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten)."""
     if value <= 0 or not math.isfinite(value):
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for factor in (1, 2, 2.5, 5, 10):
+    for factor in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if value <= factor * power:
             return factor * power
     return 10 * power

@@ -15,7 +15,7 @@ from django.http import Http404
 from django.utils.safestring import SafeString
 
 from onboarding.loadtest import charts
-from onboarding.models import LoadTestReport, LoadTestSecond, Step, StepRun
+from onboarding.models import LoadTestPlan, LoadTestReport, LoadTestSecond, Step, StepRun
 from portal.access import User, tenants_for
 
 # Figures the comparison with the previous test shows: (key path in the summary, label, unit, lower is better).
@@ -132,9 +132,14 @@ def charts_for(run: StepRun, summary: dict[str, Any], rows: list[LoadTestSecond]
         for row in rows
     ]
     sla = ((summary.get("plan") or {}).get("sla") or {}).get("p95_ms")
+    if sla is None and run.is_active:
+        plan = _plan_of(run)
+        sla = plan.sla_p95_ms if plan is not None else None
+    # While the run goes, the time axis spans the plan, so the charts fill up as it runs.
+    span = run.progress_total if run.is_active and run.progress_total > 1 else 0
     return Charts(
-        latency=charts.latency_over_time(points, sla_p95_ms=sla, chart_id=f"latency-{run.code}"),
-        throughput=charts.throughput_over_time(points, chart_id=f"throughput-{run.code}"),
+        latency=charts.latency_over_time(points, sla_p95_ms=sla, chart_id=f"latency-{run.code}", span_s=span),
+        throughput=charts.throughput_over_time(points, chart_id=f"throughput-{run.code}", span_s=span),
         histogram=charts.latency_histogram(summary.get("histogram") or [], chart_id=f"histogram-{run.code}"),
     )
 
@@ -150,6 +155,11 @@ def live_summary(rows: list[LoadTestSecond]) -> dict[str, Any]:
         "dropped": sum(r.dropped for r in rows),
         "worst_p95_ms": max((r.p95_ms for r in rows if r.answered), default=None),
     }
+
+
+def _plan_of(run: StepRun) -> LoadTestPlan | None:
+    """The plan a running test runs: the latest version (a change would have voided its permission)."""
+    return LoadTestPlan.objects.filter(onboarding_id=run.onboarding_id).order_by("-version").first()
 
 
 def _dig(data: dict[str, Any], path: tuple[str, ...]) -> float | None:
