@@ -25,7 +25,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from onboarding.gates import notices
-from onboarding.models import Approval, Decision, Onboarding
+from onboarding.models import Approval, Decision, Onboarding, Step
 from portal import audit
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
@@ -103,7 +103,9 @@ def get_gate(key: str) -> Gate:
 
 
 def all_gates() -> list[Gate]:
-    return list(_GATES.values())
+    """Every registered gate, in the order of the pipeline's steps (whatever order the wings loaded in)."""
+    order = list(Step.values)
+    return sorted(_GATES.values(), key=lambda gate: order.index(gate.step) if gate.step in order else len(order))
 
 
 # --- reads --------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class PlanWriteOutput(serializers.Serializer):
     plan = PlanOutput()
 
 
-class RefusalOutput(serializers.Serializer):
+class PlanRefusalOutput(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField(help_text="invalid (fix the plan), conflict (reload and redo) or refused")
     field = serializers.CharField(allow_null=True, required=False)
@@ -203,7 +203,7 @@ class PlanInput(serializers.Serializer):
 @extend_schema(
     methods=["POST"],
     request=PlanInput,
-    responses={201: PlanWriteOutput, 200: PlanWriteOutput, 400: RefusalOutput, 409: RefusalOutput},
+    responses={201: PlanWriteOutput, 200: PlanWriteOutput, 400: PlanRefusalOutput, 409: PlanRefusalOutput},
     operation_id="connections_load_test_plan_write",
 )
 @api_view(["GET", "POST"])
