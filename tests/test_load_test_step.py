@@ -623,3 +623,28 @@ def test_a_load_test_connection_needs_validate_to_have_passed(tenant_a: Any, cs_
     onboarding = services.ensure_onboarding(connection)
     with pytest.raises(services.StepBlocked, match="Validate must pass before Load test can run"):
         start(cs_user, onboarding)
+
+
+def test_after_validate_the_next_action_is_the_permission_then_the_load_test(
+    tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    from onboarding.engine.selectors import next_action, step_cells
+
+    onboarding = prepared(tenant_a, cs_user, it_a)
+    validate = onboarding.runs.get(step="validate")
+    first = next_action(validate)
+    assert first is not None and (first.kind, first.gate) == ("request", loadtests.GATE_KEY)
+    assert first.sentence.startswith("Next: Load test. Permission to load-test: There is no load-test plan yet")
+    assert first.link == f"/c/{onboarding.connection.code}/load-test/"
+    write_plan(cs_user, onboarding)
+    ready = next_action(validate)
+    assert ready is not None and ready.kind == "request" and ready.gate_state is not None
+    assert ready.gate_state.requestable
+    permit(cs_user, it_a, onboarding)
+    go = next_action(validate)
+    assert go is not None and (go.kind, go.step) == ("start", "load_test")
+    # The permission approves a plan, not a result: a failed load test's chip says failed.
+    failed = StepRun.objects.create(onboarding=onboarding, step="load_test", attempt=1, status="failed")
+    cells = {cell.key: cell for cell in step_cells(list(onboarding.runs.all()), list(onboarding.approvals.all()))}
+    assert cells["load_test"].run == failed and cells["load_test"].state == "failed"
+    assert cells["load_test"].state_label == "failed"
