@@ -648,3 +648,15 @@ def test_after_validate_the_next_action_is_the_permission_then_the_load_test(
     cells = {cell.key: cell for cell in step_cells(list(onboarding.runs.all()), list(onboarding.approvals.all()))}
     assert cells["load_test"].run == failed and cells["load_test"].state == "failed"
     assert cells["load_test"].state_label == "failed"
+
+
+def test_a_run_that_could_outlast_the_window_never_starts_sending(
+    generic: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    onboarding = prepared(tenant_a, cs_user, it_a, generic)
+    write_plan(cs_user, onboarding, target_rate=1.0, duration_s=120)
+    permit(cs_user, it_a, onboarding, lasts=timedelta(seconds=90))
+    run = run_in_process(cs_user, onboarding)
+    assert run.status == RunStatus.FAILED and run.error_kind == "window_too_short", (run.error_kind, run.error_message)
+    assert "The plan runs for 120 s" in run.error_message and "ends in" in run.error_message
+    assert not LoadTestSecond.objects.filter(run=run).exists()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
+from django.utils import timezone
 
 from connections import loadgen
 from connections.loadgen import mix as loadmix
@@ -114,6 +115,20 @@ class LoadTestStep(StepModule):
                 error_hint="Ask the hospital for a longer token lifetime for this client, or shorten the plan.",
             )
         window = gates.window_text(approval)
+        if approval.valid_until is not None:
+            # The hospital allowed load inside its window only: a run that could outlast it never starts.
+            left = (approval.valid_until - timezone.now()).total_seconds()
+            if left < engine_plan.total_duration_s + target.deadline + 1:
+                return StepOutcome(
+                    passed=False,
+                    summary={"plan_version": plan.version, "records": facts},
+                    error_kind="window_too_short",
+                    error_message=(
+                        f"The plan runs for {engine_plan.total_duration_s} s (and up to {target.deadline:.0f} s more "
+                        f"for its last answers), but hospital IT's window ({window}) ends in {max(0, left):.0f} s."
+                    ),
+                    error_hint="Start it earlier in the window, or ask hospital IT for a new window.",
+                )
         ctx.log(
             f"Running load-test plan version {plan.version} ({loadtests.load_sentence(plan)}), approved by "
             f"{approval.decided_by_label}{', ' + window if window else ''}."
