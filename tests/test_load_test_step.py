@@ -660,3 +660,29 @@ def test_a_run_that_could_outlast_the_window_never_starts_sending(
     assert run.status == RunStatus.FAILED and run.error_kind == "window_too_short", (run.error_kind, run.error_message)
     assert "The plan runs for 120 s" in run.error_message and "ends in" in run.error_message
     assert not LoadTestSecond.objects.filter(run=run).exists()
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_process_killed_mid_run_is_run_again_without_doubling_its_seconds(
+    celery_worker_process: Any, generic: Any, tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    import os
+    import signal
+
+    onboarding = prepared(tenant_a, cs_user, it_a, generic)
+    write_plan(cs_user, onboarding, target_rate=20.0, duration_s=6)
+    permit(cs_user, it_a, onboarding)
+    run = start(cs_user, onboarding)
+    wait_for(run, lambda r: r.deliveries == 1 and LoadTestSecond.objects.filter(run=r, delivery=1).count() >= 2)
+    # The pool process running the test dies (SIGKILL); the worker's main process puts the run back.
+    os.kill(int(run.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    done = wait_for(run, lambda r: r.deliveries >= 2 and not r.is_active, timeout=120)
+    assert done.deliveries == 2 and done.status in (RunStatus.PASSED, RunStatus.FAILED), done.status
+    assert_held_the_sla(done)
+    rows = list(LoadTestSecond.objects.filter(run=done).order_by("second"))
+    assert {row.delivery for row in rows} == {2} and len(rows) == done.result["seconds"]
+    assert [row.second for row in rows] == list(range(len(rows)))  # one row a second, none doubled
+    assert sum(row.sent for row in rows) == done.result["sent"]
+    assert any("delivery 1 lost its worker after measuring" in line["message"] for line in done.log), done.log[-5:]
+    assert LoadTestReport.objects.get(run=done).delivery == 2
