@@ -10,6 +10,7 @@ from connections.api import ConnectionViewSet
 from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, my_work, start_step
 from onboarding.evidence import api as evidence_api
 from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
+from onboarding.loadtest import api as load_test_api
 from onboarding.mapping import api as mapping_api
 from onboarding.review import api as review_api
 from portal.api import TenantViewSet, obtain_token, token_detail, token_list
@@ -56,8 +57,15 @@ review_urls = [
     path("v1/onboardings/<uuid:code>/evidence.pdf", evidence_api.evidence_pack_pdf, name="api_evidence_pack_pdf"),
 ]
 
+# What the load-test plan page and a load-test run's report do; the permission is the gates API's.
+load_test_urls = [
+    path("v1/connections/<uuid:code>/load-test-plan/", load_test_api.load_test_plan, name="api_load_test_plan"),
+    path("v1/runs/<uuid:code>/load-test/", load_test_api.load_test_report, name="api_run_load_test"),
+]
+
 urlpatterns = [
     *mapping_urls,
+    *load_test_urls,
     *review_urls,
     path("v1/", include(router.urls)),
     path("v1/connections/<uuid:code>/steps/<slug:step>/start/", start_step, name="api_start_step"),

@@ -368,3 +368,118 @@ class Waiver(models.Model):
 
     def __str__(self) -> str:
         return f"Waiver of {self.rule} at {self.path} for {self.tenant}"
+
+
+# --- Load tests (issue 11) -------------------------------------------------------------------------
+
+
+class LoadMode(models.TextChoices):
+    RATE = "rate", "a target rate"
+    PEAK = "peak", "normal peak times a stress factor"
+    STAIRCASE = "staircase", "a staircase (capacity search)"
+
+
+class LoadTestPlan(models.Model):
+    """One immutable version of a connection's load-test plan: the request mix, the load and the SLA.
+
+    Hospital IT approve one exact version (its content hash) for a time window; every change is a
+    new version, which voids the approval of the one before.
+    """
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    onboarding = models.ForeignKey(Onboarding, on_delete=models.CASCADE, related_name="load_test_plans")
+    version = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_label = models.CharField(max_length=150, blank=True)
+
+    # The request mix: relative weights over the product's five request types (0 leaves one out).
+    weight_patient_read = models.PositiveIntegerField(default=4, validators=[MaxValueValidator(1000)])
+    weight_patient_by_identifier = models.PositiveIntegerField(default=2, validators=[MaxValueValidator(1000)])
+    weight_observation_by_patient = models.PositiveIntegerField(default=3, validators=[MaxValueValidator(1000)])
+    weight_condition_by_patient = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(1000)])
+    weight_encounter_by_patient = models.PositiveIntegerField(default=1, validators=[MaxValueValidator(1000)])
+
+    # The load: one of three ways of saying the rate, a ramp-up and a duration.
+    load_mode = models.CharField(max_length=12, choices=LoadMode.choices, default=LoadMode.PEAK)
+    target_rate = models.FloatField(null=True, blank=True)  # req/s, mode "rate"
+    normal_peak = models.FloatField(null=True, blank=True)  # req/s, mode "peak"
+    stress_factor = models.FloatField(default=2.0)  # mode "peak"
+    staircase_start = models.FloatField(null=True, blank=True)  # req/s of the first step
+    staircase_step = models.FloatField(null=True, blank=True)  # req/s added per step
+    staircase_steps = models.PositiveIntegerField(null=True, blank=True)
+    staircase_step_s = models.PositiveIntegerField(null=True, blank=True)  # seconds per step
+    ramp_s = models.PositiveIntegerField(default=0)
+    duration_s = models.PositiveIntegerField(default=60)  # at the target rate, after the ramp (not a staircase)
+    concurrency = models.PositiveIntegerField(default=50)
+
+    # The SLA, and when to give up early.
+    sla_p95_ms = models.FloatField(null=True, blank=True)
+    sla_p99_ms = models.FloatField(null=True, blank=True)
+    sla_max_error_pct = models.FloatField(null=True, blank=True)
+    abort_error_pct = models.FloatField(default=50.0)
+
+    content_hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["onboarding", "version"], name="one_row_per_load_test_plan_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"Load-test plan v{self.version} of {self.onboarding}"
+
+
+class LoadTestReport(models.Model):
+    """What one load-test run measured, kept apart from the run so a cancelled run keeps it too.
+
+    The run's own result holds the same summary when the step finishes; this row also keeps the
+    run's whole latency histogram (HdrHistogram-encoded) for comparing runs, and which plan ran.
+    """
+
+    run = models.OneToOneField(StepRun, on_delete=models.CASCADE, related_name="load_test_report")
+    plan = models.ForeignKey(LoadTestPlan, null=True, on_delete=models.SET_NULL, related_name="reports")
+    delivery = models.PositiveIntegerField()
+    outcome = models.CharField(max_length=20)
+    summary = models.JSONField(default=dict)
+    hdr = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Load-test report of {self.run}"
+
+
+class LoadTestSecond(models.Model):
+    """One second of a load-test run, by intended send time; written as the run goes.
+
+    One row per run and second: a delivery that takes the run over after a lost worker replaces
+    the rows of the one before, never adds to them.
+    """
+
+    run = models.ForeignKey(StepRun, on_delete=models.CASCADE, related_name="load_test_seconds")
+    delivery = models.PositiveIntegerField()
+    second = models.PositiveIntegerField()
+    target_rps = models.FloatField()
+    sent = models.PositiveIntegerField()
+    dropped = models.PositiveIntegerField()
+    answered = models.PositiveIntegerField()
+    failed = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField()
+    throughput = models.PositiveIntegerField()
+    p50_ms = models.FloatField()
+    p90_ms = models.FloatField()
+    p95_ms = models.FloatField()
+    p99_ms = models.FloatField()
+    max_ms = models.FloatField()
+    statuses = models.JSONField(default=dict)
+    error_kinds = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run", "second"]
+        constraints = [models.UniqueConstraint(fields=["run", "second"], name="one_row_per_load_test_second")]
+
+    def __str__(self) -> str:
+        return f"Second {self.second} of {self.run}"

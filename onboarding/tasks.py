@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from onboarding.engine.tasks import reap_stale_runs, resend_queued_runs, run_step
+from onboarding.engine.tasks import reap_stale_runs, resend_queued_runs, run_load_test_step, run_step
 
-__all__ = ["reap_stale_runs", "resend_queued_runs", "run_step"]
+__all__ = ["reap_stale_runs", "resend_queued_runs", "run_load_test_step", "run_step"]

@@ -5,6 +5,7 @@ from django.urls import path
 from onboarding.engine import views
 from onboarding.evidence import views as evidence_views
 from onboarding.gates import views as gate_views
+from onboarding.loadtest import views as load_test_views
 from onboarding.mapping import views as mapping_views
 from onboarding.review import views as review_views
 
@@ -27,6 +28,7 @@ urlpatterns = [
     path("approvals/<uuid:code>/", gate_views.approval_detail, name="approval_detail"),
     path("approvals/<uuid:code>/decide/", gate_views.decide, name="approval_decide"),
     path("approvals/<uuid:code>/remind/", gate_views.remind, name="approval_remind"),
+    path("c/<uuid:code>/load-test/", load_test_views.load_test_plan, name="load_test_plan"),
     path("t/<uuid:code>/validation-policy/", mapping_views.validation_policy, name="validation_policy"),
     path("review/", review_views.review_queue, name="review_queue"),
     path("review/runs/<uuid:code>/", review_views.review_run, name="review_run"),

@@ -9,6 +9,7 @@ Two run modes (PORTAL_MODE):
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -337,6 +338,29 @@ if STEP_HEARTBEAT_TIMEOUT < 2 * STEP_HEARTBEAT_INTERVAL:
 if STEP_TIME_LIMIT <= STEP_SOFT_TIME_LIMIT:
     raise ImproperlyConfigured("STEP_TIME_LIMIT must be longer than STEP_SOFT_TIME_LIMIT.")
 
+# --- Load tests (issue 11) ----------------------------------------------------------------------
+# Hard caps that no load-test plan may exceed, whatever is written and approved: a plan above one is
+# refused with the cap named, and the load engine holds to them again while it runs.
+LOAD_TEST_MAX_RATE = env_float("LOAD_TEST_MAX_RATE", 500.0, minimum=1.0)  # requests per second
+LOAD_TEST_MAX_CONCURRENCY = env_int("LOAD_TEST_MAX_CONCURRENCY", 100, minimum=1)  # open connections
+LOAD_TEST_MAX_DURATION = env_int("LOAD_TEST_MAX_DURATION", 1800, minimum=1)  # seconds, ramp and steps included
+LOAD_TEST_MAX_TOTAL_REQUESTS = env_int("LOAD_TEST_MAX_TOTAL_REQUESTS", 500_000, minimum=1)
+# The load_tests queue's own limits: the longest plan the caps allow, plus pulling the records the
+# requests are built from and the engine's wait for the last answers, must fit inside the soft one.
+LOAD_TEST_SOFT_TIME_LIMIT = env_int("LOAD_TEST_SOFT_TIME_LIMIT", LOAD_TEST_MAX_DURATION + 300, minimum=5)
+LOAD_TEST_TIME_LIMIT = env_int("LOAD_TEST_TIME_LIMIT", LOAD_TEST_SOFT_TIME_LIMIT + 60, minimum=10)
+if not math.isfinite(LOAD_TEST_MAX_RATE):
+    raise ImproperlyConfigured("LOAD_TEST_MAX_RATE must be a finite number of requests per second.")
+if LOAD_TEST_TIME_LIMIT <= LOAD_TEST_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("LOAD_TEST_TIME_LIMIT must be longer than LOAD_TEST_SOFT_TIME_LIMIT.")
+if LOAD_TEST_SOFT_TIME_LIMIT < LOAD_TEST_MAX_DURATION + 120:
+    raise ImproperlyConfigured(
+        "LOAD_TEST_SOFT_TIME_LIMIT must be at least LOAD_TEST_MAX_DURATION + 120 s, so the longest plan "
+        "allowed, with its set-up and last answers, ends before the limit stops it."
+    )
+# The longest a task of any step queue may run: the broker must not hand one out again before it.
+LONGEST_TASK_TIME_LIMIT = max(STEP_TIME_LIMIT, LOAD_TEST_TIME_LIMIT)
+
 # --- Celery -------------------------------------------------------------------------------
 # The database is the record of every run; results are never stored in the broker.
 CELERY_BROKER_URL = env_str(
@@ -372,9 +396,10 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A task not acknowledged within this many seconds is given to another worker. It must
-        # exceed the hard time limit, or every long step would be delivered twice. A killed
-        # worker's run does not wait for it: its heartbeat stops and the sweep re-queues it.
-        "visibility_timeout": STEP_TIME_LIMIT + 120,
+        # exceed the longest hard time limit of any step queue (a load test's), or every long step
+        # would be delivered twice. A killed worker's run does not wait for it: its heartbeat stops
+        # and the sweep re-queues it.
+        "visibility_timeout": LONGEST_TASK_TIME_LIMIT + 120,
         # Scan for such messages every 10 s instead of every 100 s (kombu's throttle of 10).
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
@@ -395,6 +420,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "inte
 CELERY_TASK_DEFAULT_QUEUE = "steps"
 CELERY_TASK_ROUTES = {
     "onboarding.run_step": {"queue": "steps"},
+    "onboarding.run_step.load_tests": {"queue": "load_tests"},
     "onboarding.reap_stale_runs": {"queue": "maintenance"},
     "onboarding.resend_queued_runs": {"queue": "maintenance"},
     "portal.purge_raw_payloads": {"queue": "maintenance"},

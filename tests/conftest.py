@@ -231,7 +231,7 @@ def celery_worker_process(
             "portal",
             "worker",
             "-Q",
-            "steps,maintenance,notifications",
+            "steps,load_tests,maintenance,notifications",
             "-c",
             "2",
             "-l",

@@ -97,6 +97,7 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra.update(_people(tenant_a=tenant_a))
     world.extra["foreign_token_id"] = _someone_elses_api_token()
     world.extra["archived_conn"] = _archived_connection(tenant_a)
+    world.extra.update(_load_test(onboarding_a))
     return world
 
 
@@ -213,6 +214,68 @@ def _someone_elses_api_token() -> str:
 
     token, _ = AuthToken.objects.create(user=UserFactory(username="token-holder"))
     return tokens.token_id(token)
+
+
+def load_test_plan_values(**changes: Any) -> dict[str, Any]:
+    """A plan well inside the caps: 20 req/s for 10 s, the five request types, an SLA."""
+    values = {
+        "weight_patient_read": 4,
+        "weight_patient_by_identifier": 2,
+        "weight_observation_by_patient": 3,
+        "weight_condition_by_patient": 1,
+        "weight_encounter_by_patient": 1,
+        "load_mode": "rate",
+        "target_rate": 20.0,
+        "normal_peak": None,
+        "stress_factor": 2.0,
+        "staircase_start": None,
+        "staircase_step": None,
+        "staircase_steps": None,
+        "staircase_step_s": None,
+        "ramp_s": 0,
+        "duration_s": 10,
+        "concurrency": 10,
+        "sla_p95_ms": 300.0,
+        "sla_p99_ms": 800.0,
+        "sla_max_error_pct": 1.0,
+        "abort_error_pct": 50.0,
+    }
+    values.update(changes)
+    return values
+
+
+def _load_test(onboarding: Onboarding) -> dict[str, Any]:
+    """Tenant A's load-test plan (version 1) and a passed load-test run with its report and two seconds."""
+    from onboarding.loadtest import services as loadtests
+    from onboarding.models import LoadTestPlan, LoadTestReport, LoadTestSecond
+
+    values = load_test_plan_values()
+    plan = LoadTestPlan.objects.create(
+        onboarding=onboarding, version=1, content_hash=loadtests.content_hash(values), **values
+    )
+    latency = {"count": 40, "p50_ms": 50.0, "p90_ms": 60.0, "p95_ms": 62.0, "p99_ms": 70.0, "max_ms": 75.0}
+    summary = {
+        "outcome": "completed",
+        "reason": "",
+        "verdict": "Passed: p95 62 ms is within the agreed 300 ms.",
+        "sla": {"passed": True, "reasons": []},
+        "target_rps": 20.0,
+        "achieved_rps": 20.0,
+        "achieved_pct": 100.0,
+        "latency": latency,
+        "statuses": {"200": 40},
+        "per_type": [{"name": "patient_read", "count": 40, "answered": 40, "errors": 0, "latency": latency}],
+        "histogram": [[50.0, 20], [70.0, 18], [75.0, 2]],
+        "plan": {"version": 1, "content_hash": plan.content_hash, "load": "20 req/s for 10 s"},
+    }
+    run = StepRun.objects.create(onboarding=onboarding, step="load_test", attempt=1, status="passed", result=summary)
+    LoadTestReport.objects.create(run=run, plan=plan, delivery=1, outcome="completed", summary=summary)
+    for second in (0, 1):
+        LoadTestSecond.objects.create(
+            run=run, delivery=1, second=second, target_rps=20, sent=20, dropped=0, answered=20, failed=0,
+            errors=0, throughput=20, p50_ms=50, p90_ms=60, p95_ms=62, p99_ms=70, max_ms=75,
+        )  # fmt: skip
+    return {"load_test_plan": plan, "load_test_run": run}
 
 
 def _mapping_and_findings(onboarding: Onboarding) -> dict[str, Any]:
@@ -428,7 +491,32 @@ ROUTES: dict[str, list[Call]] = {
             owner="a",
             expect=tenant_a_staff(200, 200, 200),
             htmx=True,
-        )
+        ),
+        # A load-test run's page: its report, charts and comparison.
+        page(
+            lambda w: _r("run_detail", code=w.extra["load_test_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        ),
+    ],
+    "load_test_plan": [
+        page(lambda w: _r("load_test_plan", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        page(
+            lambda w: _r("load_test_plan", code=w.conn_a.code) + "?version=1",
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        ),
+        # A new version (a higher rate): saved and sent back to the page; hospital IT may not write.
+        page(
+            lambda w: _r("load_test_plan", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                **{k: "" if v is None else v for k, v in load_test_plan_values(target_rate=30.0).items()},
+                "seen_version": w.extra["load_test_plan"].version,
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        ),
     ],
     "cancel_run": [
         page(
@@ -661,6 +749,27 @@ ROUTES: dict[str, list[Call]] = {
         )
     ],
     # --- The API of the mapping, the review and the evidence pack (issue 13) ----------------------
+    # --- Load tests (issue 11) ---------------------------------------------------------------------
+    "api_load_test_plan": [
+        api(lambda w: _r("api_load_test_plan", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: _r("api_load_test_plan", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                **load_test_plan_values(target_rate=30.0),
+                "seen_version": w.extra["load_test_plan"].version,
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 201, 201),
+        ),
+    ],
+    "api_run_load_test": [
+        api(
+            lambda w: _r("api_run_load_test", code=w.extra["load_test_run"].code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        )
+    ],
     "api_mapping": [
         api(lambda w: _r("api_mapping", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
     ],

@@ -41,14 +41,26 @@ def test_results_are_never_stored_in_the_broker() -> None:
 
 def test_redis_hands_a_task_out_again_only_after_the_hard_time_limit() -> None:
     # Scenario 5: a second delivery of a running step is possible only past the visibility timeout,
-    # which must exceed the hard time limit by a margin, or every long step would run twice.
+    # which must exceed the longest hard time limit of any step queue (a load test's) by a margin,
+    # or every long step would run twice.
     options = app.conf.broker_transport_options
-    assert options["visibility_timeout"] == settings.STEP_TIME_LIMIT + 120
+    longest = max(settings.STEP_TIME_LIMIT, settings.LOAD_TEST_TIME_LIMIT)
+    assert options["visibility_timeout"] == longest + 120
+    assert settings.LOAD_TEST_TIME_LIMIT > settings.STEP_TIME_LIMIT  # the default load test runs longer
     assert settings.STEP_TIME_LIMIT > settings.STEP_SOFT_TIME_LIMIT
     assert (tasks.run_step.soft_time_limit, tasks.run_step.time_limit) == (
         settings.STEP_SOFT_TIME_LIMIT,
         settings.STEP_TIME_LIMIT,
     )
+    # Each queue's task carries its own limits: the load test's are its own settings, not the steps'.
+    assert (tasks.run_load_test_step.soft_time_limit, tasks.run_load_test_step.time_limit) == (
+        settings.LOAD_TEST_SOFT_TIME_LIMIT,
+        settings.LOAD_TEST_TIME_LIMIT,
+    )
+    assert tasks.run_load_test_step.Request == tasks.run_step.Request
+    assert tasks.run_load_test_step.acks_late and tasks.run_load_test_step.reject_on_worker_lost
+    # The longest plan the caps allow, with its set-up and last answers, fits inside the soft limit.
+    assert settings.LOAD_TEST_SOFT_TIME_LIMIT >= settings.LOAD_TEST_MAX_DURATION + 120
     # Abandoned messages are scanned for every 10 s, not kombu's default of every 100 s.
     assert options["unacked_restore_interval"] == 10
     assert options["unacked_restore_throttle"] == 1
@@ -106,6 +118,18 @@ def test_beat_runs_the_reaper_and_the_sweep_every_sweep_interval_on_their_own_qu
         assert schedule[entry]["options"]["expires"] == settings.STEP_SWEEP_INTERVAL
         assert app.conf.task_routes[task] == {"queue": "maintenance"}
     assert app.conf.task_routes["onboarding.run_step"] == {"queue": tasks.STEPS_QUEUE}
+    assert app.conf.task_routes["onboarding.run_step.load_tests"] == {"queue": tasks.LOAD_TESTS_QUEUE}
+
+
+def test_each_step_queue_has_its_own_task() -> None:
+    from onboarding.engine.services import task_for_queue
+    from onboarding.steps import get_step
+
+    assert set(tasks.STEP_QUEUES) == {"steps", "load_tests"}
+    assert get_step("load_test").queue == "load_tests"
+    for queue in tasks.STEP_QUEUES:
+        assert task_for_queue(queue) in app.tasks, queue
+        assert app.conf.task_routes[task_for_queue(queue)] == {"queue": queue}
 
 
 def test_embedded_broker_gets_no_redis_options() -> None:
@@ -133,6 +157,8 @@ def test_embedded_broker_gets_no_redis_options() -> None:
     [
         ("STEP_HEARTBEAT_TIMEOUT", "10", "at least twice STEP_HEARTBEAT_INTERVAL"),
         ("STEP_TIME_LIMIT", "600", "longer than STEP_SOFT_TIME_LIMIT"),
+        ("LOAD_TEST_TIME_LIMIT", "2100", "longer than LOAD_TEST_SOFT_TIME_LIMIT"),
+        ("LOAD_TEST_SOFT_TIME_LIMIT", "1800", "at least LOAD_TEST_MAX_DURATION + 120"),
     ],
 )
 def test_inconsistent_pipeline_timing_is_refused_at_start(name: str, value: str, message: str) -> None:

@@ -69,7 +69,7 @@ def test_a_second_start_while_active_is_refused(onboarding: Any, cs_user: Any) -
     assert StepRun.objects.count() == 1
 
 
-@pytest.mark.parametrize("step", ["load_test", "go_live"])
+@pytest.mark.parametrize("step", ["go_live"])
 def test_unbuilt_steps_cannot_start(onboarding: Any, cs_user: Any, step: str) -> None:
     with pytest.raises(services.StepNotAvailable, match="not available yet"):
         services.start_step(user=cs_user, onboarding=onboarding, step=step)

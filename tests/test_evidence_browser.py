@@ -64,7 +64,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(gates).to_contain_text("MRN system confirmed with our registration team.")
     expect(gates).to_contain_text("Mapping version 3")
     expect(gates).to_contain_text(MAPPING_HASH)
-    expect(gates.get_by_test_id("gate-note-load_test")).to_have_text("not available yet")
+    expect(gates.get_by_test_id("gate-note-load_test")).to_contain_text("There is no load-test plan yet")
     expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")
 
     validation = page.get_by_test_id("evidence-validation")
@@ -72,7 +72,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(validation).to_contain_text("Not recorded for newborns.")
     expect(validation.get_by_test_id("validation-figures")).to_contain_text("2 (20.0%; at most 0.0% allowed)")
 
-    expect(page.get_by_test_id("evidence-load-test")).to_contain_text("not available yet")
+    expect(page.get_by_test_id("evidence-load-test")).to_contain_text("There is no load-test plan yet")
     if shots := os.environ.get("BROWSER_SCREENSHOTS", ""):
         page.screenshot(path=f"{shots}/evidence-pack.png", full_page=True)
 
@@ -102,11 +102,14 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
         "content_sha256": MAPPING_HASH,
     }
     assert mapping_gate["approvals"][0]["state"] == "approved"
-    assert [gate["note"] for gate in pack["gates"][1:]] == ["not available yet", "not available yet"]
+    assert [gate["key"] for gate in pack["gates"][:2]] == ["mapping_sign_off", "load_test_permission"]
+    assert pack["gates"][1]["status"] == "not_ready" and pack["gates"][1]["approvals"] == []
+    assert pack["gates"][2]["note"] == "not available yet"
     assert pack["validation"]["findings_by_severity"] == {"error": 2, "warning": 1}
     assert pack["validation"]["outcome"]["waived"] == 1
     assert pack["validation"]["waivers"][0]["reason"] == "Not recorded for newborns."
-    assert pack["load_test"] == {"available": False, "note": "not available yet"}
+    assert pack["load_test"]["available"] is True and pack["load_test"]["run"] is None
+    assert pack["load_test"]["plan"] is None
     assert pack["security"]["secret"]["age_days"] == 0
     assert "evidence-test-secret" not in json.dumps(pack)
     assert {"connection.create", "gate.approved"} <= {event["action"] for event in pack["audit"]["events"]}

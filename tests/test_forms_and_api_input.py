@@ -139,7 +139,7 @@ def test_api_start_of_an_unbuilt_step_says_not_available(cs_user: Any, tenant_a:
     conn = ConnectionFactory(tenant=tenant_a)
     api = APIClient()
     api.force_authenticate(cs_user)
-    response = api.post(f"/api/v1/connections/{conn.code}/steps/load_test/start/")
+    response = api.post(f"/api/v1/connections/{conn.code}/steps/go_live/start/")
     assert response.status_code == 400
     assert response.json()["code"] == "not_available"
     assert "not available yet" in response.json()["detail"]

@@ -159,7 +159,10 @@ def test_the_gates_api_requests_decides_and_isolates_tenants(
     code = onboarding.connection.code
     cs, it, other = client_for(cs_user), client_for(it_a), client_for(it_b)
     states = cs.get(f"/api/v1/connections/{code}/gates/").json()
-    assert [(s["gate"], s["status"], s["requestable"]) for s in states] == [("mapping_sign_off", "ready", True)]
+    assert [(s["gate"], s["status"], s["requestable"]) for s in states] == [
+        ("mapping_sign_off", "ready", True),
+        ("load_test_permission", "not_ready", False),  # no load-test plan yet
+    ]
     assert it.post(f"/api/v1/connections/{code}/gates/mapping_sign_off/request/", {}).status_code == 403
     assert other.post(f"/api/v1/connections/{code}/gates/mapping_sign_off/request/", {}).status_code == 404
     made = cs.post(f"/api/v1/connections/{code}/gates/mapping_sign_off/request/", {"note": "Ready"}, format="json")

@@ -545,6 +545,25 @@ def test_cancel_and_progress_are_polled_every_second(sandbox: RemoteSandbox) -> 
     assert result.answered > 0 and result.answered + result.interrupted + result.failed == result.sent
 
 
+def test_progress_hands_over_each_measured_second_once_as_the_report_has_it(sandbox: RemoteSandbox) -> None:
+    sandbox.set_faults(latency_ms=20)
+    seen: list[Any] = []
+    result = run(sandbox.target(), LoadPlan(mix=reads(sandbox), rate=20, duration_s=5), CAPS, progress=seen.append)
+    handed = [second for report in seen for second in report.seconds]
+    numbers = [second.second for second in handed]
+    assert numbers == sorted(set(numbers)) and len(numbers) >= 3  # once each, in order, while it ran
+    final = {second.second: second for second in result.per_second}
+    for second in handed:
+        kept = final[second.second]
+        assert (second.sent, second.answered, second.statuses, second.latency) == (
+            kept.sent,
+            kept.answered,
+            kept.statuses,
+            kept.latency,
+        )
+        assert second.latency.p50_ms >= 20 and second.throughput == kept.throughput
+
+
 def test_the_concurrency_cap_is_never_exceeded(sandbox: RemoteSandbox) -> None:
     sandbox.set_faults(latency_ms=200)  # 5 connections carry 25 req/s; 100 are asked for
     result = run(sandbox.target(), LoadPlan(mix=reads(sandbox), rate=100, duration_s=3, concurrency=5), CAPS)

@@ -24,7 +24,9 @@ from fhirclient.models.patient import Patient
 
 from connections.auth import AuthConfig, Authenticator, TokenInfo
 from connections.errors import ErrorKind, RemoteError
-from connections.http import DEFAULT_ACCEPT, GuardedClient, too_deep_message
+from connections.http import DEFAULT_ACCEPT, GuardedClient, pin_target, too_deep_message
+from connections.loadgen.mix import RecordPool
+from connections.loadgen.target import PinnedTarget
 from portal import safejson
 
 SUPPORTED_FHIR_VERSION = "4.0."
@@ -254,6 +256,43 @@ class FHIRAdapter:
             return [base]
         param, values = fan_out
         return [{**base, param: value} for value in values]
+
+    # ---- load tests ----------------------------------------------------------------------
+
+    def load_target(self) -> tuple[PinnedTarget, TokenInfo | None]:
+        """The pinned address and credential a load test sends to, and the token's facts if it has one.
+
+        The load engine sends thousands of requests outside this client, so the base URL gets the
+        guarded client's checks once (``connections.http.pin_target``) and one fixed credential: a
+        token-based connection fetches a fresh token, whose lifetime the caller checks against the run.
+        """
+        if self.config.auth.needs_token:
+            self.auth.invalidate()
+        headers = self.auth.headers()
+        return pin_target(self.base_url, self.client.policy, headers=headers), self.auth.token_info()
+
+    def load_pool(self, patient_ids: tuple[str, ...], identifiers: tuple[tuple[str, str], ...]) -> RecordPool:
+        """The records a load test's requests are built from, spelt as this vendor wants its searches.
+
+        A vendor's mandatory parameters go on every search of their type (the connection's extra
+        parameters, and the first value of a parameter the adapter otherwise fans out over, such as
+        Epic's Observation category), so each request is one the server accepts.
+        """
+        extra = tuple(self.config.extra_params)
+        per_type: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        for resource_type in ("Patient", "Observation", "Condition", "Encounter"):
+            params = extra
+            fan_out = self.fan_out_params.get(resource_type)
+            if fan_out is not None and fan_out[1]:
+                params = (*params, (fan_out[0], fan_out[1][0]))
+            if params:
+                per_type.append((resource_type, params))
+        return RecordPool(
+            patient_ids=patient_ids,
+            identifiers=identifiers,
+            patient_param=self.patient_param,
+            extra_params=tuple(per_type),
+        )
 
     # ---- plumbing ------------------------------------------------------------------------
 

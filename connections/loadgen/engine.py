@@ -87,6 +87,9 @@ class Progress:
     last_second_rps: float  # answers in the last whole second
     last_second_p95_ms: float | None  # of the requests scheduled in the last finished second
     stage: str
+    # The seconds folded in since the last report, in order (each is reported once), so a caller
+    # can keep the per-second series as it grows: a run whose process dies keeps what it measured.
+    seconds: tuple[SecondStats, ...] = ()
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -312,6 +315,7 @@ class _Engine:
 
         self.seconds: dict[int, _Second] = {}
         self.done_seconds: dict[int, SecondStats] = {}
+        self.unreported: list[int] = []  # folded seconds not yet handed to the progress callback
         self.throughput: list[int] = []
         # Per completion second, for the abort window: attempts and errors (429s left out).
         self.window_total: list[int] = []
@@ -891,6 +895,16 @@ class _Engine:
         finished = [k for k in self.done_seconds if k <= last]
         p95 = self.done_seconds[max(finished)].latency.p95_ms if finished else None
         stage = self.stages[self.schedule.stage_at(elapsed)].label if self.stages else ""
+        # A folded second's wall-clock second is over, so its throughput is final already.
+        fresh = tuple(
+            replace(
+                self.done_seconds[k],
+                dropped=self.drops.get(k, 0),
+                throughput=self.throughput[k] if k < len(self.throughput) else 0,
+            )
+            for k in sorted(self.unreported)
+        )
+        self.unreported.clear()
         return Progress(
             elapsed_s=round(elapsed, 3),
             planned_s=self.duration,
@@ -904,6 +918,7 @@ class _Engine:
             last_second_rps=float(self.throughput[last]) if 0 <= last < len(self.throughput) else 0.0,
             last_second_p95_ms=p95,
             stage=stage,
+            seconds=fresh,
         )
 
     # -- summing up -----------------------------------------------------------------------
@@ -941,6 +956,7 @@ class _Engine:
                 throughput=0,  # filled in at the end, when every answer is in
             )
             del self.seconds[second]
+            self.unreported.append(second)
         if everything or self.plan.staircase is None or self.mode != "open":
             return
         # A step is judged once every second of it is folded in (its slowest answers included).

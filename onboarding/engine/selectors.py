@@ -13,7 +13,7 @@ from connections.models import EHRConnection
 from onboarding.gates import services as gates
 from onboarding.models import ACTIVE_STATUSES, Approval, Decision, Onboarding, RunStatus, StepRun
 from onboarding.review import services as review
-from onboarding.steps import PIPELINE
+from onboarding.steps import PIPELINE, get_step
 from portal.access import User, tenants_for
 from portal.models import Tenant
 from portal.people.selectors import tenants_assigned_to
@@ -136,9 +136,14 @@ def approvals_of(onboarding_ids: Iterable[int]) -> dict[int, list[Approval]]:
 
 
 def _gate_shown_on(step: str) -> gates.Gate | None:
-    """The gate whose state a step's chip shows: the one that approves what the step produced."""
+    """The gate whose state a step's chip shows: the one that approves what the step produced.
+
+    A gate the step itself needs before it starts (the load-test permission) approves a plan, not
+    the step's result, so it never turns the step's chip "passed".
+    """
+    needs = set(get_step(step).gates)
     for gate in gates.all_gates():
-        if gate.step == step:
+        if gate.step == step and gate.key not in needs:
             return gate
     return None
 
@@ -321,6 +326,9 @@ class NextAction:
     gate: str = ""
     gate_state: gates.GateState | None = None
 
+    # Where the gate's artifact is read and written (its wing's page), when there is one.
+    link: str = ""
+
 
 def next_action(run: StepRun) -> NextAction | None:
     """The next thing to do after this run, for whoever owes it; None when the run is not the newest."""
@@ -339,6 +347,14 @@ def next_action(run: StepRun) -> NextAction | None:
     for step in PIPELINE[keys.index(run.step) + 1 :]:
         if not step.available:
             return NextAction("done", f"{step.label} is the next step; it is not available yet.")
+        for key in step.gates:
+            # The next step needs an approval first: asking for it (or waiting) is the next action.
+            state = gates.gate_state(onboarding, key)
+            if state.status == "approved":
+                continue
+            kind = "wait" if state.status in ("pending", "scheduled") else "request"
+            link = state.gate.link(onboarding) if state.gate.link is not None else ""
+            return NextAction(kind, f"Next: {step.label}. {state.sentence}", gate=key, gate_state=state, link=link)
         return NextAction("start", f"Next: {step.label}. {step.description}", step=step.key, step_label=step.label)
     return NextAction("done", "This was the last step.")
 

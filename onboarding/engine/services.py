@@ -430,6 +430,7 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
     def report(done: int, total: int, message: str, lines: list[dict[str, Any]]) -> None:
         _reconnecting(lambda: report_progress(run_id, done, total, message, lines, lease=lease))
 
+    module = get_step(run.step)
     ctx = StepContext(
         run=run,
         lease=lease,
@@ -437,9 +438,10 @@ def execute_run(run_id: int, *, worker: str = "") -> None:
         adapter_factory=lambda: build_adapter(connection),
         report=report,
         report_interval=settings.STEP_PROGRESS_INTERVAL,
+        soft_time_limit=module.time_limits()[0],
     )
     with _Heartbeat(run_id, lease):
-        _run_step(get_step(run.step), ctx, run_id, lease)
+        _run_step(module, ctx, run_id, lease)
 
 
 def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> None:
@@ -467,7 +469,7 @@ def _run_step(module: StepModule, ctx: StepContext, run_id: int, lease: int) -> 
             lambda: fail_run(
                 run_id,
                 kind="time_limit",
-                message=f"The step ran longer than its {settings.STEP_SOFT_TIME_LIMIT} s limit and was stopped.",
+                message=f"The step ran longer than its {module.time_limits()[0]} s limit and was stopped.",
                 hint="Check the hospital endpoint's latency in the test step, then re-run.",
                 lease=lease,
             )

@@ -28,13 +28,23 @@ from onboarding.steps import PIPELINE
 logger = logging.getLogger(__name__)
 
 STEPS_QUEUE = "steps"
+LOAD_TESTS_QUEUE = "load_tests"
 # Every queue a step may declare (each step module names its own), for the sweep's backlog count.
 STEP_QUEUES = tuple(dict.fromkeys(step.queue for step in PIPELINE))
-# Each queue has its own task with its own limits; only the steps queue exists today. A step on a
-# new queue must add its task below (services.task_for_queue names it), or the worker refuses to start.
-_UNSERVED = [queue for queue in STEP_QUEUES if queue != STEPS_QUEUE]
+# Each queue has its own task with its own limits (below). A step on a new queue must add its task
+# here (services.task_for_queue names it), or the worker refuses to start.
+SERVED_QUEUES = (STEPS_QUEUE, LOAD_TESTS_QUEUE)
+_UNSERVED = [queue for queue in STEP_QUEUES if queue not in SERVED_QUEUES]
 if _UNSERVED:
     raise ImproperlyConfigured(f"No run_step task serves the step queue(s) {', '.join(_UNSERVED)}.")
+
+
+def _queue_limits(queue: str) -> tuple[int, int]:
+    """(soft, hard) limits of a queue's task: the longest its steps declare (their time_limits())."""
+    limits = [step.time_limits() for step in PIPELINE if step.queue == queue] or [
+        (settings.STEP_SOFT_TIME_LIMIT, settings.STEP_TIME_LIMIT)
+    ]
+    return max(soft for soft, _ in limits), max(hard for _, hard in limits)
 
 
 class StepRequest(Request):
@@ -64,9 +74,9 @@ class StepRequest(Request):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def _hard_limit(self) -> int:
-        # The limit the message carried (the step's own), else the worker's default.
+        # The limit the message carried, else the task's own (its queue's), else the worker's default.
         limits = getattr(self, "time_limits", None) or (None, None)
-        return int(limits[0] or settings.STEP_TIME_LIMIT)
+        return int(limits[0] or getattr(self.task, "time_limit", None) or settings.STEP_TIME_LIMIT)
 
     def _tell_engine(self, action: Callable[[int, str], Any]) -> None:
         if not self.args or self.worker_pid is None:
@@ -88,17 +98,35 @@ class StepTask(Task[Any, Any]):
     Request = "onboarding.engine.tasks:StepRequest"
 
 
+_STEP_LIMITS = _queue_limits(STEPS_QUEUE)
+_LOAD_TEST_LIMITS = _queue_limits(LOAD_TESTS_QUEUE)
+
+
 @shared_task(
     name="onboarding.run_step",
     base=StepTask,
     acks_late=True,
     reject_on_worker_lost=True,
-    soft_time_limit=settings.STEP_SOFT_TIME_LIMIT,
-    time_limit=settings.STEP_TIME_LIMIT,
+    soft_time_limit=_STEP_LIMITS[0],
+    time_limit=_STEP_LIMITS[1],
     ignore_result=True,
 )
 def run_step(run_id: int) -> None:
     """Run one step attempt; safe to deliver twice (the claim lets only one through)."""
+    services.execute_run(run_id)
+
+
+@shared_task(
+    name="onboarding.run_step.load_tests",
+    base=StepTask,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=_LOAD_TEST_LIMITS[0],
+    time_limit=_LOAD_TEST_LIMITS[1],
+    ignore_result=True,
+)
+def run_load_test_step(run_id: int) -> None:
+    """run_step for the load_tests queue: the same body, with the load test's own (longer) limits."""
     services.execute_run(run_id)
 
 

@@ -14,7 +14,8 @@ from connections.models import Vendor
 from connections.selectors import get_connection_for_user
 from onboarding.engine import selectors, services, work
 from onboarding.gates import services as gates
-from onboarding.models import Onboarding, StepRun
+from onboarding.loadtest import selectors as load_tests
+from onboarding.models import Onboarding, Step, StepRun
 from onboarding.steps import PIPELINE
 from portal.access import get_tenant_for_user, require_perm
 from portal.roles import is_vendor_staff
@@ -150,6 +151,8 @@ def run_detail(request: HtmxHttpRequest, code: str) -> HttpResponse:
         "can_run": request.user.has_perm("onboarding.run_step"),
         "next": selectors.next_action(run) if not run.is_active else None,
     }
+    if run.step == Step.LOAD_TEST:
+        context.update(load_tests.run_page(run))
     if request.htmx:
         response = render(request, "onboarding/run_detail.html#progress", context)
         if not run.is_active:

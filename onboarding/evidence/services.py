@@ -22,6 +22,8 @@ from django.utils import timezone
 from connections.models import AuthMethod, EHRConnection
 from onboarding.engine.selectors import step_cells
 from onboarding.gates import services as gate_registry
+from onboarding.loadtest import selectors as load_test_reports
+from onboarding.loadtest import services as load_tests
 from onboarding.models import Decision, Onboarding, RunStatus, Step, StepRun, Waiver
 from onboarding.steps import get_step
 from portal import audit
@@ -42,9 +44,24 @@ VALIDATION_FIGURES = (
 )
 NOT_AVAILABLE = "not available yet"
 # Gates whose wing is not built yet: the pack lists them as "not available yet", never as passed.
-UNBUILT_GATES = (
-    ("load_test_permission", "Permission to load-test", Step.LOAD_TEST),
-    ("go_live_approval", "Go-live approval", Step.GO_LIVE),
+UNBUILT_GATES = (("go_live_approval", "Go-live approval", Step.GO_LIVE),)
+# What a load-test run records about itself that a reviewer needs (see onboarding/loadtest/services.summarize).
+LOAD_TEST_FIGURES = (
+    "outcome",
+    "reason",
+    "verdict",
+    "target_rps",
+    "achieved_rps",
+    "achieved_pct",
+    "highest_passing_rate",
+    "latency",
+    "error_pct",
+    "error_pct_by_status",
+    "dropped",
+    "dropped_pct",
+    "throttled",
+    "elapsed_s",
+    "planned_s",
 )
 AUDIT_EXTRACT_LIMIT = 1000
 
@@ -103,7 +120,7 @@ def build_pack(onboarding: Onboarding, *, generated_by: str, now: datetime | Non
         "timeline": timeline(runs),
         "gates": gates(onboarding),
         "validation": validation(onboarding, runs),
-        "load_test": load_test(runs),
+        "load_test": load_test(onboarding, runs),
         "security": security(connection, runs, now=now),
         "audit": audit_extract(onboarding, runs),
     }
@@ -223,16 +240,38 @@ def validation(onboarding: Onboarding, runs: list[StepRun]) -> dict[str, Any]:
     return summary
 
 
-def load_test(runs: list[StepRun]) -> dict[str, Any]:
-    """The newest load-test run and its verdict against the SLA."""
-    latest = _latest(runs, Step.LOAD_TEST)
-    if latest is None and not get_step(Step.LOAD_TEST).available:
+def load_test(onboarding: Onboarding, runs: list[StepRun]) -> dict[str, Any]:
+    """The load test: the current plan and its permission, and the newest run with the plan it ran,
+    the approval it ran under and what it measured against the SLA."""
+    if not get_step(Step.LOAD_TEST).available:
         return {"available": False, "note": NOT_AVAILABLE}
+    plan = load_tests.latest_plan(onboarding)
+    state = gate_registry.gate_state(onboarding, load_tests.GATE_KEY)
+    section: dict[str, Any] = {
+        "available": True,
+        "plan": load_tests.describe(plan) if plan else None,
+        "permission": {"status": state.status, "sentence": state.sentence},
+    }
+    latest = _latest(runs, Step.LOAD_TEST)
     if latest is None:
-        return {"available": True, "note": "The load test has not run yet.", "run": None}
+        note = "The load test has not run yet." if plan else "There is no load-test plan yet, and no load test ran."
+        return {**section, "note": note, "run": None}
+    report = load_test_reports.report_for(latest)
+    summary = (report.summary if report is not None else None) or latest.result or {}
     verdicts = {RunStatus.PASSED.value: "SLA met", RunStatus.FAILED.value: "SLA not met"}
-    verdict = verdicts.get(latest.status, "no verdict yet")
-    return {"available": True, "note": "", "run": _run_ref(latest), "sla_verdict": verdict, "result": latest.result}
+    verdict = verdicts.get(latest.status, "no verdict" if not latest.is_active else "no verdict yet")
+    ran = summary.get("plan") or {}
+    ran_plan = load_tests.plan_version(onboarding, ran["version"]) if ran.get("version") else None
+    return {
+        **section,
+        "note": "",
+        "run": _run_ref(latest),
+        "sla_verdict": verdict,
+        "ran_plan": load_tests.describe(ran_plan) if ran_plan else None,
+        "approval": summary.get("approval"),
+        "outcome": {key: summary[key] for key in LOAD_TEST_FIGURES if key in summary},
+        "sla_reasons": (summary.get("sla") or {}).get("reasons") or [],
+    }
 
 
 def security(connection: EHRConnection, runs: list[StepRun], *, now: datetime) -> dict[str, Any]:
@@ -270,6 +309,7 @@ def audit_extract(onboarding: Onboarding, runs: list[StepRun]) -> dict[str, Any]
     codes = {str(onboarding.connection.code), str(onboarding.code)} | {str(run.code) for run in runs}
     codes |= {str(code) for code in onboarding.mappings.values_list("code", flat=True)}
     codes |= {str(code) for code in onboarding.approvals.values_list("code", flat=True)}
+    codes |= {str(code) for code in onboarding.load_test_plans.values_list("code", flat=True)}
     events = AuditEvent.objects.filter(tenant=onboarding.tenant, object_id__in=codes).order_by("created_at", "id")
     total = events.count()
     return {

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
@@ -24,7 +25,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from onboarding.gates import notices
-from onboarding.models import Approval, Decision, Onboarding
+from onboarding.models import Approval, Decision, Onboarding, Step
 from portal import audit
 from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
@@ -45,6 +46,8 @@ STATUS_LABELS = {
     "voided": "voided",
     "ready": "not requested yet",
     "not_ready": "not ready to request",
+    "scheduled": "approved for a later window",
+    "expired": "approval window ended",
 }
 
 
@@ -79,6 +82,9 @@ class Gate:
     voided_by_steps: tuple[str, ...] = ()
     # Where people look at the artifact (a URL for the connection), for links in inboxes and emails.
     link: Callable[[Onboarding], str] | None = None
+    # Approved only for a time window (the load-test permission: it is the hospital's system): the
+    # decision form asks for one, and outside it the approval is not live.
+    wants_window: bool = False
 
 
 _GATES: dict[str, Gate] = {}
@@ -98,7 +104,9 @@ def get_gate(key: str) -> Gate:
 
 
 def all_gates() -> list[Gate]:
-    return list(_GATES.values())
+    """Every registered gate, in the order of the pipeline's steps (whatever order the wings loaded in)."""
+    order = list(Step.values)
+    return sorted(_GATES.values(), key=lambda gate: order.index(gate.step) if gate.step in order else len(order))
 
 
 # --- reads --------------------------------------------------------------------------------------
@@ -154,15 +162,34 @@ class GateState:
 
     @property
     def status(self) -> str:
-        """approved, pending, rejected, voided, ready (may be requested) or not_ready."""
+        """approved, pending, rejected, voided, scheduled or expired (an approval of the current
+        artifact outside its window), ready (may be requested) or not_ready."""
         if self.live is not None:
             return "approved"
         latest = self.latest
+        window = self._window_state
+        if window:
+            return window
         if latest is not None and (
             latest.state == "pending" or (latest.state != "approved" and self._latest_is_current)
         ):
             return latest.state
         return "ready" if self.not_ready is None else "not_ready"
+
+    @property
+    def _window_state(self) -> str:
+        """ "scheduled" or "expired" when the latest request is an approval of this artifact outside its window."""
+        latest, artifact = self.latest, self.artifact
+        if latest is None or artifact is None or latest.state != "approved":
+            return ""
+        if (latest.artifact_id, latest.artifact_hash) != (artifact.id, artifact.content_hash):
+            return ""
+        now = timezone.now()
+        if latest.valid_from is not None and now < latest.valid_from:
+            return "scheduled"
+        if latest.valid_until is not None and now > latest.valid_until:
+            return "expired"
+        return ""
 
     @property
     def _latest_is_current(self) -> bool:
@@ -176,12 +203,16 @@ class GateState:
     @property
     def requestable(self) -> bool:
         """Whether customer success may put the current artifact to hospital IT now."""
-        return self.status in ("ready", "rejected", "voided") and self.not_ready is None and self.artifact is not None
+        return (
+            self.status in ("ready", "rejected", "voided", "expired")
+            and self.not_ready is None
+            and self.artifact is not None
+        )
 
     @property
     def owed_by(self) -> str:
         """Who owes the next action: "hospital IT", "customer success" or ""."""
-        return {"pending": "hospital IT", "approved": ""}.get(self.status, "customer success")
+        return {"pending": "hospital IT", "approved": "", "scheduled": ""}.get(self.status, "customer success")
 
     @property
     def sentence(self) -> str:
@@ -189,7 +220,20 @@ class GateState:
         label = self.gate.label
         status = self.status
         if status == "approved" and self.live is not None:
-            return f"{label}: approved by {self.live.decided_by_label} for {self.live.artifact_label}."
+            window = window_text(self.live)
+            within = f", {window}" if window else ""
+            return f"{label}: approved by {self.live.decided_by_label} for {self.live.artifact_label}{within}."
+        if status == "scheduled" and self.latest is not None and self.latest.valid_from is not None:
+            opens = duration(self.latest.valid_from - timezone.now())
+            return (
+                f"{label}: approved by {self.latest.decided_by_label} for {self.latest.artifact_label}, "
+                f"{window_text(self.latest)}; the window opens in {opens}."
+            )
+        if status == "expired" and self.latest is not None:
+            return (
+                f"{label}: the approval of {self.latest.artifact_label} by {self.latest.decided_by_label} was "
+                f"{window_text(self.latest)}, and that window has ended. Ask again for a new window."
+            )
         if status == "pending" and self.latest is not None:
             return f"{label}: waiting for hospital IT since {_when(self.latest.requested_at)}."
         if status == "rejected" and self.latest is not None:
@@ -338,6 +382,11 @@ def decide(
         raise GateError(f"Keep the comment under {MAX_COMMENT:,} characters.")
     if valid_from is not None and valid_until is not None and valid_until <= valid_from:
         raise GateError("The approval window must end after it starts.")
+    if decision == Decision.APPROVED and get_gate(approval.gate).wants_window:
+        if valid_until is None:
+            raise GateError("Give the window this approval holds for: at least the time it ends.")
+        if valid_until <= timezone.now():
+            raise GateError("The approval window must end in the future.")
     with transaction.atomic():
         Onboarding.objects.select_for_update().get(pk=onboarding.pk)
         locked = Approval.objects.select_for_update().get(pk=approval.pk)
@@ -467,6 +516,36 @@ def _detail(approval: Approval) -> dict[str, Any]:
         "version": approval.artifact_version,
         "content_hash": approval.artifact_hash,
     }
+
+
+def window_text(approval: Approval) -> str:
+    """An approval's window in words, in the hospital's time zone: "from 2026-05-04 09:00 to 11:00 CDT"; "" for none."""
+    start, end = approval.valid_from, approval.valid_until
+    if start is None and end is None:
+        return ""
+    zone = tenant_zone(approval.onboarding.tenant)
+    if end is None:
+        assert start is not None
+        return f"from {start.astimezone(zone):%Y-%m-%d %H:%M %Z}"
+    end_local = end.astimezone(zone)
+    if start is None:
+        return f"until {end_local:%Y-%m-%d %H:%M %Z}"
+    start_local = start.astimezone(zone)
+    end_format = "%H:%M %Z" if start_local.date() == end_local.date() else "%Y-%m-%d %H:%M %Z"
+    return f"from {start_local:%Y-%m-%d %H:%M} to {end_local.strftime(end_format)}"
+
+
+def tenant_zone(tenant: Tenant) -> tzinfo:
+    """The time zone a hospital's windows are written and shown in."""
+    return _zone(tenant.timezone)
+
+
+def _zone(name: str) -> tzinfo:
+    """The hospital's time zone, or UTC when it has none (or an unknown one)."""
+    try:
+        return ZoneInfo(name) if name else UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
 
 
 def _when(moment: datetime) -> str:

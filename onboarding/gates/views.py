@@ -6,11 +6,14 @@ tenant gets 404. Every move goes through ``onboarding.gates.services``.
 
 from __future__ import annotations
 
+from datetime import datetime, tzinfo
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from connections.selectors import get_connection_for_user
@@ -42,6 +45,7 @@ def approval_detail(request: HttpRequest, code: str) -> HttpResponse:
     except KeyError:
         raise Http404("No such gate.") from None
     state = gates.gate_state(onboarding, approval.gate)
+    zone = gates.tenant_zone(onboarding.tenant)
     return render(
         request,
         "onboarding/approval_detail.html",
@@ -55,6 +59,9 @@ def approval_detail(request: HttpRequest, code: str) -> HttpResponse:
             "tenant": onboarding.tenant,
             "may_decide": approval.is_pending and may_decide(request.user, approval),
             "may_request": request.user.has_perm(gates.REQUEST_PERM),
+            "window": gates.window_text(approval),
+            "zone_name": str(zone),
+            "window_default_from": timezone.now().astimezone(zone).strftime("%Y-%m-%dT%H:%M"),
         },
     )
 
@@ -101,13 +108,18 @@ def decide(request: HttpRequest, code: str) -> HttpResponse:
     """An approver approves or rejects the exact artifact they were shown."""
     approval = get_approval_for_user(request.user, code)
     decision = request.POST.get("decision", "")
+    zone = gates.tenant_zone(approval.onboarding.tenant)
     try:
+        valid_from = _local_datetime(request.POST.get("valid_from", ""), zone, "start")
+        valid_until = _local_datetime(request.POST.get("valid_until", ""), zone, "end")
         decided = gates.decide(
             user=request.user,
             approval=approval,
             decision=decision,
             comment=request.POST.get("comment", ""),
             artifact_hash=request.POST.get("artifact_hash") or None,
+            valid_from=valid_from,
+            valid_until=valid_until,
             request=request,
         )
     except gates.GateError as exc:
@@ -115,6 +127,20 @@ def decide(request: HttpRequest, code: str) -> HttpResponse:
         return redirect("approval_detail", code=approval.code)
     messages.success(request, f"You {decided.get_decision_display().lower()} {decided.artifact_label}.")
     return redirect("approval_detail", code=approval.code)
+
+
+def _local_datetime(value: str, zone: tzinfo, which: str) -> datetime | None:
+    """A date and time typed in the hospital's time zone (an HTML datetime-local value), made aware."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise gates.GateError(f"Enter the window's {which} as a date and a time, e.g. 2026-05-04 09:00.") from None
+    if moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone)
 
 
 def _back(request: HttpRequest, connection_code: object) -> str:

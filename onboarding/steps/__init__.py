@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from onboarding.steps.base import NotAvailableStep, StepModule
 from onboarding.steps.configure import ConfigureStep
+from onboarding.steps.loadtest import LoadTestStep
 from onboarding.steps.map import MapStep
 from onboarding.steps.test import TestStep
 from onboarding.steps.validate import ValidateStep
-
-
-class LoadTestStep(NotAvailableStep):
-    key = "load_test"
-    label = "Load test"
-    description = "Send the production request mix at the agreed rate; report throughput and latency."
 
 
 class GoLiveStep(NotAvailableStep):

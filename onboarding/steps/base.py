@@ -48,6 +48,7 @@ class StepContext:
         adapter_factory: Callable[[], FHIRAdapter],
         report: Callable[[int, int, str, list[dict[str, Any]]], None],
         report_interval: float = 0.0,
+        soft_time_limit: float | None = None,
     ) -> None:
         self.run = run
         self.lease = lease
@@ -64,7 +65,8 @@ class StepContext:
         self.message = ""
         # When the step must be done by (its soft time limit, from now): a wait a throttling hospital
         # asks for is honoured only if it fits.
-        self.deadline = time.monotonic() + float(settings.STEP_SOFT_TIME_LIMIT)
+        limit = settings.STEP_SOFT_TIME_LIMIT if soft_time_limit is None else soft_time_limit
+        self.deadline = time.monotonic() + float(limit)
 
     @property
     def attempt(self) -> int:

@@ -64,7 +64,7 @@ class Command(BaseCommand):
                         "-s",
                         beat_schedule,
                         "-Q",
-                        "steps,maintenance,notifications",
+                        "steps,load_tests,maintenance,notifications",
                         "-c",
                         "2",
                         "-l",
