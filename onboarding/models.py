@@ -483,3 +483,8 @@ class LoadTestSecond(models.Model):
 
     def __str__(self) -> str:
         return f"Second {self.second} of {self.run}"
+
+
+# The live state, maintenance windows and traffic shared by go-live and monitoring live in their own
+# package; imported here so Django registers them with this app.
+from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute  # noqa: E402, F401
