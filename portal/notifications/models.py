@@ -28,6 +28,10 @@ class NotificationKind(models.TextChoices):
     INVITATION = "invitation", "An invitation to the portal"
     ALERT_OPENED = "alert_opened", "A go-live monitoring alert opened"
     ALERT_RESOLVED = "alert_resolved", "A go-live monitoring alert resolved"
+    GO_LIVE_SCHEDULED = "go_live_scheduled", "A go-live is scheduled for a change window"
+    GO_LIVE_OVERRIDE = "go_live_override", "A go-live outside a change window (emergency override)"
+    GO_LIVE_DONE = "go_live_done", "A connection went live"
+    GO_LIVE_ROLLED_BACK = "go_live_rolled_back", "A live connection was rolled back"
 
 
 # Kinds something in the portal sends today. Go-live monitoring adds its two when it is built; until
@@ -39,6 +43,10 @@ AVAILABLE_KINDS: frozenset[str] = frozenset(
         NotificationKind.APPROVAL_DECIDED,
         NotificationKind.RUN_FAILED,
         NotificationKind.INVITATION,
+        NotificationKind.GO_LIVE_SCHEDULED,
+        NotificationKind.GO_LIVE_OVERRIDE,
+        NotificationKind.GO_LIVE_DONE,
+        NotificationKind.GO_LIVE_ROLLED_BACK,
     }
 )
 
