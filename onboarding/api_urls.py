@@ -10,6 +10,7 @@ from connections.api import ConnectionViewSet
 from onboarding.engine.api import OnboardingViewSet, StepRunViewSet, my_work, start_step
 from onboarding.evidence import api as evidence_api
 from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
+from onboarding.golive import api as golive_api
 from onboarding.loadtest import api as load_test_api
 from onboarding.mapping import api as mapping_api
 from onboarding.review import api as review_api
@@ -63,7 +64,33 @@ load_test_urls = [
     path("v1/runs/<uuid:code>/load-test/", load_test_api.load_test_report, name="api_run_load_test"),
 ]
 
+# Go-live: windows, the plan and its actions, service accounts, and the product's read API.
+go_live_urls = [
+    path("v1/tenants/<uuid:code>/change-windows/", golive_api.change_windows, name="api_change_windows"),
+    path("v1/change-windows/<uuid:code>/", golive_api.change_window, name="api_change_window"),
+    path("v1/tenants/<uuid:code>/maintenance-windows/", golive_api.maintenance_windows, name="api_maintenance_windows"),
+    path(
+        "v1/tenants/<uuid:code>/maintenance-windows/<int:pk>/",
+        golive_api.maintenance_window,
+        name="api_maintenance_window",
+    ),
+    path("v1/connections/<uuid:code>/go-live/", golive_api.go_live, name="api_go_live"),
+    path("v1/connections/<uuid:code>/go-live/plan/", golive_api.go_live_plan, name="api_go_live_plan"),
+    path("v1/connections/<uuid:code>/go-live/<slug:action>/", golive_api.go_live_action, name="api_go_live_action"),
+    path("v1/service-accounts/", golive_api.service_accounts, name="api_service_accounts"),
+    path("v1/service-accounts/<uuid:code>/tokens/", golive_api.service_tokens, name="api_service_tokens"),
+    path("v1/service-tokens/<uuid:code>/revoke/", golive_api.service_token_revoke, name="api_service_token_revoke"),
+    path("v1/live/<uuid:code>/patients/", golive_api.live_patients, name="api_live_patients"),
+    path("v1/live/<uuid:code>/patients/<str:patient_id>/", golive_api.live_patient, name="api_live_patient"),
+    path(
+        "v1/live/<uuid:code>/patients/<str:patient_id>/<slug:resource>/",
+        golive_api.live_clinical,
+        name="api_live_clinical",
+    ),
+]
+
 urlpatterns = [
+    *go_live_urls,
     *mapping_urls,
     *load_test_urls,
     *review_urls,

@@ -487,5 +487,5 @@ class LoadTestSecond(models.Model):
 
 # The live state, maintenance windows and traffic shared by go-live and monitoring live in their own
 # package; imported here so Django registers them with this app.
-from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute  # noqa: E402, F401
 from onboarding.golive.models import ChangeWindow, GoLivePlan, GoLiveSchedule, ServiceAccount, ServiceToken  # noqa: E402, F401
+from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute  # noqa: E402, F401

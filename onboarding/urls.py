@@ -5,6 +5,7 @@ from django.urls import path
 from onboarding.engine import views
 from onboarding.evidence import views as evidence_views
 from onboarding.gates import views as gate_views
+from onboarding.golive import views as golive_views
 from onboarding.loadtest import views as load_test_views
 from onboarding.mapping import views as mapping_views
 from onboarding.review import views as review_views
@@ -38,6 +39,19 @@ urlpatterns = [
     path("review/runs/<uuid:code>/export.csv", review_views.review_export_csv, name="review_export_csv"),
     path("review/runs/<uuid:code>/export.json", review_views.review_export_json, name="review_export_json"),
     path("review/findings/<uuid:code>/raw/", review_views.review_raw, name="review_raw"),
+    # Go-live: windows, the go-live page and its actions, the product's service accounts.
+    path("t/<uuid:code>/windows/", golive_views.tenant_windows, name="tenant_windows"),
+    path("change-windows/<uuid:code>/delete/", golive_views.change_window_delete, name="change_window_delete"),
+    path(
+        "t/<uuid:code>/maintenance-windows/<int:pk>/delete/",
+        golive_views.maintenance_window_delete,
+        name="maintenance_window_delete",
+    ),
+    path("c/<uuid:code>/go-live/", golive_views.go_live, name="go_live"),
+    path("c/<uuid:code>/go-live/<slug:action>/", golive_views.go_live_action, name="go_live_action"),
+    path("service-accounts/", golive_views.service_accounts, name="service_accounts"),
+    path("service-accounts/<uuid:code>/", golive_views.service_account, name="service_account"),
+    path("service-tokens/<uuid:code>/revoke/", golive_views.service_token_revoke, name="service_token_revoke"),
     path("o/<uuid:code>/evidence/", evidence_views.evidence_pack, name="evidence_pack"),
     path("o/<uuid:code>/evidence.json", evidence_views.evidence_pack_json, name="evidence_pack_json"),
     path("o/<uuid:code>/evidence.pdf", evidence_views.evidence_pack_pdf, name="evidence_pack_pdf"),

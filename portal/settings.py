@@ -427,7 +427,25 @@ CELERY_TASK_ROUTES = {
     "portal.deliver_notification_email": {"queue": "notifications"},
     "portal.sweep_notification_emails": {"queue": "maintenance"},
     "portal.purge_old_notifications": {"queue": "maintenance"},
+    "onboarding.open_go_live_windows": {"queue": "maintenance"},
 }
+# --- Go-live (issue 12) ---------------------------------------------------------------------------
+# Beat looks this often (seconds) for go-lives whose change window has opened, and starts them.
+GO_LIVE_BEAT_INTERVAL = env_int("GO_LIVE_BEAT_INTERVAL", 30, minimum=1)
+# Hypercare after a go-live lasts this many days, then monitoring's handoff to operations.
+GO_LIVE_HYPERCARE_DAYS = env_int("GO_LIVE_HYPERCARE_DAYS", 30, minimum=1)
+# Pre-flight: the last passed validation may be at most this old; a secret or signing key counts as
+# expiring at GO_LIVE_CREDENTIAL_MAX_AGE_DAYS of age, and must have more than the margin left.
+GO_LIVE_MAX_VALIDATION_AGE_DAYS = env_int("GO_LIVE_MAX_VALIDATION_AGE_DAYS", 14, minimum=1)
+GO_LIVE_CREDENTIAL_MAX_AGE_DAYS = env_int("GO_LIVE_CREDENTIAL_MAX_AGE_DAYS", 365, minimum=1)
+GO_LIVE_CREDENTIAL_MARGIN_DAYS = env_int("GO_LIVE_CREDENTIAL_MARGIN_DAYS", 14, minimum=0)
+# After the cutover, this many health probes, this many seconds apart, must be green for the step to pass.
+GO_LIVE_FIRST_CHECKS = env_int("GO_LIVE_FIRST_CHECKS", 3, minimum=1)
+GO_LIVE_FIRST_CHECK_INTERVAL = env_float("GO_LIVE_FIRST_CHECK_INTERVAL", 2.0)
+# The product's read API: a service token lasts this many days; the signed mapping is cached this many seconds.
+SERVICE_TOKEN_TTL_DAYS = env_int("SERVICE_TOKEN_TTL_DAYS", 365, minimum=1)
+READ_API_MAPPING_CACHE_SECONDS = env_float("READ_API_MAPPING_CACHE_SECONDS", 30.0)
+
 # A sweep not run within its interval is dropped (expires): the next one does the same work, and
 # a backlog of sweeps after an outage would only repeat it.
 _sweep = {"schedule": float(STEP_SWEEP_INTERVAL), "options": {"expires": float(STEP_SWEEP_INTERVAL)}}
@@ -441,6 +459,12 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": 60.0},
     },
     "purge-old-notifications": {"task": "portal.purge_old_notifications", "schedule": 3600.0},
+    # Go-live: one entry for every connection; it starts the go-lives whose window has opened.
+    "open-go-live-windows": {
+        "task": "onboarding.open_go_live_windows",
+        "schedule": float(GO_LIVE_BEAT_INTERVAL),
+        "options": {"expires": float(GO_LIVE_BEAT_INTERVAL)},
+    },
 }
 
 # --- Validation findings (issue 4) -------------------------------------------------------------

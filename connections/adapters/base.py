@@ -170,6 +170,11 @@ class FHIRAdapter:
         parse_resource(Patient, body, "Patient")
         return self.normalize_patient(body)
 
+    def find_patients_by_identifier(self, system: str, value: str) -> list[NormalizedPatient]:
+        """The Patients whose identifier in ``system`` is ``value`` (an MRN search), normalised."""
+        bundle = self._get("Patient", self._search_params("Patient", {"identifier": f"{system}|{value}"}))
+        return [self.normalize_patient(r) for r in self._bundle_resources(bundle, "Patient")]
+
     def search_patients(self, *, count: int = 10) -> list[NormalizedPatient]:
         """The first page of a Patient search, at most ``count`` patients."""
         return self.patient_page(count=count).patients[:count]

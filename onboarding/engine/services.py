@@ -158,7 +158,7 @@ def start_step(
         current = latest.get(step)
         if current is not None and current.is_active:
             raise StepAlreadyActive(f"{module.label} is already {current.status}.")
-        refused = gates.check_start(onboarding, module.gates)
+        refused = gates.check_start(onboarding, module.gates) or module.refuse_start(onboarding)
         if refused is not None:
             raise StepBlocked(f"{module.label} cannot start yet. {refused}")
         gates.void_for_rerun(onboarding, step, user=user, request=request)

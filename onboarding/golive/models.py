@@ -31,7 +31,9 @@ class ChangeWindow(models.Model):
     class Meta:
         ordering = ["weekday", "start_time"]
         constraints = [
-            models.CheckConstraint(condition=Q(end_time__gt=models.F("start_time")), name="change_window_ends_after_start"),
+            models.CheckConstraint(
+                condition=Q(end_time__gt=models.F("start_time")), name="change_window_ends_after_start"
+            ),
             models.CheckConstraint(condition=Q(weekday__lte=6), name="change_window_weekday"),
         ]
 

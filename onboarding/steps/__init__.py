@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from onboarding.steps.base import NotAvailableStep, StepModule
+from onboarding.steps.base import StepModule
 from onboarding.steps.configure import ConfigureStep
+from onboarding.steps.golive import GoLiveStep
 from onboarding.steps.loadtest import LoadTestStep
 from onboarding.steps.map import MapStep
 from onboarding.steps.test import TestStep
 from onboarding.steps.validate import ValidateStep
-
-
-class GoLiveStep(NotAvailableStep):
-    key = "go_live"
-    label = "Go live"
-    description = "In the hospital's change window, switch to production and start monitoring."
-
 
 PIPELINE: tuple[StepModule, ...] = (
     ConfigureStep(),

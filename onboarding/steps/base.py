@@ -12,7 +12,7 @@ from django.conf import settings
 if TYPE_CHECKING:
     from connections.adapters.base import FHIRAdapter
     from connections.models import EHRConnection
-    from onboarding.models import StepRun
+    from onboarding.models import Onboarding, StepRun
 
 
 @dataclass
@@ -147,6 +147,10 @@ class StepModule:
     def time_limits(self) -> tuple[int, int]:
         """(soft, hard) seconds the step may run, read from the settings of the worker that runs it."""
         return settings.STEP_SOFT_TIME_LIMIT, settings.STEP_TIME_LIMIT
+
+    def refuse_start(self, onboarding: Onboarding) -> str | None:
+        """Why the step may not start now beyond its requires and gates (a go-live outside a window); None if it may."""
+        return None
 
     def run(self, ctx: StepContext) -> StepOutcome:
         raise NotImplementedError

@@ -1,0 +1,391 @@
+"""The product's read API behind service tokens: a live hospital's patients, normalised, through the adapters.
+
+A service account (the product, or one of its services) holds one token per tenant it is granted.
+A token is a random key shown once; only its SHA-256 digest is kept, so a lookup is one indexed
+read. Each request then reads the connection's live state (one query: a rollback takes effect on
+the next request) and uses two per-process caches: the connection's adapter (its HTTP pool and
+token, rebuilt when the connection row changes) and the signed mapping's MRN system and code
+translations (for READ_API_MAPPING_CACHE_SECONDS). Counting for monitoring is
+``onboarding.live.traffic.record_request``, which buffers in memory. Every answer that carries
+PHI writes an audit event naming the patient by its pseudonymous key, never by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+
+from connections.adapters.base import FHIRAdapter, NormalizedPatient
+from connections.errors import RemoteError
+from connections.models import EHRConnection
+from connections.services import build_adapter
+from onboarding.golive.models import ServiceAccount, ServiceToken
+from onboarding.live import traffic
+from onboarding.live.models import LiveStage, LiveState
+from onboarding.models import Approval, Mapping
+from portal import audit
+from portal.access import AuthUser, User, require_perm
+from portal.models import Tenant
+
+MANAGE_PERM = "portal.change_tenant"
+KEY_PREFIX = "svc_"
+MAPPING_GATE = "mapping_sign_off"
+CLINICAL_TYPES = {"observations": "Observation", "conditions": "Condition", "encounters": "Encounter"}
+
+
+class NotLive(Exception):
+    """The connection exists for this tenant but serves no product traffic now (409)."""
+
+    def __init__(self, message: str, *, code: str = "not_live") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFound(Exception):
+    """No such connection for this token's tenant, or no such patient (404)."""
+
+
+class TokenRefused(Exception):
+    """A token write refused; the message says what to fix."""
+
+
+# --- service accounts and tokens ---------------------------------------------------------------
+
+
+def create_account(*, user: User, name: str, request: HttpRequest | None = None) -> ServiceAccount:
+    require_perm(user, MANAGE_PERM)
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise TokenRefused("Give the service account a name (under 100 characters).")
+    if ServiceAccount.objects.filter(name__iexact=name).exists():
+        raise TokenRefused(f"There is a service account called “{name}” already.")
+    with transaction.atomic():
+        account = ServiceAccount.objects.create(name=name, created_by=user if isinstance(user, AuthUser) else None)
+        audit.record(action="service_account.create", actor=user, obj=account, request=request, detail={"name": name})
+    return account
+
+
+def issue_token(
+    *, user: User, account: ServiceAccount, tenant: Tenant, request: HttpRequest | None = None
+) -> tuple[ServiceToken, str]:
+    """A new token of the account for one tenant, and its key (shown this once, never stored)."""
+    require_perm(user, MANAGE_PERM)
+    if account.disabled_at is not None:
+        raise TokenRefused("This service account is disabled.")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = ServiceToken.objects.create(
+            account=account,
+            tenant=tenant,
+            digest=digest_of(key),
+            prefix=key[: len(KEY_PREFIX) + 6],
+            created_by=user if isinstance(user, AuthUser) else None,
+            expires_at=timezone.now() + timedelta(days=settings.SERVICE_TOKEN_TTL_DAYS),
+        )
+        audit.record(
+            action="service_token.issue",
+            actor=user,
+            tenant=tenant,
+            obj=token,
+            request=request,
+            detail={"account": account.name, "prefix": token.prefix, "expires_at": token.expires_at.isoformat()},
+        )
+    return token, key
+
+
+def revoke_token(*, user: User, token: ServiceToken, request: HttpRequest | None = None) -> None:
+    require_perm(user, MANAGE_PERM)
+    with transaction.atomic():
+        if not ServiceToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+            raise TokenRefused("This token is revoked already.")
+        audit.record(
+            action="service_token.revoke",
+            actor=user,
+            tenant=token.tenant,
+            obj=token,
+            request=request,
+            detail={"account": token.account.name, "prefix": token.prefix},
+        )
+
+
+def digest_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls the read API: a service account, through its token for one tenant."""
+
+    token_id: int
+    account_id: int
+    tenant_id: int
+    account_name: str
+    # DRF asks a request's user these.
+    is_authenticated: bool = True
+    is_active: bool = True
+    pk: None = None
+
+    def get_username(self) -> str:
+        return f"service:{self.account_name}"
+
+    def has_perm(self, perm: str, obj: Any = None) -> bool:
+        return False
+
+
+def caller_for(key: str) -> Caller | None:
+    """The caller a presented key belongs to (live, not revoked, account enabled), or None."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 100:
+        return None
+    now = timezone.now()
+    row = (
+        ServiceToken.objects.filter(digest=digest_of(key), revoked_at__isnull=True, account__disabled_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .values_list("pk", "account_id", "tenant_id", "account__name")
+        .first()
+    )
+    return Caller(*row) if row else None
+
+
+# --- serving --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A live connection as one request uses it."""
+
+    onboarding_id: int
+    onboarding_code: str
+    tenant_id: int
+    connection: EHRConnection
+    stage: str
+    pilot_percent: int
+
+
+def live_target(caller: Caller, connection_code: str) -> Target:
+    """The caller's tenant's connection, if live; NotFound for another tenant's (or none), NotLive before go-live."""
+    state = (
+        LiveState.objects.filter(onboarding__connection__code=connection_code, tenant_id=caller.tenant_id)
+        .select_related("onboarding__connection")
+        .only(
+            "stage",
+            "pilot_percent",
+            "tenant_id",
+            "onboarding__code",
+            "onboarding__connection",
+            *(f"onboarding__connection__{f.name}" for f in EHRConnection._meta.concrete_fields),
+        )
+        .first()
+    )
+    if state is None or not state.is_live:
+        exists = (
+            state is not None or EHRConnection.objects.filter(code=connection_code, tenant_id=caller.tenant_id).exists()
+        )
+        if not exists:
+            raise NotFound("No such connection.")
+        raise NotLive(
+            "This connection is not live: the product is served only after go-live (and not after a rollback)."
+        )
+    onboarding = state.onboarding
+    return Target(
+        onboarding.pk, str(onboarding.code), state.tenant_id, onboarding.connection, state.stage, state.pilot_percent
+    )
+
+
+def in_pilot(target: Target, patient_id: str) -> bool:
+    """Whether the product is served for this patient: everyone when full; a stable hashed share in a pilot."""
+    if target.stage == LiveStage.FULL:
+        return True
+    bucket = int(hashlib.sha256(f"{target.onboarding_code}:{patient_id}".encode()).hexdigest()[:8], 16) % 100
+    return bucket < target.pilot_percent
+
+
+@dataclass(frozen=True)
+class SignedMapping:
+    mrn_system: str
+    # (local system, local code) -> (target system, target code, target display)
+    translations: dict[tuple[str, str], tuple[str, str, str]]
+    version: int
+
+
+_lock = threading.Lock()
+_adapters: dict[int, tuple[datetime, FHIRAdapter]] = {}
+_mappings: dict[int, tuple[float, SignedMapping | None]] = {}
+
+
+def signed_mapping(onboarding_id: int) -> SignedMapping | None:
+    """The mapping hospital IT signed last (the current one, else the newest one they approved), cached a while."""
+    now = time.monotonic()
+    with _lock:
+        held = _mappings.get(onboarding_id)
+    if held is not None and held[0] > now:
+        return held[1]
+    approval = (
+        Approval.objects.filter(onboarding_id=onboarding_id, gate=MAPPING_GATE, decision="approved")
+        .order_by("voided_at", "-decided_at")  # an approval never voided first (NULLs sort last ascending, so flip)
+        .only("artifact_id", "voided_at")
+    )
+    live = approval.filter(voided_at__isnull=True).first() or approval.first()
+    mapping = Mapping.objects.filter(pk=live.artifact_id).first() if live else None
+    found = None
+    if mapping is not None:
+        found = SignedMapping(
+            mrn_system=mapping.mrn_system,
+            translations={
+                (str(row.get("system")), str(row.get("code"))): (
+                    str(row.get("target_system")),
+                    str(row.get("target_code")),
+                    str(row.get("target_display") or ""),
+                )
+                for row in mapping.codes
+                if row.get("target_system") and row.get("target_code")
+            },
+            version=mapping.version,
+        )
+    with _lock:
+        _mappings[onboarding_id] = (now + float(settings.READ_API_MAPPING_CACHE_SECONDS), found)
+    return found
+
+
+def adapter_for(connection: EHRConnection, mrn_system: str) -> FHIRAdapter:
+    """The connection's adapter, kept while the connection row is unchanged, reading MRNs in the signed system."""
+    with _lock:
+        held = _adapters.get(connection.pk)
+    if held is not None and held[0] == connection.updated_at and held[1].config.mrn_system == mrn_system:
+        return held[1]
+    adapter = build_adapter(connection)
+    if mrn_system and adapter.config.mrn_system != mrn_system:
+        adapter = type(adapter)(replace(adapter.config, mrn_system=mrn_system), adapter.client)
+    with _lock:
+        _adapters[connection.pk] = (connection.updated_at, adapter)
+    return adapter
+
+
+def clear_caches() -> None:
+    """Forget cached adapters and mappings (tests; a process that must see a change at once)."""
+    with _lock:
+        _adapters.clear()
+        _mappings.clear()
+
+
+def patient_json(patient: NormalizedPatient) -> dict[str, Any]:
+    return {
+        "id": patient.id,
+        "mrn": patient.mrn,
+        "name": {"family": patient.family, "given": list(patient.given)},
+        "birth_date": patient.birth_date,
+        "gender": patient.gender,
+    }
+
+
+def translate(resource: dict[str, Any], mapping: SignedMapping | None) -> dict[str, Any]:
+    """The resource with each local coding followed by its mapped standard coding (the local one is kept)."""
+    if mapping is None or not mapping.translations:
+        return resource
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {key: walk(item) for key, item in value.items()}
+            codings = out.get("coding")
+            if isinstance(codings, list):
+                added = []
+                for coding in codings:
+                    if isinstance(coding, dict):
+                        target = mapping.translations.get((str(coding.get("system")), str(coding.get("code"))))
+                        if target is not None:
+                            added.append({"system": target[0], "code": target[1], "display": target[2]})
+                present = {(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)}
+                out["coding"] = codings + [c for c in added if (c["system"], c["code"]) not in present]
+            return out
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(resource)  # type: ignore[no-any-return]
+
+
+def serve(
+    caller: Caller,
+    connection_code: str,
+    *,
+    patient_id: str = "",
+    mrn: str = "",
+    resource: str = "",
+    request: HttpRequest | None = None,
+) -> dict[str, Any]:
+    """One read-API request: a patient by id or by MRN, or a patient's clinical resources, counted and audited."""
+    target = live_target(caller, connection_code)
+    started = time.perf_counter()
+    error_kind = ""
+    try:
+        mapping = signed_mapping(target.onboarding_id)
+        if patient_id and not in_pilot(target, patient_id):
+            raise NotLive(
+                "This patient is outside the pilot share: the product is not served for them yet.", code="not_in_pilot"
+            )
+        adapter = adapter_for(target.connection, mapping.mrn_system if mapping else "")
+        if mrn:
+            if mapping is None or not mapping.mrn_system:
+                raise NotLive(
+                    "The connection has no signed MRN system, so it cannot be searched by MRN.", code="no_mrn_system"
+                )
+            found = adapter.find_patients_by_identifier(mapping.mrn_system, mrn)
+            if not found:
+                raise NotFound("No patient has that MRN.")
+            if not in_pilot(target, found[0].id):
+                raise NotLive(
+                    "This patient is outside the pilot share: the product is not served for them yet.",
+                    code="not_in_pilot",
+                )
+            body: dict[str, Any] = patient_json(found[0])
+            subject = found[0].id
+        elif resource:
+            resource_type = CLINICAL_TYPES[resource]
+            items = adapter.search_clinical(resource_type, patient_id)
+            body = {
+                "patient": patient_id,
+                "resource_type": resource_type,
+                "items": [translate(r, mapping) for r in items],
+            }
+            subject = patient_id
+        else:
+            body = patient_json(adapter.read_patient(patient_id))
+            subject = patient_id
+    except RemoteError as exc:
+        error_kind = exc.kind.value
+        raise
+    finally:
+        traffic.record_request(
+            target.onboarding_id, latency_ms=(time.perf_counter() - started) * 1000, error_kind=error_kind
+        )
+    audit.record(
+        action="read_api." + (resource or "patient"),
+        tenant=Tenant(pk=target.tenant_id),
+        request=request,
+        actor_label=caller.get_username(),
+        detail={
+            "connection": connection_code,
+            "patient_key": _patient_key(target, subject),
+            "by": "mrn" if mrn else "id",
+        },
+    )
+    return body
+
+
+def _patient_key(target: Target, patient_id: str) -> str:
+    """A pseudonymous key for the audit trail: stable per tenant and patient, meaningless without the secret."""
+    digest = hmac.new(
+        settings.PSEUDONYM_KEY.encode(), f"read-api\x1f{target.tenant_id}\x1f{patient_id}".encode(), hashlib.sha256
+    )
+    return digest.hexdigest()[:24]
