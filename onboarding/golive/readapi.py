@@ -375,7 +375,7 @@ def serve(
         request=request,
         actor_label=caller.get_username(),
         detail={
-            "connection": connection_code,
+            "connection": str(connection_code),
             "patient_key": _patient_key(target, subject),
             "by": "mrn" if mrn else "id",
         },
