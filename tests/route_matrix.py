@@ -98,7 +98,45 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra["foreign_token_id"] = _someone_elses_api_token()
     world.extra["archived_conn"] = _archived_connection(tenant_a)
     world.extra.update(_load_test(onboarding_a))
+    world.extra.update(_go_live(tenant_a))
     return world
+
+
+def _go_live(tenant: Any) -> dict[str, Any]:
+    """Tenant A's change window and maintenance window, and a service account with a token for tenant A."""
+    from datetime import time
+
+    from onboarding.golive.models import ChangeWindow, ServiceAccount, ServiceToken
+    from onboarding.live.models import MaintenanceWindow
+
+    window = ChangeWindow.objects.create(
+        tenant=tenant, weekday=1, start_time=time(18), end_time=time(22), timezone="America/Chicago"
+    )
+    maintenance = MaintenanceWindow.objects.create(
+        tenant=tenant, kind="weekly", weekday=6, start_time=time(1), end_time=time(3)
+    )
+    account = ServiceAccount.objects.create(name="Product")
+    token = ServiceToken.objects.create(account=account, tenant=tenant, digest="0" * 64, prefix="svc_000000")
+    return {
+        "change_window": window,
+        "maintenance_window": maintenance,
+        "service_account": account,
+        "service_token": token,
+    }
+
+
+def go_live_plan_form() -> dict[str, Any]:
+    return {
+        "seen_version": 0,
+        "window_choice": "next",
+        "rollout": "full",
+        "pilot_percent": "",
+        "hypercare_contacts": "Pat Approver <pat@alpha.example.org>",
+    }
+
+
+def vendor_cs_only(cs: int) -> dict[str, int]:
+    return {"it_a": 403, "it_b": 403, "cs": cs, "engineer": 403}
 
 
 def _archived_connection(tenant: Any) -> EHRConnection:
@@ -393,6 +431,170 @@ def _r(name: str, **kwargs: Any) -> str:
 
 
 ROUTES: dict[str, list[Call]] = {
+    # --- Go-live: windows, the go-live page, service accounts, the product's read API --------------
+    "tenant_windows": [
+        page(lambda w: _r("tenant_windows", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        page(
+            lambda w: _r("tenant_windows", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {
+                "form": "change",
+                "weekday": 3,
+                "start_time": "18:00",
+                "end_time": "22:00",
+                "timezone": "America/Chicago",
+            },
+            owner="a",
+            expect=tenant_a_staff(302, 302, 302),
+        ),
+    ],
+    "change_window_delete": [
+        page(
+            lambda w: _r("change_window_delete", code=w.extra["change_window"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(302, 302, 302),
+        )
+    ],
+    "maintenance_window_delete": [
+        page(
+            lambda w: _r("maintenance_window_delete", code=w.tenant_a.code, pk=w.extra["maintenance_window"].pk),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(302, 302, 302),
+        )
+    ],
+    "go_live": [
+        page(lambda w: _r("go_live", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        page(
+            lambda w: _r("go_live", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: go_live_plan_form(),
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        ),
+    ],
+    "go_live_action": [
+        # Not ready (no plan): refused with a message on the page; hospital IT may not schedule.
+        page(
+            lambda w: _r("go_live_action", code=w.conn_a.code, action="schedule"),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        ),
+        # Not live: nothing to roll back, said on the page.
+        page(
+            lambda w: _r("go_live_action", code=w.conn_a.code, action="rollback"),
+            method="POST",
+            data=lambda w: {"reason": "test"},
+            owner="a",
+            expect=tenant_a_staff(302, 302, 403),
+        ),
+    ],
+    "service_accounts": [page(lambda w: _r("service_accounts"), expect=vendor_cs_only(200))],
+    "service_account": [
+        page(lambda w: _r("service_account", code=w.extra["service_account"].code), expect=vendor_cs_only(200))
+    ],
+    "service_token_revoke": [
+        page(
+            lambda w: _r("service_token_revoke", code=w.extra["service_token"].code),
+            method="POST",
+            expect=vendor_cs_only(302),
+        )
+    ],
+    "api_change_windows": [
+        api(lambda w: _r("api_change_windows", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        api(
+            lambda w: _r("api_change_windows", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {"weekday": 3, "start_time": "18:00", "end_time": "22:00"},
+            owner="a",
+            expect=tenant_a_staff(201, 201, 201),
+        ),
+    ],
+    "api_change_window": [
+        api(
+            lambda w: _r("api_change_window", code=w.extra["change_window"].code),
+            method="DELETE",
+            owner="a",
+            expect=tenant_a_staff(204, 204, 204),
+        )
+    ],
+    "api_maintenance_windows": [
+        api(
+            lambda w: _r("api_maintenance_windows", code=w.tenant_a.code),
+            owner="a",
+            expect=tenant_a_staff(200, 200, 200),
+        ),
+        api(
+            lambda w: _r("api_maintenance_windows", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {"kind": "weekly", "weekday": 2, "start_time": "01:00", "end_time": "02:00"},
+            owner="a",
+            expect=tenant_a_staff(201, 201, 201),
+        ),
+    ],
+    "api_maintenance_window": [
+        api(
+            lambda w: _r("api_maintenance_window", code=w.tenant_a.code, pk=w.extra["maintenance_window"].pk),
+            method="DELETE",
+            owner="a",
+            expect=tenant_a_staff(204, 204, 204),
+        )
+    ],
+    "api_go_live": [
+        api(lambda w: _r("api_go_live", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "api_go_live_plan": [
+        api(
+            lambda w: _r("api_go_live_plan", code=w.conn_a.code),
+            method="POST",
+            data=lambda w: {
+                "seen_version": 0,
+                "window_choice": "next",
+                "rollout": "full",
+                "hypercare_contacts": [{"name": "Pat", "email": "pat@alpha.example.org"}],
+            },
+            owner="a",
+            expect=tenant_a_staff(403, 201, 201),
+        )
+    ],
+    "api_go_live_action": [
+        api(
+            lambda w: _r("api_go_live_action", code=w.conn_a.code, action="rollback"),
+            method="POST",
+            data=lambda w: {"reason": "test"},
+            owner="a",
+            expect=tenant_a_staff(409, 409, 403),
+        )
+    ],
+    "api_service_accounts": [api(lambda w: _r("api_service_accounts"), expect=vendor_cs_only(200))],
+    "api_service_tokens": [
+        api(
+            lambda w: _r("api_service_tokens", code=w.extra["service_account"].code),
+            method="POST",
+            data=lambda w: {"tenant": str(w.tenant_a.code)},
+            expect=vendor_cs_only(201),
+        )
+    ],
+    "api_service_token_revoke": [
+        api(
+            lambda w: _r("api_service_token_revoke", code=w.extra["service_token"].code),
+            method="POST",
+            expect=vendor_cs_only(200),
+        )
+    ],
+    # The read API takes service tokens only: a person's session or token is refused (401).
+    "api_live_patients": [api(lambda w: _r("api_live_patients", code=w.conn_a.code) + "?mrn=1", expect=everyone(401))],
+    "api_live_patient": [
+        api(lambda w: _r("api_live_patient", code=w.conn_a.code, patient_id="p1"), expect=everyone(401))
+    ],
+    "api_live_clinical": [
+        api(
+            lambda w: _r("api_live_clinical", code=w.conn_a.code, patient_id="p1", resource="observations"),
+            expect=everyone(401),
+        )
+    ],
     # --- Sign-in and account ------------------------------------------------------------------
     "login": [public(lambda w: _r("login"), expect={"anon": 200, **everyone(200)})],
     "logout": [public(lambda w: _r("logout"), method="POST", expect={"anon": 302, **everyone(302)})],
