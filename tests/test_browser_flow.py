@@ -57,8 +57,8 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     page.select_option("#id_auth_method", "none")
     page.click("button:has-text('Save connection')")
     expect(page.locator("h1")).to_have_text("Main FHIR endpoint")
-    expect(page.get_by_test_id("state-go_live")).to_have_text("not available yet")
-    expect(page.get_by_test_id("start-go_live")).to_have_count(0)
+    expect(page.get_by_test_id("state-go_live")).to_have_text("not started")
+    expect(page.get_by_test_id("go-live-link")).to_be_visible()
     expect(page.get_by_test_id("state-load_test")).to_have_text("not started")
     assert_accessible(page)
 
@@ -85,7 +85,7 @@ def test_customer_success_onboards_a_hospital_and_watches_steps_pass(
     expect(row.locator("[data-step=test]")).to_have_attribute("data-state", "passed")
     expect(row.locator("[data-step=map]")).to_have_attribute("data-state", "not_started")
     expect(row.locator("[data-step=load_test]")).to_have_attribute("data-state", "not_started")
-    expect(row.locator("[data-step=go_live]")).to_have_attribute("data-state", "unavailable")
+    expect(row.locator("[data-step=go_live]")).to_have_attribute("data-state", "not_started")
     assert_accessible(page)
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/dashboard.png", full_page=True)

@@ -75,10 +75,11 @@ def test_dashboard_shows_state_filter_results_and_empty_state(cs_user: Any) -> N
     assert "No hospital matches these filters" in page
 
 
-def test_unbuilt_steps_are_marked_not_available(cs_user: Any) -> None:
+def test_every_step_is_built_and_none_is_marked_not_available(cs_user: Any) -> None:
     make_tenants(1, 0)
     _, page = dashboard_queries(client_for(cs_user))
-    assert 'data-step="go_live" data-state="unavailable"' in page
+    assert 'data-step="go_live" data-state="not_started"' in page
+    assert 'data-state="unavailable"' not in page and "not available yet" not in page
     assert 'data-step="load_test" data-state="not_started"' in page
     assert 'data-step="configure" data-state="passed"' in page
 
@@ -106,12 +107,12 @@ def test_rows_hold_each_connection_with_its_newest_attempts_and_empty_tenants(cs
     assert states["configure"] == "passed"
     assert states["test"] == "passed"  # attempt 2 passed, attempt 1 had failed
     assert states["map"] == "not_started"
-    assert {cell.state for cell in other.cells} <= {"not_started", "unavailable"}  # no pipeline yet
+    assert {cell.state for cell in other.cells} == {"not_started"}  # no pipeline yet; every step is built
     html = str(step_cells(main.cells))
     newest = StepRun.objects.get(onboarding=onboarding, step="test", attempt=2)
     assert f'href="{reverse("run_detail", kwargs={"code": newest.code})}"' in html
     assert html.count('class="step state-') == len(main.cells) == 6
-    assert "not available yet</small>" in html
+    assert "not available yet" not in html
 
 
 def test_step_cells_escape_what_they_show() -> None:

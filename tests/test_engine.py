@@ -69,10 +69,11 @@ def test_a_second_start_while_active_is_refused(onboarding: Any, cs_user: Any) -
     assert StepRun.objects.count() == 1
 
 
-@pytest.mark.parametrize("step", ["go_live"])
-def test_unbuilt_steps_cannot_start(onboarding: Any, cs_user: Any, step: str) -> None:
-    with pytest.raises(services.StepNotAvailable, match="not available yet"):
-        services.start_step(user=cs_user, onboarding=onboarding, step=step)
+def test_go_live_is_built_and_needs_every_earlier_step_first(onboarding: Any, cs_user: Any) -> None:
+    with pytest.raises(services.StepBlocked, match="Configure must pass before Go live can run"):
+        services.start_step(user=cs_user, onboarding=onboarding, step="go_live")
+    with pytest.raises(services.StepNotAvailable, match="There is no step called"):
+        services.start_step(user=cs_user, onboarding=onboarding, step="launch")
     assert not StepRun.objects.exists()
 
 

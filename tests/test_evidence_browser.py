@@ -65,7 +65,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     expect(gates).to_contain_text("Mapping version 3")
     expect(gates).to_contain_text(MAPPING_HASH)
     expect(gates.get_by_test_id("gate-note-load_test")).to_contain_text("There is no load-test plan yet")
-    expect(gates.get_by_test_id("gate-note-go_live")).to_have_text("not available yet")
+    expect(gates.get_by_test_id("gate-note-go_live")).to_contain_text("There is no go-live plan yet")
 
     validation = page.get_by_test_id("evidence-validation")
     expect(validation).to_contain_text("2 errors, 1 warning")
@@ -104,7 +104,7 @@ def test_hospital_it_downloads_the_evidence_pack_of_their_onboarding(
     assert mapping_gate["approvals"][0]["state"] == "approved"
     assert [gate["key"] for gate in pack["gates"][:2]] == ["mapping_sign_off", "load_test_permission"]
     assert pack["gates"][1]["status"] == "not_ready" and pack["gates"][1]["approvals"] == []
-    assert pack["gates"][2]["note"] == "not available yet"
+    assert pack["gates"][2]["key"] == "go_live_approval" and pack["gates"][2]["status"] == "not_ready"
     assert pack["validation"]["findings_by_severity"] == {"error": 2, "warning": 1}
     assert pack["validation"]["outcome"]["waived"] == 1
     assert pack["validation"]["waivers"][0]["reason"] == "Not recorded for newborns."

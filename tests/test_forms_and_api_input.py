@@ -135,14 +135,17 @@ def test_api_secret_is_write_only(cs_user: Any, tenant_a: Any) -> None:
     assert EHRConnection.objects.get().secret == "api-sentinel"
 
 
-def test_api_start_of_an_unbuilt_step_says_not_available(cs_user: Any, tenant_a: Any) -> None:
+def test_api_start_of_go_live_before_its_steps_is_refused_and_an_unknown_step_is_not_available(
+    cs_user: Any, tenant_a: Any
+) -> None:
     conn = ConnectionFactory(tenant=tenant_a)
     api = APIClient()
     api.force_authenticate(cs_user)
     response = api.post(f"/api/v1/connections/{conn.code}/steps/go_live/start/")
-    assert response.status_code == 400
-    assert response.json()["code"] == "not_available"
-    assert "not available yet" in response.json()["detail"]
+    assert response.status_code == 409
+    assert "Configure must pass before Go live can run" in response.json()["detail"]
+    response = api.post(f"/api/v1/connections/{conn.code}/steps/launch/start/")
+    assert response.status_code == 400 and response.json()["code"] == "not_available"
 
 
 def test_openapi_schema_and_docs_are_served_locally(cs_user: Any) -> None:

@@ -162,6 +162,7 @@ def test_the_gates_api_requests_decides_and_isolates_tenants(
     assert [(s["gate"], s["status"], s["requestable"]) for s in states] == [
         ("mapping_sign_off", "ready", True),
         ("load_test_permission", "not_ready", False),  # no load-test plan yet
+        ("go_live_approval", "not_ready", False),  # no go-live plan yet
     ]
     assert it.post(f"/api/v1/connections/{code}/gates/mapping_sign_off/request/", {}).status_code == 403
     assert other.post(f"/api/v1/connections/{code}/gates/mapping_sign_off/request/", {}).status_code == 404

@@ -105,4 +105,4 @@ def test_step_chips_write_their_state_out_not_only_in_colour_and_tooltip(validat
     visible = {step: re.sub(r"<[^>]+>", " ", inner).split() for step, inner in chips}
     assert visible["validate"] == ["Validate", "failed"]
     assert visible["configure"] == ["Configure", "not", "started"]
-    assert " ".join(visible["go_live"]) == "Go live not available yet"
+    assert " ".join(visible["go_live"]) == "Go live not started"
