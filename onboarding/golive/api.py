@@ -37,6 +37,10 @@ def _refused(exc: Exception, code: int = status.HTTP_400_BAD_REQUEST) -> Respons
     return Response({"detail": str(exc), "field": getattr(exc, "field", None)}, status=code)
 
 
+def _data(request: Request) -> dict[str, Any]:
+    return request.data if isinstance(request.data, dict) else {}
+
+
 def _forbid(exc: DjangoPermissionDenied) -> PermissionDenied:
     return PermissionDenied(str(exc))
 
@@ -313,7 +317,7 @@ def go_live_action(request: Request, code: str, action: str) -> Response:
             services.schedule_go_live(
                 user=request.user,
                 onboarding=onboarding,
-                override_reason=str(request.data.get("override_reason") or ""),
+                override_reason=str(_data(request).get("override_reason") or ""),
                 request=request._request,
             )
         elif action == "cancel":
@@ -325,7 +329,7 @@ def go_live_action(request: Request, code: str, action: str) -> Response:
             services.rollback(
                 user=request.user,
                 onboarding=onboarding,
-                reason=str(request.data.get("reason") or ""),
+                reason=str(_data(request).get("reason") or ""),
                 request=request._request,
             )
         else:
@@ -380,7 +384,7 @@ def service_accounts(request: Request) -> Response:
         return Response(AccountOutput(accounts, many=True).data)
     try:
         account = readapi.create_account(
-            user=request.user, name=str(request.data.get("name") or ""), request=request._request
+            user=request.user, name=str(_data(request).get("name") or ""), request=request._request
         )
     except readapi.TokenRefused as exc:
         return _refused(exc)
@@ -400,7 +404,7 @@ def service_tokens(request: Request, code: str) -> Response:
     """Issue a token of the account for one tenant; its key is in this answer only."""
     _require_manager(request)
     account = get_object_or_404(ServiceAccount, code=code)
-    tenant = get_tenant_for_user(request.user, str(request.data.get("tenant") or ""))
+    tenant = get_tenant_for_user(request.user, str(_data(request).get("tenant") or ""))
     try:
         token, key = readapi.issue_token(user=request.user, account=account, tenant=tenant, request=request._request)
     except readapi.TokenRefused as exc:

@@ -100,7 +100,7 @@ def issue_token(
             tenant=tenant,
             obj=token,
             request=request,
-            detail={"account": account.name, "prefix": token.prefix, "expires_at": token.expires_at.isoformat()},
+            detail={"account": account.name, "prefix": token.prefix, "expires_at": str(token.expires_at)},
         )
     return token, key
 
@@ -312,7 +312,8 @@ def translate(resource: dict[str, Any], mapping: SignedMapping | None) -> dict[s
             return [walk(item) for item in value]
         return value
 
-    return walk(resource)  # type: ignore[no-any-return]
+    translated: dict[str, Any] = walk(resource)
+    return translated
 
 
 def serve(

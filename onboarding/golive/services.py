@@ -627,7 +627,7 @@ def _local(moment: datetime, tenant: Any) -> str:
 
 def _people_to_tell(onboarding: Onboarding, contacts: list[dict[str, Any]]) -> list[AuthUser]:
     people = {user.pk: user for user in approvers_of(onboarding.tenant)}
-    ids = [c.get("user_id") for c in contacts if c.get("user_id")]
+    ids = [int(c["user_id"]) for c in contacts if c.get("user_id")]
     for user in AuthUser.objects.filter(pk__in=ids, is_active=True):
         people.setdefault(user.pk, user)
     return list(people.values())

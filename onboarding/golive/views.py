@@ -190,7 +190,9 @@ def _plan_form(onboarding: Onboarding, data: Any = None) -> PlanForm:
         for o in windows.occurrences(windows.change_windows(onboarding.tenant), after=timezone.now(), days=28)
         if o.starts_at > timezone.now()
     ]
-    form.fields["window_starts_at"].choices = choices
+    field = form.fields["window_starts_at"]
+    assert isinstance(field, forms.ChoiceField)
+    field.choices = choices
     return form
 
 
