@@ -488,3 +488,6 @@ class LoadTestSecond(models.Model):
 # The live state, maintenance windows and traffic shared by go-live and monitoring live in their own
 # package; imported here so Django registers them with this app.
 from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute  # noqa: E402, F401
+
+# Monitoring's policy, monitors, health checks, alerts and drift runs, registered the same way.
+from onboarding.monitoring.models import Alert, DriftRun, HealthCheck, Monitor, MonitoringPolicy  # noqa: E402, F401

@@ -30,8 +30,8 @@ class NotificationKind(models.TextChoices):
     ALERT_RESOLVED = "alert_resolved", "A go-live monitoring alert resolved"
 
 
-# Kinds something in the portal sends today. Go-live monitoring adds its two when it is built; until
-# then the preferences page marks them "not available yet" instead of pretending they fire.
+# Kinds something in the portal sends today; the preferences page marks any other "not available yet"
+# instead of pretending it fires.
 AVAILABLE_KINDS: frozenset[str] = frozenset(
     {
         NotificationKind.APPROVAL_REQUESTED,
@@ -39,6 +39,8 @@ AVAILABLE_KINDS: frozenset[str] = frozenset(
         NotificationKind.APPROVAL_DECIDED,
         NotificationKind.RUN_FAILED,
         NotificationKind.INVITATION,
+        NotificationKind.ALERT_OPENED,
+        NotificationKind.ALERT_RESOLVED,
     }
 )
 
