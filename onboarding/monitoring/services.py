@@ -263,8 +263,9 @@ def _latency_rule(monitor: Monitor, policy: MonitoringPolicy, now: datetime) -> 
 
 def _traffic_rules(monitor: Monitor, live: LiveState, policy: MonitoringPolicy, now: datetime) -> None:
     onboarding = monitor.onboarding
-    minute = now.replace(second=0, microsecond=0)
-    errors = traffic_summary(onboarding.pk, since=minute - timedelta(minutes=policy.error_window_min), until=minute)
+    # Whole minutes up to and including the current one, which is still filling.
+    until = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    errors = traffic_summary(onboarding.pk, since=until - timedelta(minutes=policy.error_window_min), until=until)
     if errors.requests >= policy.error_min_requests and errors.error_rate * 100 > policy.error_rate_pct:
         kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(errors.errors_by_kind.items()))
         open_alert(
@@ -283,10 +284,10 @@ def _traffic_rules(monitor: Monitor, live: LiveState, policy: MonitoringPolicy, 
     if not policy.no_traffic_min:
         resolve_alert(onboarding, AlertKind.NO_TRAFFIC, now=now, resolution="The no-traffic alert was turned off.")
         return
-    since = minute - timedelta(minutes=policy.no_traffic_min)
+    since = until - timedelta(minutes=policy.no_traffic_min)
     if live.live_since is None or live.live_since > since:
         return  # not live for a whole window yet: silence says nothing
-    if traffic_summary(onboarding.pk, since=since, until=minute + timedelta(minutes=1)).requests == 0:
+    if traffic_summary(onboarding.pk, since=since, until=until).requests == 0:
         open_alert(
             onboarding,
             AlertKind.NO_TRAFFIC,

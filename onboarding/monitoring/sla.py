@@ -126,11 +126,12 @@ def hypercare_until(live: LiveState) -> datetime | None:
 def stabilisation_report(live: LiveState, now: datetime | None = None) -> dict[str, Any]:
     """How hypercare went: alerts opened and resolved, time to acknowledge, uptime, and whether traffic is steady."""
     now = now or timezone.now()
+    # From go-live until now: hypercare lasts until the handoff, even past its planned end.
     since = live.live_since or now
-    until = min(now, hypercare_until(live) or now)
-    alerts = list(Alert.objects.filter(onboarding_id=live.onboarding_id, opened_at__gte=since, opened_at__lt=until))
+    until = live.handed_off_at or now
+    alerts = list(Alert.objects.filter(onboarding_id=live.onboarding_id, opened_at__gte=since, opened_at__lte=until))
     acks = [(a.acknowledged_at - a.opened_at).total_seconds() / 60 for a in alerts if a.acknowledged_at]
-    checks = HealthCheck.objects.filter(onboarding_id=live.onboarding_id, ran_at__gte=since, ran_at__lt=until)
+    checks = HealthCheck.objects.filter(onboarding_id=live.onboarding_id, ran_at__gte=since, ran_at__lte=until)
     ok = checks.filter(ok=True).count()
     failed = checks.filter(ok=False, planned=False).count()
     planned = checks.filter(ok=False, planned=True).count()
