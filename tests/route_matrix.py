@@ -803,7 +803,9 @@ ROUTES: dict[str, list[Call]] = {
         )
     ],
     "alert_detail": [
-        page(lambda w: _r("alert_detail", code=w.extra["alert_a"].code), owner="a", expect=tenant_a_staff(200, 200, 200))
+        page(
+            lambda w: _r("alert_detail", code=w.extra["alert_a"].code), owner="a", expect=tenant_a_staff(200, 200, 200)
+        )
     ],
     "alert_acknowledge": [
         page(

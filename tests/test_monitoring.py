@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from connections.sandbox import SandboxHospital
 from onboarding.engine import services as engine
+from onboarding.engine import work
 from onboarding.live import traffic
 from onboarding.live.models import LivePhase, LiveState, MaintenanceKind, MaintenanceWindow
 from onboarding.monitoring import drift, policy, services, sla
@@ -242,6 +243,11 @@ def test_acknowledging_and_assigning_an_alert_is_audited(
     assert alert.acknowledged_by == cs_user and alert.assigned_to == it_a
     actions = list(AuditEvent.objects.filter(object_id=str(alert.code)).values_list("action", flat=True))
     assert actions.count("monitoring.alert_acknowledged") == 1 and actions.count("monitoring.alert_assigned") == 1
+    # My work: customer success of the hospital, and the person the alert was given to.
+    for person in (cs_user, it_a):
+        (section,) = [s for s in work.work_for(person) if s.key == "alerts"]
+        assert [item.link for item in section.items] == [f"/alerts/{alert.code}/"]
+    assert [s for s in work.work_for(it_b) if s.key == "alerts"] == []
 
 
 def test_a_policy_out_of_bounds_is_refused_naming_the_setting(tenant_a: Any, cs_user: Any, engineer: Any) -> None:

@@ -94,7 +94,10 @@ def test_a_5xx_outage_notifies_once_when_it_opens_and_once_when_it_resolves(
     unplanned = checks(live, ok=False, planned=False)
     now = timezone.now()
     MaintenanceWindow.objects.create(
-        tenant=tenant_a, kind=MaintenanceKind.ONCE, starts_at=now - timedelta(minutes=5), ends_at=now + timedelta(hours=1)
+        tenant=tenant_a,
+        kind=MaintenanceKind.ONCE,
+        starts_at=now - timedelta(minutes=5),
+        ends_at=now + timedelta(hours=1),
     )
     hospital.set_faults(rate_5xx=1.0)
     wait_for_checks(live, 4, ok=False, planned=True)
