@@ -22,6 +22,7 @@ Goals: lag p95 under 10 s; the same number of queries per tick at 100 and at 1,0
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -178,7 +179,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], urls: list[str], work
 def _pct(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, max(0, int(round(share * len(values) + 0.5)) - 1))]
+    return values[min(len(values), max(1, math.ceil(share * len(values)))) - 1]
 
 
 def report(
@@ -209,9 +210,8 @@ def report(
         f"  goal lag p95 < {GOALS['lag_p95_s']:g} s: {'met' if p95 < GOALS['lag_p95_s'] else 'NOT MET'} ({p95:.2f} s)"
     )
     same = small[1] == large[1]
-    print(
-        f"  goal same queries per tick at {small[0]} and {large[0]}: {'met' if same else 'NOT MET'} ({small[1]} vs {large[1]})"
-    )
+    verdict = "met" if same else "NOT MET"
+    print(f"  goal same queries per tick at {small[0]} and {large[0]}: {verdict} ({small[1]} vs {large[1]})")
     ran = len(lags) >= 0.95 * expected
     print(f"  every due check ran (at least 95% of those expected): {'yes' if ran else 'NO'}")
 
