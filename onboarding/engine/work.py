@@ -101,14 +101,14 @@ def _open_alerts(user: User) -> QuerySet[Alert]:
 
 
 def _alerts(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
-    alerts = _open_alerts(user).filter(Q(tenant__in=tenants) | Q(assigned_to=user))
+    alerts = _open_alerts(user).filter(Q(tenant__in=tenants) | Q(assigned_to_id=user.pk))
     section = WorkSection(key="alerts", title="Open alerts at live hospitals", empty="No alert is open.")
     return _fill(section, alerts, _alert_item)
 
 
 def _assigned_alerts(user: User) -> list[WorkSection]:
     # Only for those an alert was given to: everyone else's page stays as their role has it.
-    alerts = _open_alerts(user).filter(assigned_to=user)
+    alerts = _open_alerts(user).filter(assigned_to_id=user.pk)
     if not alerts.exists():
         return []
     section = WorkSection(key="alerts", title="Open alerts assigned to you", empty="No alert is assigned to you.")

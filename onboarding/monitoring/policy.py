@@ -119,7 +119,7 @@ def update_policy(
             return policy, []
         for name in changed:
             setattr(policy, name, clean[name])
-        policy.updated_by = user if user.is_authenticated else None  # type: ignore[assignment]
+        policy.updated_by = user if user.is_authenticated else None
         policy.save()
         if "check_interval_min" in changed:
             seconds = interval_s(policy)

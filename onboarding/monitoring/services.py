@@ -401,7 +401,7 @@ def _escalate_if_due(alert: Alert, policy: MonitoringPolicy, now: datetime) -> N
     body = f"{alert.title}, for {minutes} minutes now (escalation after {policy.escalate_after_min}). {alert.detail}"
     link = reverse("alert_detail", kwargs={"code": alert.code})
     key = f"alert:{alert.code}:escalated"
-    user_ids = [c.get("user_id") for c in contacts if isinstance(c, dict) and c.get("user_id")]
+    user_ids = [c["user_id"] for c in contacts if isinstance(c, dict) and isinstance(c.get("user_id"), int)]
     users = list(get_user_model().objects.filter(pk__in=user_ids, is_active=True))
     notify(
         kind=NotificationKind.ALERT_OPENED,

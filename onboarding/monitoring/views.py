@@ -94,9 +94,9 @@ class AssignForm(forms.Form):
     def __init__(self, *args: Any, people: list[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.people = {str(person.pk): person for person in people}
-        self.fields["assignee"].choices = [("", "Nobody")] + [
-            (str(p.pk), p.get_full_name() or p.get_username()) for p in people
-        ]
+        field = self.fields["assignee"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "Nobody")] + [(str(p.pk), p.get_full_name() or p.get_username()) for p in people]
 
 
 @login_required
@@ -160,12 +160,13 @@ class PolicyForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for field in policy.FIELDS:
-            kind = forms.IntegerField if field.whole else forms.FloatField
-            self.fields[field.name] = kind(
-                label=f"{field.label} ({field.unit})",
-                min_value=field.low,
-                max_value=field.high,
-                help_text=field.help,
+            label, help_text = f"{field.label} ({field.unit})", field.help
+            self.fields[field.name] = (
+                forms.IntegerField(
+                    label=label, min_value=int(field.low), max_value=int(field.high), help_text=help_text
+                )
+                if field.whole
+                else forms.FloatField(label=label, min_value=field.low, max_value=field.high, help_text=help_text)
             )
 
 
