@@ -13,6 +13,7 @@ from onboarding.gates.api import ApprovalViewSet, connection_gates, request_gate
 from onboarding.golive import api as golive_api
 from onboarding.loadtest import api as load_test_api
 from onboarding.mapping import api as mapping_api
+from onboarding.monitoring import api as monitoring_api
 from onboarding.review import api as review_api
 from portal.api import TenantViewSet, obtain_token, token_detail, token_list
 from portal.api_docs import SwaggerView
@@ -89,9 +90,27 @@ go_live_urls = [
     ),
 ]
 
+# Monitoring after go-live: the hypercare dashboard, alerts, a connection's monitoring, the policy.
+monitoring_urls = [
+    path("v1/hypercare/", monitoring_api.hypercare, name="api_hypercare"),
+    path("v1/alerts/", monitoring_api.alert_list, name="api_alerts"),
+    path("v1/alerts/<uuid:code>/", monitoring_api.alert_detail, name="api_alert"),
+    path("v1/alerts/<uuid:code>/acknowledge/", monitoring_api.alert_acknowledge, name="api_alert_acknowledge"),
+    path("v1/alerts/<uuid:code>/assign/", monitoring_api.alert_assign, name="api_alert_assign"),
+    path("v1/connections/<uuid:code>/monitoring/", monitoring_api.connection_monitoring, name="api_monitoring"),
+    path("v1/connections/<uuid:code>/monitoring/drift/", monitoring_api.monitoring_drift, name="api_monitoring_drift"),
+    path(
+        "v1/connections/<uuid:code>/monitoring/handoff/",
+        monitoring_api.monitoring_handoff,
+        name="api_monitoring_handoff",
+    ),
+    path("v1/tenants/<uuid:code>/monitoring-policy/", monitoring_api.monitoring_policy, name="api_monitoring_policy"),
+]
+
 urlpatterns = [
     *go_live_urls,
     *mapping_urls,
+    *monitoring_urls,
     *load_test_urls,
     *review_urls,
     path("v1/", include(router.urls)),

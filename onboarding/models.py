@@ -489,3 +489,6 @@ class LoadTestSecond(models.Model):
 # package; imported here so Django registers them with this app.
 from onboarding.golive.models import ChangeWindow, GoLivePlan, GoLiveSchedule, ServiceAccount, ServiceToken  # noqa: E402, F401
 from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute  # noqa: E402, F401
+
+# Monitoring's policy, monitors, health checks, alerts and drift runs, registered the same way.
+from onboarding.monitoring.models import Alert, DriftRun, HealthCheck, Monitor, MonitoringPolicy  # noqa: E402, F401

@@ -10,8 +10,21 @@ from django.core.exceptions import PermissionDenied
 from onboarding.engine import services as engine
 from onboarding.engine.tasks import reap_stale_runs, resend_queued_runs, run_load_test_step, run_step
 from onboarding.golive import services as golive
+from onboarding.monitoring.tasks import dispatch_checks, dispatch_drift, purge_checks, run_check
+from onboarding.steps.drift import run_drift
 
-__all__ = ["open_go_live_windows", "reap_stale_runs", "resend_queued_runs", "run_load_test_step", "run_step"]
+__all__ = [
+    "dispatch_checks",
+    "dispatch_drift",
+    "open_go_live_windows",
+    "purge_checks",
+    "reap_stale_runs",
+    "resend_queued_runs",
+    "run_check",
+    "run_drift",
+    "run_load_test_step",
+    "run_step",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from onboarding.gates import views as gate_views
 from onboarding.golive import views as golive_views
 from onboarding.loadtest import views as load_test_views
 from onboarding.mapping import views as mapping_views
+from onboarding.monitoring import views as monitoring_views
 from onboarding.review import views as review_views
 
 urlpatterns = [
@@ -55,4 +56,13 @@ urlpatterns = [
     path("o/<uuid:code>/evidence/", evidence_views.evidence_pack, name="evidence_pack"),
     path("o/<uuid:code>/evidence.json", evidence_views.evidence_pack_json, name="evidence_pack_json"),
     path("o/<uuid:code>/evidence.pdf", evidence_views.evidence_pack_pdf, name="evidence_pack_pdf"),
+    # Monitoring after go-live (issue 12).
+    path("hypercare/", monitoring_views.hypercare, name="hypercare"),
+    path("c/<uuid:code>/monitoring/", monitoring_views.connection_monitoring, name="connection_monitoring"),
+    path("c/<uuid:code>/monitoring/drift/", monitoring_views.monitoring_drift, name="monitoring_drift"),
+    path("c/<uuid:code>/monitoring/handoff/", monitoring_views.monitoring_handoff, name="monitoring_handoff"),
+    path("alerts/<uuid:code>/", monitoring_views.alert_detail, name="alert_detail"),
+    path("alerts/<uuid:code>/acknowledge/", monitoring_views.alert_acknowledge, name="alert_acknowledge"),
+    path("alerts/<uuid:code>/assign/", monitoring_views.alert_assign, name="alert_assign"),
+    path("t/<uuid:code>/monitoring-policy/", monitoring_views.monitoring_policy, name="monitoring_policy"),
 ]

@@ -361,6 +361,25 @@ if LOAD_TEST_SOFT_TIME_LIMIT < LOAD_TEST_MAX_DURATION + 120:
 # The longest a task of any step queue may run: the broker must not hand one out again before it.
 LONGEST_TASK_TIME_LIMIT = max(STEP_TIME_LIMIT, LOAD_TEST_TIME_LIMIT)
 
+# --- Monitoring after go-live (issue 12) -------------------------------------------------------
+# Beat hands out the due health checks this often: a check waits at most about this long past its
+# due time before it is sent (plus the queue's wait for a worker).
+MONITORING_TICK_SECONDS = env_float("MONITORING_TICK_SECONDS", 5.0, minimum=1.0)
+# 0: each tenant's policy sets the check interval (minutes). Above 0, every live connection is
+# checked this many seconds apart instead: for tests and demos that cannot wait minutes.
+MONITORING_CHECK_INTERVAL_SECONDS = env_int("MONITORING_CHECK_INTERVAL_SECONDS", 0, minimum=0)
+# The most checks one tick hands out; the rest stay due for the next tick.
+MONITORING_DISPATCH_BATCH = env_int("MONITORING_DISPATCH_BATCH", 5000, minimum=1)
+# Health checks (the time series behind the SLA figures) are kept this many days, then purged by beat.
+MONITORING_CHECK_RETENTION_DAYS = env_int("MONITORING_CHECK_RETENTION_DAYS", 60, minimum=1)
+# A check is /metadata and one Patient read through the guarded client (OUTBOUND_DEADLINE each).
+MONITORING_CHECK_SOFT_TIME_LIMIT = env_int("MONITORING_CHECK_SOFT_TIME_LIMIT", 100, minimum=5)
+MONITORING_CHECK_TIME_LIMIT = env_int("MONITORING_CHECK_TIME_LIMIT", 120, minimum=10)
+if MONITORING_CHECK_TIME_LIMIT <= MONITORING_CHECK_SOFT_TIME_LIMIT:
+    raise ImproperlyConfigured("MONITORING_CHECK_TIME_LIMIT must be longer than MONITORING_CHECK_SOFT_TIME_LIMIT.")
+# The hypercare period when the go-live left no end date on the live state.
+MONITORING_HYPERCARE_DAYS = env_int("MONITORING_HYPERCARE_DAYS", 30, minimum=1)
+
 # --- Celery -------------------------------------------------------------------------------
 # The database is the record of every run; results are never stored in the broker.
 CELERY_BROKER_URL = env_str(
@@ -428,6 +447,12 @@ CELERY_TASK_ROUTES = {
     "portal.sweep_notification_emails": {"queue": "maintenance"},
     "portal.purge_old_notifications": {"queue": "maintenance"},
     "onboarding.open_go_live_windows": {"queue": "maintenance"},
+    # Monitoring (issue 12): one beat task hands out the due checks; the checks have their own queue.
+    "onboarding.monitoring.dispatch_checks": {"queue": "maintenance"},
+    "onboarding.monitoring.run_check": {"queue": "monitoring"},
+    "onboarding.monitoring.dispatch_drift": {"queue": "maintenance"},
+    "onboarding.monitoring.run_drift": {"queue": "monitoring"},
+    "onboarding.monitoring.purge_checks": {"queue": "maintenance"},
 }
 # --- Go-live (issue 12) ---------------------------------------------------------------------------
 # Beat looks this often (seconds) for go-lives whose change window has opened, and starts them.
@@ -465,6 +490,17 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(GO_LIVE_BEAT_INTERVAL),
         "options": {"expires": float(GO_LIVE_BEAT_INTERVAL)},
     },
+    "monitoring-dispatch-checks": {
+        "task": "onboarding.monitoring.dispatch_checks",
+        "schedule": MONITORING_TICK_SECONDS,
+        "options": {"expires": MONITORING_TICK_SECONDS},
+    },
+    "monitoring-dispatch-drift": {
+        "task": "onboarding.monitoring.dispatch_drift",
+        "schedule": 600.0,
+        "options": {"expires": 600.0},
+    },
+    "monitoring-purge-checks": {"task": "onboarding.monitoring.purge_checks", "schedule": 3600.0},
 }
 
 # --- Validation findings (issue 4) -------------------------------------------------------------

@@ -219,6 +219,8 @@ def celery_worker_process(
         STEP_HEARTBEAT_TIMEOUT="60",
         EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
         EMAIL_FILE_PATH=str(worker_email_dir),
+        # Health checks of live connections every 2 s instead of the policy's minutes (monitoring tests).
+        MONITORING_CHECK_INTERVAL_SECONDS="2",
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed after the process ends
@@ -231,7 +233,7 @@ def celery_worker_process(
             "portal",
             "worker",
             "-Q",
-            "steps,load_tests,maintenance,notifications",
+            "steps,load_tests,maintenance,notifications,monitoring",
             "-c",
             "2",
             "-l",

@@ -58,6 +58,7 @@ class World:
     approval_b: Any = None  # a pending request of tenant B, for the cross-tenant decide case
     validate_run_b: Any = None  # tenant B's validation run and waiver: for lists and foreign ids in bodies
     waiver_b: Any = None
+    alert_b: Any = None  # tenant B's monitoring alert: never in tenant A's lists
 
     def foreign_markers(self, persona: str) -> list[str]:
         """Codes and names a persona must never see in a list: the other tenant's."""
@@ -69,7 +70,8 @@ class World:
         return []
 
     def _b_extra(self) -> list[str]:
-        return [str(obj.code) for obj in (self.validate_run_b, self.waiver_b, self.approval_b) if obj is not None]
+        objects = (self.validate_run_b, self.waiver_b, self.approval_b, self.alert_b)
+        return [str(obj.code) for obj in objects if obj is not None]
 
 
 def _markers(tenant: Any, conn: EHRConnection, onboarding: Onboarding, run: StepRun) -> list[str]:
@@ -99,6 +101,8 @@ def build_world(*, tenant_a: Any, tenant_b: Any) -> World:
     world.extra["archived_conn"] = _archived_connection(tenant_a)
     world.extra.update(_load_test(onboarding_a))
     world.extra.update(_go_live(tenant_a))
+    world.extra["alert_a"] = _monitoring(onboarding_a, baseline=world.extra["validate_run"])
+    world.alert_b = _monitoring(onboarding_b, baseline=world.validate_run_b)
     return world
 
 
@@ -137,6 +141,24 @@ def go_live_plan_form() -> dict[str, Any]:
 
 def vendor_cs_only(cs: int) -> dict[str, int]:
     return {"it_a": 403, "it_b": 403, "cs": cs, "engineer": 403}
+
+
+def _monitoring(onboarding: Onboarding, *, baseline: StepRun) -> Any:
+    """The onboarding made live (as cutover would), with an open health-check alert naming its tenant."""
+    from django.utils import timezone
+
+    from onboarding.monitoring.models import Alert
+    from tests.live_helpers import make_live
+
+    make_live(onboarding, probe_patient_id="p1", baseline_run=baseline)
+    return Alert.objects.create(
+        onboarding=onboarding,
+        tenant=onboarding.tenant,
+        kind="checks_failing",
+        title=f"{onboarding.connection.name} is not answering its health checks",
+        detail=f"3 health checks in a row failed at {onboarding.tenant.name}.",
+        opened_at=timezone.now(),
+    )
 
 
 def _archived_connection(tenant: Any) -> EHRConnection:
@@ -280,6 +302,15 @@ def load_test_plan_values(**changes: Any) -> dict[str, Any]:
     }
     values.update(changes)
     return values
+
+
+def monitoring_policy_values() -> dict[str, Any]:
+    """The monitoring policy's defaults, as the policy form posts them."""
+    from onboarding.monitoring.models import MonitoringPolicy
+    from onboarding.monitoring.policy import FIELD_NAMES
+
+    defaults = MonitoringPolicy()
+    return {name: getattr(defaults, name) for name in FIELD_NAMES}
 
 
 def _load_test(onboarding: Onboarding) -> dict[str, Any]:
@@ -951,6 +982,114 @@ ROUTES: dict[str, list[Call]] = {
         )
     ],
     # --- The API of the mapping, the review and the evidence pack (issue 13) ----------------------
+    # --- Monitoring after go-live (issue 12) --------------------------------------------------------
+    "hypercare": [page(lambda w: _r("hypercare"), expect=everyone(200), lists=True)],
+    "connection_monitoring": [
+        page(lambda w: _r("connection_monitoring", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "monitoring_drift": [
+        page(
+            lambda w: _r("monitoring_drift", code=w.conn_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    # Refused with a message while hypercare runs (a 302 back to the page); customer success only.
+    "monitoring_handoff": [
+        page(
+            lambda w: _r("monitoring_handoff", code=w.conn_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        )
+    ],
+    "alert_detail": [
+        page(
+            lambda w: _r("alert_detail", code=w.extra["alert_a"].code), owner="a", expect=tenant_a_staff(200, 200, 200)
+        )
+    ],
+    "alert_acknowledge": [
+        page(
+            lambda w: _r("alert_acknowledge", code=w.extra["alert_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "alert_assign": [
+        page(
+            lambda w: _r("alert_assign", code=w.extra["alert_a"].code),
+            method="POST",
+            data=lambda w: {"assignee": ""},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 302),
+        )
+    ],
+    "monitoring_policy": [
+        page(lambda w: _r("monitoring_policy", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),
+        page(
+            lambda w: _r("monitoring_policy", code=w.tenant_a.code),
+            method="POST",
+            data=lambda w: {**monitoring_policy_values(), "check_interval_min": 2},
+            owner="a",
+            expect=tenant_a_staff(403, 302, 403),
+        ),
+    ],
+    "api_hypercare": [api(lambda w: _r("api_hypercare"), expect=everyone(200), lists=True)],
+    "api_alerts": [api(lambda w: _r("api_alerts"), expect=everyone(200), lists=True)],
+    "api_alert": [
+        api(lambda w: _r("api_alert", code=w.extra["alert_a"].code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "api_alert_acknowledge": [
+        api(
+            lambda w: _r("api_alert_acknowledge", code=w.extra["alert_a"].code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    "api_alert_assign": [
+        api(
+            lambda w: _r("api_alert_assign", code=w.extra["alert_a"].code),
+            method="POST",
+            data=lambda w: {"assignee": None},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 200),
+        )
+    ],
+    "api_monitoring": [
+        api(lambda w: _r("api_monitoring", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200))
+    ],
+    "api_monitoring_drift": [
+        api(
+            lambda w: _r("api_monitoring_drift", code=w.conn_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 202, 202),
+        )
+    ],
+    # 409 while hypercare runs; customer success only.
+    "api_monitoring_handoff": [
+        api(
+            lambda w: _r("api_monitoring_handoff", code=w.conn_a.code),
+            method="POST",
+            owner="a",
+            expect=tenant_a_staff(403, 409, 403),
+        )
+    ],
+    "api_monitoring_policy": [
+        api(
+            lambda w: _r("api_monitoring_policy", code=w.tenant_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)
+        ),
+        api(
+            lambda w: _r("api_monitoring_policy", code=w.tenant_a.code),
+            method="PATCH",
+            data=lambda w: {"failures_to_alert": 4},
+            owner="a",
+            expect=tenant_a_staff(403, 200, 403),
+        ),
+    ],
     # --- Load tests (issue 11) ---------------------------------------------------------------------
     "api_load_test_plan": [
         api(lambda w: _r("api_load_test_plan", code=w.conn_a.code), owner="a", expect=tenant_a_staff(200, 200, 200)),

@@ -387,7 +387,7 @@ def test_preferences_page_lists_every_kind_and_saves_with_an_audit_event(it_a: A
     page = client.get("/account/notifications/").content.decode()
     for kind in NotificationKind:
         assert f'name="{kind.value}"' in page and kind.label in page
-    assert page.count("Not available yet") == 2  # go-live alerts, not built yet
+    assert page.count("Not available yet") == 0  # go-live monitoring sends its alert kinds now
     assert 'href="/account/notifications/"' in client.get("/account/").content.decode()
     everything_but_run_failed = {kind: "on" for kind in NotificationKind.values if kind != "run_failed"}
     response = client.post("/account/notifications/", everything_but_run_failed)
@@ -430,7 +430,7 @@ def test_api_reads_and_updates_preferences(it_a: Any) -> None:
     rows = client.get(url).json()
     assert [row["kind"] for row in rows] == NotificationKind.values
     assert all(row["email"] for row in rows)
-    assert {row["kind"] for row in rows if not row["available"]} == {"alert_opened", "alert_resolved"}
+    assert {row["kind"] for row in rows if not row["available"]} == set()
     changed = client.patch(url, {"email": {"approval_reminder": False}}, content_type="application/json")
     assert changed.status_code == 200
     assert {row["kind"]: row["email"] for row in changed.json()}["approval_reminder"] is False

@@ -3,7 +3,9 @@
 - hospital IT: the requests of their tenant waiting for a decision (approvers decide, viewers see);
 - customer success: rejections to answer, failed runs, and requests waiting on hospital IT, each
   with how long it has waited;
-- engineers: the failed-runs queue.
+- engineers: the failed-runs queue;
+- open monitoring alerts: customer success see those of their hospitals, and anyone sees the ones
+  assigned to them.
 
 Every list is bounded and read through the tenants the person may see.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -23,6 +25,7 @@ from onboarding.engine.selectors import latest_runs_query
 from onboarding.gates import services as gates
 from onboarding.gates.selectors import approvals_for
 from onboarding.models import Approval, Decision, RunStatus, StepRun
+from onboarding.monitoring.models import Alert
 from onboarding.review import services as review
 from portal.access import User, tenants_for
 from portal.models import Tenant
@@ -70,16 +73,62 @@ def work_for(user: User) -> list[WorkSection]:
         return sections
     if not is_vendor_staff(user):
         sections.append(_decisions(user))
-        return sections
+        return sections + _assigned_alerts(user)
     # Customer success are the vendor staff who create hospitals and drive their onboarding.
     if user.has_perm("portal.add_tenant"):
         # My hospitals: the ones this person is assigned to; all they may see when none are.
         mine = tenants_assigned_to(user)
         tenants = mine if mine.exists() else tenants_for(user)
-        sections += [_rejections(user, tenants), _failed_runs(tenants), _waiting_on_hospital(user, tenants)]
+        sections += [
+            _alerts(user, tenants),
+            _rejections(user, tenants),
+            _failed_runs(tenants),
+            _waiting_on_hospital(user, tenants),
+        ]
+    else:
+        sections += _assigned_alerts(user)
     if user.has_perm("onboarding.review_runs"):
         sections.append(_review_queue(user))
     return sections
+
+
+def _open_alerts(user: User) -> QuerySet[Alert]:
+    return (
+        Alert.objects.filter(tenant__in=tenants_for(user), resolved_at__isnull=True, **LIVE)
+        .select_related("onboarding__tenant", "onboarding__connection", "assigned_to")
+        .order_by("opened_at")
+    )
+
+
+def _alerts(user: User, tenants: QuerySet[Tenant]) -> WorkSection:
+    alerts = _open_alerts(user).filter(Q(tenant__in=tenants) | Q(assigned_to_id=user.pk))
+    section = WorkSection(key="alerts", title="Open alerts at live hospitals", empty="No alert is open.")
+    return _fill(section, alerts, _alert_item)
+
+
+def _assigned_alerts(user: User) -> list[WorkSection]:
+    # Only for those an alert was given to: everyone else's page stays as their role has it.
+    alerts = _open_alerts(user).filter(assigned_to_id=user.pk)
+    if not alerts.exists():
+        return []
+    section = WorkSection(key="alerts", title="Open alerts assigned to you", empty="No alert is assigned to you.")
+    return [_fill(section, alerts, _alert_item)]
+
+
+def _alert_item(alert: Alert) -> WorkItem:
+    onboarding = alert.onboarding
+    owner = alert.assigned_to.get_username() if alert.assigned_to else "customer success"
+    return WorkItem(
+        kind="alert",
+        title=alert.title,
+        tenant=onboarding.tenant.name,
+        connection=onboarding.connection.name,
+        link=reverse("alert_detail", kwargs={"code": alert.code}),
+        since=alert.opened_at,
+        owed_by=owner,
+        detail=("Acknowledged. " if alert.acknowledged_at else "Not acknowledged yet. ") + alert.detail[:160],
+        zone=onboarding.tenant.timezone,
+    )
 
 
 def _decisions(user: User) -> WorkSection:

@@ -34,8 +34,8 @@ class NotificationKind(models.TextChoices):
     GO_LIVE_ROLLED_BACK = "go_live_rolled_back", "A live connection was rolled back"
 
 
-# Kinds something in the portal sends today. Go-live monitoring adds its two when it is built; until
-# then the preferences page marks them "not available yet" instead of pretending they fire.
+# Kinds something in the portal sends today; the preferences page marks any other "not available yet"
+# instead of pretending it fires.
 AVAILABLE_KINDS: frozenset[str] = frozenset(
     {
         NotificationKind.APPROVAL_REQUESTED,
@@ -47,6 +47,8 @@ AVAILABLE_KINDS: frozenset[str] = frozenset(
         NotificationKind.GO_LIVE_OVERRIDE,
         NotificationKind.GO_LIVE_DONE,
         NotificationKind.GO_LIVE_ROLLED_BACK,
+        NotificationKind.ALERT_OPENED,
+        NotificationKind.ALERT_RESOLVED,
     }
 )
 
