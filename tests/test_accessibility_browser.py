@@ -20,6 +20,7 @@ from onboarding.engine import services
 from onboarding.models import Approval, Finding, RunStatus, StepRun
 from tests.browser import accessibility_report, log_in, reauthenticate
 from tests.factories import DEFAULT_PASSWORD
+from tests.live_helpers import make_live
 from tests.test_map_step import ready_connection, run_now, sandbox_connection, set_sizes, signed_off_mapping
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -55,6 +56,8 @@ def seeded(
     assert run_now(epic, "configure", cs_user).status == RunStatus.PASSED
     epic_test = run_now(epic, "test", cs_user)
     assert epic_test.status == RunStatus.PASSED and epic_test.result.get("credential")
+    # Live, for its monitoring page (what a cutover writes; the go-live flow has its own browser test).
+    make_live(epic.onboarding, probe_patient_id=sandboxes["epic"].patient_ids[0])
 
     # SMART Backend Services with a key pair, and a run a worker is in the middle of (live progress).
     smart = sandbox_connection(
@@ -82,6 +85,10 @@ def seeded(
         "people": reverse("tenant_members", kwargs=tenant),
         "dashboard": reverse("dashboard"),
         "hypercare": reverse("hypercare"),
+        "windows": reverse("tenant_windows", kwargs=tenant),
+        "go-live": reverse("go_live", kwargs=conn),
+        "connection monitoring": reverse("connection_monitoring", kwargs={"code": epic.code}),
+        "monitoring policy": reverse("monitoring_policy", kwargs=tenant),
         "tenant": reverse("tenant_detail", kwargs=tenant),
         "tenant audit": reverse("tenant_audit", kwargs=tenant),
         "validation policy": reverse("validation_policy", kwargs=tenant),
@@ -108,6 +115,7 @@ def seeded(
         "new connection": reverse("connection_create", kwargs=tenant),
         "edit connection": reverse("connection_edit", kwargs=conn),
         "smart key": reverse("connection_smart_key", kwargs={"code": smart.code}),
+        "service accounts": reverse("service_accounts"),
         # Vendor staff only.
         "audit": reverse("audit_log"),
     }
@@ -120,6 +128,10 @@ EVERYONE = [
     "people",
     "dashboard",
     "hypercare",
+    "windows",
+    "go-live",
+    "connection monitoring",
+    "monitoring policy",
     "tenant",
     "tenant audit",
     "validation policy",
@@ -142,7 +154,7 @@ EVERYONE = [
     "api docs",
 ]
 PAGES = {
-    "cs": [*EVERYONE, "new hospital", "new connection", "edit connection", "smart key", "audit"],
+    "cs": [*EVERYONE, "new hospital", "new connection", "edit connection", "smart key", "service accounts", "audit"],
     "engineer": [*EVERYONE, "audit"],
     "it_a": EVERYONE,
 }
