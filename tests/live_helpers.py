@@ -1,8 +1,8 @@
-"""Making a connection live in tests the way cutover does, until the go-live wing's cutover is merged.
+"""A live connection as a fixture: the LiveState a cutover writes, without running the go-live step.
 
-One helper, so the lead can point it at golive's cutover service at merge: it writes the LiveState
-a cutover writes (stage, since when, hypercare until, the runs the approval bound, the probe patient
-and the hypercare contacts) and nothing else.
+For tests of what comes after go-live (monitoring's rules, pages, the route matrix), where the
+cutover itself is not under test. The go-live step's own cutover is tested in tests/test_golive.py,
+and tests/test_monitoring_worker.py takes its connection live through it on the worker.
 """
 
 from __future__ import annotations

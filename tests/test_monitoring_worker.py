@@ -1,6 +1,7 @@
 """Done-when 2 of issue 12: a real Celery worker and a real beat process watch a live sandbox connection.
 
-The session worker (tests/conftest.py) consumes the `monitoring` queue with checks 2 s apart; this
+The connection goes live through the go-live step on the worker. The session worker
+(tests/conftest.py) consumes the `monitoring` queue with checks 2 s apart; this
 module starts `celery beat` beside it with a 1 s tick. The sandbox's 5xx fault switched on opens
 exactly one alert and one "opened" notification, switched off exactly one "resolved"; inside a
 declared maintenance window the same fault opens no alert.
@@ -18,15 +19,15 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from onboarding.engine import services as engine
-from onboarding.live.models import MaintenanceKind, MaintenanceWindow
+from onboarding.golive import services as golive
+from onboarding.live.models import LiveStage, LiveState, MaintenanceKind, MaintenanceWindow
+from onboarding.models import FINAL_STATUSES, RunStatus, StepRun
 from onboarding.monitoring import policy
 from onboarding.monitoring.models import Alert, HealthCheck, Monitor
 from portal.models import StaffAssignment
 from portal.notifications.models import Notification
-from tests.factories import ConnectionFactory
 from tests.faults.harness import CeleryProcess, beat_args, wait_until
-from tests.live_helpers import make_live
+from tests.golive_helpers import approve_go_live, evening_windows, ready_to_go_live
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -40,6 +41,7 @@ def beat(celery_worker_process: Any, tmp_path: Path) -> Iterator[CeleryProcess]:
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         MONITORING_TICK_SECONDS="1",
+        GO_LIVE_BEAT_INTERVAL="1",
     )
     process = CeleryProcess(beat_args(tmp_path), env, tmp_path / "beat.log").start(ready_marker="Starting")
     yield process
@@ -62,15 +64,28 @@ def opened_and_resolved() -> tuple[int, int]:
 
 
 def test_a_5xx_outage_notifies_once_when_it_opens_and_once_when_it_resolves(
-    beat: CeleryProcess, sandboxes: dict[str, Any], clean_faults: None, tenant_a: Any, cs_user: Any
+    beat: CeleryProcess, sandboxes: dict[str, Any], clean_faults: None, tenant_a: Any, cs_user: Any, it_a: Any
 ) -> None:
     hospital = sandboxes["generic"]
     StaffAssignment.objects.create(tenant=tenant_a, user=cs_user)
     current = policy.policy_for(tenant_a)
     current.failures_to_alert = 2
     current.save()
-    connection = ConnectionFactory(tenant=tenant_a, vendor="generic", base_url=hospital.base_url)
-    live = make_live(engine.ensure_onboarding(connection), probe_patient_id=hospital.patient_ids[0])
+    # Taken live the way customer success do: the approved plan, then the go-live itself, which beat
+    # starts and the worker runs (pre-flight, cutover, first checks). The override starts it now
+    # rather than at the next change window, so the test does not depend on the time of day.
+    onboarding = ready_to_go_live(tenant_a, cs_user, it_a, hospital)
+    evening_windows(tenant_a, cs_user)
+    approve_go_live(cs_user, it_a, onboarding)
+    golive.schedule_go_live(user=cs_user, onboarding=onboarding, override_reason="Monitoring test: go live now.")
+    wait_until(
+        lambda: StepRun.objects.filter(onboarding=onboarding, step="go_live", status__in=FINAL_STATUSES).exists(),
+        120,
+        "the go-live step to finish",
+    )
+    go_live = StepRun.objects.get(onboarding=onboarding, step="go_live")
+    assert go_live.status == RunStatus.PASSED, (go_live.error_kind, go_live.error_message)
+    live = LiveState.objects.get(onboarding=onboarding, stage=LiveStage.FULL)
 
     wait_for_checks(live, 2, ok=True)
     assert Monitor.objects.get(onboarding_id=live.onboarding_id).interval_s == 2
