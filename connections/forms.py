@@ -77,6 +77,9 @@ class ConnectionForm(forms.ModelForm):
             "scope",
             "mrn_system",
             "extra_search_params",
+            "pull_concurrency",
+            "pull_rate",
+            "pull_method",
         ]
 
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
