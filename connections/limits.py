@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-# Kept for the tests and the run's report: the last holds and the moments places were granted.
-_HISTORY = 10_000
+# Kept for the tests and the run's report: the last holds and the moments places were granted. Short:
+# a pull of thousands of requests must not grow with them.
+_HISTORY = 256
 
 
 class PullStopped(Exception):

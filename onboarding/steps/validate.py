@@ -26,6 +26,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Container
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import date
@@ -53,7 +54,7 @@ from onboarding.review import services as review
 from onboarding.review.services import NewFinding
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, stopped_outcome
-from onboarding.steps.pull import BulkPull, ClinicalTypes, pull_patients, pull_report
+from onboarding.steps.pull import BulkPull, ClinicalTypes, id_digest, pull_patients, pull_report
 from onboarding.validation import uscore
 from onboarding.validation.fhirjson import as_items
 
@@ -182,7 +183,7 @@ class Validator:
         resource: MappingType[str, Any],
         *,
         patient_id: str,
-        encounter_ids: set[str],
+        encounter_ids: Container[str],
         birth_date: str | None,
     ) -> list[NewFinding]:
         """Findings on one clinical resource of the patient being pulled."""
@@ -301,7 +302,7 @@ class Validator:
         return found
 
     def _references(
-        self, resource: MappingType[str, Any], resource_type: str, patient_id: str, encounter_ids: set[str]
+        self, resource: MappingType[str, Any], resource_type: str, patient_id: str, encounter_ids: Container[str]
     ) -> list[NewFinding]:
         found: list[NewFinding] = []
         for name in REFERENCE_OWNERS:
@@ -508,8 +509,9 @@ class ValidateStep(StepModule):
         checked: list[str],
     ) -> None:
         """The same checks over a bulk export: the sample's patients first, then their resources type by type."""
-        births: dict[str, str | None] = {}
-        encounters: dict[str, set[str]] = {}
+        # Per patient of the sample, as digests: the birth date, and which Encounters are its own.
+        births: dict[int, str | None] = {}
+        encounters: set[int] = set()
         with BulkPull(ctx, size=size, types=types, verb="Validated") as bulk:
             try:
                 for patient in bulk.patients():
@@ -517,20 +519,32 @@ class ValidateStep(StepModule):
                     for finding in validator.check_patient(patient):
                         sink.add(finding, patient, patient_id)
                     birth = patient.get("birthDate")
-                    births[patient_id] = birth if isinstance(birth, str) else None
+                    births[id_digest(patient_id)] = birth if isinstance(birth, str) else None
                     # Counted from here: a file that breaks later still leaves these patients' findings.
                     checked.append(review.patient_key(sink.tenant, patient_id) if patient_id else "")
                 for resource_type, resource, owner in bulk.resources():
-                    mine = encounters.setdefault(owner, set())
                     if resource_type == "Encounter":
-                        mine.add(str(resource.get("id")))
+                        encounters.add(id_digest(owner, str(resource.get("id"))))
                     for finding in validator.check_resource(
-                        resource, patient_id=owner, encounter_ids=mine, birth_date=births.get(owner)
+                        resource,
+                        patient_id=owner,
+                        encounter_ids=_OwnEncounters(owner, encounters),
+                        birth_date=births.get(id_digest(owner)),
                     ):
                         sink.add(finding, resource, owner)
             finally:
                 ctx.bulk_export = bulk.report()
         ctx.progress(len(checked), size, f"Validated {len(checked)} of {size} patients")
+
+
+class _OwnEncounters:
+    """One patient's Encounter ids, answered from the bulk pull's digests of (patient, encounter)."""
+
+    def __init__(self, owner: str, digests: set[int]) -> None:
+        self.owner, self.digests = owner, digests
+
+    def __contains__(self, encounter_id: object) -> bool:
+        return isinstance(encounter_id, str) and id_digest(self.owner, encounter_id) in self.digests
 
 
 def _clinical(
