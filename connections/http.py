@@ -11,6 +11,7 @@ nothing from Django, so it can be tested against real loopback servers without s
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import email.utils
 import functools
@@ -21,13 +22,14 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import certifi
@@ -38,6 +40,9 @@ from connections.errors import ErrorKind, Redactor, RemoteError, is_secret_name
 from connections.loadgen.target import PinnedTarget
 from portal import safejson
 
+if TYPE_CHECKING:
+    from connections.limits import PullLimiter
+
 logger = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -46,6 +51,8 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# Answers that say "slow down" to the whole connection, not to one request.
+SLOW_DOWN_STATUSES = frozenset({429, 503})
 RETRYABLE_KINDS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT})
 DEFAULT_ACCEPT = "application/fhir+json, application/json;q=0.9"
 # Error bodies are only read for their first few kilobytes: enough for an OperationOutcome.
@@ -106,19 +113,23 @@ class ClientStats:
 
     requests: int = 0
     throttled: int = 0  # answers 429
+    unavailable: int = 0  # answers 503 (the server asks for time, as a 429 does)
     retries: int = 0
     waited_s: float = 0.0  # back-off and Retry-After waits, all causes
     throttle_waited_s: float = 0.0  # the part of it spent waiting out a 429
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy, waits rounded to tenths of a second."""
-        return {
+        figures: dict[str, Any] = {
             "requests": self.requests,
             "throttled": self.throttled,
             "retries": self.retries,
             "waited_s": round(self.waited_s, 1),
             "throttle_waited_s": round(self.throttle_waited_s, 1),
         }
+        if self.unavailable:
+            figures["unavailable"] = self.unavailable
+        return figures
 
 
 # A server-requested wait must leave this much of the run's time for the retried request itself.
@@ -535,6 +546,51 @@ def _read_body(response: httpx.Response, attempt: _Attempt, limit: int, truncate
     return decoder.result()
 
 
+def _lines(response: httpx.Response, attempt: _Attempt, max_line: int) -> Iterator[bytes]:
+    """A streamed body's lines, decompressed as they come, each under ``max_line`` bytes, by the deadline."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    inflater = None
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj(zlib.MAX_WBITS)
+    elif encoding not in ("", "identity"):
+        raise RemoteError(ErrorKind.BAD_PAYLOAD, "The hospital's server compressed a file in a way we cannot read.")
+    buffer = b""
+    raw = response.iter_raw()
+    while True:
+        token = _CURRENT.set(attempt)
+        try:
+            chunk = next(raw, None)
+        finally:
+            _CURRENT.reset(token)
+        if chunk is None:
+            break
+        if attempt.remaining() <= 0:
+            raise RemoteError(ErrorKind.DEADLINE, "The file download did not finish within the run's time limit.")
+        pieces = [chunk]
+        if inflater is not None:
+            pieces, data = [], chunk
+            while data:
+                try:
+                    pieces.append(inflater.decompress(data, max_line + 1))
+                except zlib.error:
+                    raise RemoteError(ErrorKind.BAD_PAYLOAD, "The server sent a corrupt compressed file.") from None
+                data = inflater.unconsumed_tail
+        for piece in pieces:
+            buffer += piece
+            *complete, buffer = buffer.split(b"\n")
+            yield from (line for line in complete if line.strip())
+            if len(buffer) > max_line:
+                raise RemoteError(
+                    ErrorKind.TOO_LARGE,
+                    f"One line of the file is larger than the {max_line} bytes we accept.",
+                    detail={"max_response_bytes": max_line},
+                )
+    if buffer.strip():
+        yield buffer
+
+
 def _looks_like_html(content: bytes, content_type: str) -> bool:
     head = content[:512].lstrip().lower()
     return "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html", b"<"))
@@ -870,10 +926,16 @@ class GuardedClient:
         *,
         sleep: Callable[[float], None] = time.sleep,
         resolver: Resolver | None = None,
+        limiter: PullLimiter | None = None,
     ) -> None:
         self._policy = policy
         self._sleep = sleep
         self.stats = ClientStats()
+        # Threads of one concurrent pull share this client: its counters move under a lock.
+        self._stats_lock = threading.Lock()
+        # The connection's agreed limits (connections.limits), shared by every thread of a run: a place
+        # per attempt, and a 429 or 503 pauses them all. None: no limits beyond the caller's own pace.
+        self.limiter = limiter
         # When the work this client serves must end (time.monotonic()); a server-requested wait that
         # would not fit is refused at once, with the wait it asked for. None: policy.max_retry_after caps it.
         self.wait_deadline: float | None = None
@@ -934,12 +996,21 @@ class GuardedClient:
         attempts = 0
         while True:
             attempts += 1
-            self.stats.requests += 1
+            with self._stats_lock:
+                self.stats.requests += 1
             error: RemoteError | None = None
-            try:
-                response = self._attempt(method, url, headers, params, data, json, expect_json, redactor)
-            except RemoteError as exc:
-                error = exc
+            early_wait: float | RemoteError | None = None
+            with self.limiter.slot() if self.limiter is not None else contextlib.nullcontext():
+                try:
+                    response = self._attempt(method, url, headers, params, data, json, expect_json, redactor)
+                except RemoteError as exc:
+                    error = exc
+                    if self.limiter is not None and exc.status in SLOW_DOWN_STATUSES:
+                        # Pause the connection before this place is given back, so no other thread
+                        # slips a request in between the hospital's "slow down" and the pause.
+                        early_wait = self._next_wait(exc, attempts)
+                        if not isinstance(early_wait, RemoteError):
+                            self.limiter.pause(early_wait)
             elapsed_ms = round((time.monotonic() - started) * 1000, 1)
             if error is None:
                 # Redacting and formatting cost as much as the guard itself: only when logged.
@@ -962,17 +1033,25 @@ class GuardedClient:
                 },
             )
             self._log(method, safe_url, error.status, elapsed_ms, attempts, error.kind)
-            if error.status == 429:
-                self.stats.throttled += 1
-            wait = self._next_wait(error, attempts)
+            with self._stats_lock:
+                if error.status == 429:
+                    self.stats.throttled += 1
+                elif error.status == 503:
+                    self.stats.unavailable += 1
+            wait = early_wait if isinstance(early_wait, float) else self._next_wait(error, attempts)
             if isinstance(wait, RemoteError):
                 raise wait
             waits.append(wait)
-            self.stats.retries += 1
-            self.stats.waited_s += wait
-            if error.status == 429:
-                self.stats.throttle_waited_s += wait
-            self._sleep(wait)
+            with self._stats_lock:
+                self.stats.retries += 1
+                self.stats.waited_s += wait
+                if error.status == 429:
+                    self.stats.throttle_waited_s += wait
+            if isinstance(early_wait, float) and self.limiter is not None:
+                # The hospital asked for time: every request of the run waits, not just this one.
+                self.limiter.wait_out()
+            else:
+                self._sleep(wait)
 
     def _next_wait(self, error: RemoteError, attempts: int) -> float | RemoteError:
         """How long to wait before retrying, or the error to give up with."""
@@ -1047,6 +1126,81 @@ class GuardedClient:
                 finally:
                     response.close()
                 hop = _redirected(hop, response.status_code, request.url, target, redactor)
+            raise AssertionError("unreachable: _redirect_target limits hops")
+        finally:
+            _CURRENT.reset(token)
+
+    def stream_lines(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        deadline_at: float | None = None,
+    ) -> Iterator[bytes]:
+        """GET a newline-delimited body (NDJSON) and yield it line by line, never holding it whole.
+
+        The same guard as ``request``: address checks and pinning, each redirect re-checked, typed
+        errors, retries with back-off (and the limiter's place and slow-downs) until the body starts.
+        Once it streams, the whole download must end by ``deadline_at`` (time.monotonic()), a silent
+        server is cut off by the read timeout, and one line may not pass the response size cap.
+        """
+        redactor = Redactor(_secrets_in(headers))
+        attempts = 0
+        started = time.monotonic()
+        while True:
+            attempts += 1
+            with self._stats_lock:
+                self.stats.requests += 1
+            slot = self.limiter.slot() if self.limiter is not None else contextlib.nullcontext()
+            slot.__enter__()
+            attempt = _Attempt(deadline_at=deadline_at or time.monotonic() + self._policy.deadline)
+            try:
+                response = self._open(url, headers, attempt, redactor)
+            except RemoteError as exc:
+                slot.__exit__(None, None, None)
+                error = exc.with_detail(method="GET", url=redactor.url(url), attempts=attempts)
+                error.detail["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+                wait = self._next_wait(error, attempts)
+                if isinstance(wait, RemoteError):
+                    raise wait from None
+                if self.limiter is not None and error.status in SLOW_DOWN_STATUSES:
+                    self.limiter.hold(wait)
+                else:
+                    self._sleep(wait)
+                continue
+            try:
+                yield from _lines(response, attempt, self._policy.max_response_bytes)
+            except httpx.HTTPError as exc:
+                error = _classify_transport_error(exc, attempt).with_detail(method="GET", url=redactor.url(url))
+                raise error from None
+            finally:
+                response.close()
+                slot.__exit__(None, None, None)
+            return
+
+    def _open(
+        self, url: str, headers: Mapping[str, str] | None, attempt: _Attempt, redactor: Redactor
+    ) -> httpx.Response:
+        """One GET up to its final answer's headers, redirects re-checked; the body is left unread."""
+        token = _CURRENT.set(attempt)
+        try:
+            hop = _Hop("GET", check_url(url, self._policy), self._headers(headers, False), None, None)
+            for count in range(self._policy.max_redirects + 1):
+                request = self._http.build_request(hop.method, hop.url, headers=hop.headers)
+                response = self._send(request, attempt)
+                location = response.headers.get("location")
+                if response.status_code in REDIRECT_STATUSES and location:
+                    response.close()
+                    target = self._redirect_target(request.url, location, count, redactor)
+                    hop = _redirected(hop, response.status_code, request.url, target, redactor)
+                    continue
+                if response.status_code >= 400:
+                    try:
+                        body = _read_body(response, attempt, ERROR_BODY_LIMIT, truncate=True)
+                    finally:
+                        response.close()
+                    raise _status_error(response, body, redactor)
+                return response
             raise AssertionError("unreachable: _redirect_target limits hops")
         finally:
             _CURRENT.reset(token)

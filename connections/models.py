@@ -44,6 +44,11 @@ class KeyAlgorithm(models.TextChoices):
     ES384 = "ES384", "ES384 (elliptic curve P-384)"
 
 
+class PullMethod(models.TextChoices):
+    REST = "rest", "REST searches, patient by patient (concurrent within the agreed limits)"
+    BULK = "bulk", "FHIR Bulk Data export ($export, NDJSON files)"
+
+
 class EHRConnection(models.Model):
     """One FHIR R4 endpoint of a tenant. The secret is encrypted at rest and never shown again."""
 
@@ -74,6 +79,28 @@ class EHRConnection(models.Model):
         "ah-practice=Organization/a-1.Practice-195900.",
     )
     secret_updated_at = models.DateTimeField(null=True, blank=True)
+    # What customer success agreed with the hospital for map and validate pulls: at most this many
+    # requests at once and (optionally) this many a second. Ceilings are in settings (PULL_MAX_*).
+    pull_concurrency = models.PositiveSmallIntegerField(
+        default=4,
+        verbose_name="concurrent requests",
+        help_text="Requests map and validate may have open at once, as agreed with the hospital.",
+    )
+    pull_rate = models.FloatField(
+        null=True,
+        blank=True,
+        verbose_name="requests per second",
+        help_text="The agreed request rate; blank for no rate beyond the concurrency.",
+    )
+    pull_method = models.CharField(
+        max_length=10,
+        choices=PullMethod.choices,
+        default=PullMethod.REST,
+        verbose_name="pull method",
+        help_text="Bulk needs a server whose CapabilityStatement advertises $export (read by configure).",
+    )
+    # The $export levels (system, patient, group) the last configure run found advertised.
+    bulk_export_levels = models.CharField(max_length=40, blank=True, editable=False)
     # Some servers publish no CapabilityStatement. Choosing to go on without one is explicit and
     # audited (connections.services.set_without_capability_statement); configure then skips, and
     # lists, the checks that need it.
@@ -112,6 +139,7 @@ class EHRConnection(models.Model):
         PATCH that only flips the environment, or a future caller cannot get around it.
         """
         super().clean()
+        self._check_pull_limits()
         if self.environment != Environment.PRODUCTION:
             return
         errors = {
@@ -122,6 +150,28 @@ class EHRConnection(models.Model):
             )
             if url and urlsplit(url).scheme != "https"
         }
+        if errors:
+            raise ValidationError(errors)
+
+    def _check_pull_limits(self) -> None:
+        """The agreed limits stay under the hard caps, and bulk needs an advertised $export."""
+        errors: dict[str, str] = {}
+        cap = settings.PULL_MAX_CONCURRENCY
+        if self.pull_concurrency is not None and not 1 <= self.pull_concurrency <= cap:
+            errors["pull_concurrency"] = (
+                f"Choose 1 to {cap} concurrent requests (the cap PULL_MAX_CONCURRENCY is {cap})."
+            )
+        rate_cap = settings.PULL_MAX_RATE
+        if self.pull_rate is not None and not 0 < self.pull_rate <= rate_cap:
+            errors["pull_rate"] = (
+                f"Choose a rate above 0 and at most {rate_cap:g} requests a second (the cap PULL_MAX_RATE is "
+                f"{rate_cap:g}), or leave it blank."
+            )
+        if self.pull_method == PullMethod.BULK and not self.bulk_export_levels:
+            errors["pull_method"] = (
+                "Bulk export needs a server whose CapabilityStatement advertises $export, and the last configure run "
+                "found none. Re-run configure after the hospital enables it, or keep REST."
+            )
         if errors:
             raise ValidationError(errors)
 

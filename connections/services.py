@@ -17,6 +17,7 @@ from connections.adapters import ConnectionConfig, FHIRAdapter, get_adapter
 from connections.auth import AuthConfig, with_discovery
 from connections.errors import RemoteError
 from connections.http import GuardedClient, OutboundPolicy
+from connections.limits import PullLimiter
 from connections.models import AuthMethod, EHRConnection
 from portal import audit
 from portal.access import User, require_perm
@@ -35,6 +36,9 @@ EDITABLE_FIELDS = (
     "scope",
     "mrn_system",
     "extra_search_params",
+    "pull_concurrency",
+    "pull_rate",
+    "pull_method",
 )
 
 
@@ -79,7 +83,7 @@ def build_adapter(connection: EHRConnection) -> FHIRAdapter:
     Services connection always reads the configuration, to check its key algorithm is accepted.
     """
     config = connection_config(connection)
-    client = GuardedClient(outbound_policy())
+    client = GuardedClient(outbound_policy(), limiter=limiter_for(connection))
     adapter = get_adapter(config, client)
     needs_discovery = config.auth.needs_token and not config.auth.token_url
     if needs_discovery or config.auth.method == AuthMethod.SMART_BACKEND:
@@ -297,3 +301,19 @@ def restore_connection(*, user: User, connection: EHRConnection, request: HttpRe
         detail={"archived_at": archived_at.isoformat()},
     )
     return connection
+
+
+def record_export_levels(*, connection: EHRConnection, levels: list[str]) -> None:
+    """Note which Bulk Data $export levels the server advertised (configure reads them), for the pull method."""
+    value = ",".join(levels)
+    if connection.bulk_export_levels != value:
+        EHRConnection.objects.filter(pk=connection.pk).update(bulk_export_levels=value)
+        connection.bulk_export_levels = value
+
+
+def limiter_for(connection: EHRConnection) -> PullLimiter:
+    """The limiter every request of one run to this connection shares: its agreed limits, under the caps."""
+    return PullLimiter(
+        concurrency=min(connection.pull_concurrency or 1, settings.PULL_MAX_CONCURRENCY),
+        rate=min(connection.pull_rate, settings.PULL_MAX_RATE) if connection.pull_rate else None,
+    )

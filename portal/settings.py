@@ -549,6 +549,16 @@ OUTBOUND_DEADLINE = env_float("OUTBOUND_DEADLINE", 30.0)
 OUTBOUND_MAX_RESPONSE_BYTES = env_int("OUTBOUND_MAX_RESPONSE_BYTES", 20 * 1024 * 1024, minimum=1024)
 OUTBOUND_MAX_ATTEMPTS = env_int("OUTBOUND_MAX_ATTEMPTS", 3, minimum=1)
 
+# --- Pull limits: what a connection may agree with its hospital -------------------------------
+# Customer success sets each connection's concurrency and rate (connections.EHRConnection); these
+# are the ceilings no connection may go past, whatever was agreed.
+PULL_MAX_CONCURRENCY = env_int("PULL_MAX_CONCURRENCY", 16, minimum=1)
+PULL_MAX_RATE = env_float("PULL_MAX_RATE", 50.0)
+# Patients pulled ahead of the checks, per concurrent request: the most a pull holds in memory.
+PULL_WINDOW_PER_REQUEST = env_int("PULL_WINDOW_PER_REQUEST", 4, minimum=1)
+# A bulk export's status is polled no faster than this, whatever Retry-After says.
+BULK_MIN_POLL_S = env_float("BULK_MIN_POLL_S", 0.5)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -478,7 +478,8 @@ def test_a_validate_run_stopped_part_way_says_so_and_diffs_only_what_both_runs_c
 
     planned = len(defects.patient_ids)
     set_sizes(tenant_a, map_size=planned, validate_size=planned)
-    connection = ready_connection(tenant_a, cs_user, defects)
+    # One request at a time, so exactly one 429 stops it (concurrent requests in flight could meet a second).
+    connection = ready_connection(tenant_a, cs_user, defects, pull_concurrency=1)
     signed_off_mapping(cs_user, it_a, connection)
     full = run_now(connection, "validate", cs_user)
     assert full.result["patients"] == planned and full.findings.exists()

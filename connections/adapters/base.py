@@ -9,6 +9,7 @@ attributes and small overrides in the vendor modules, so this file holds no vend
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import re
@@ -88,6 +89,16 @@ class CapabilitySummary:
     formats: list[str]
     resources: dict[str, dict[str, list[str]]]  # type -> {"interactions": [...], "search_params": [...]}
     security: dict[str, Any] = field(default_factory=dict)
+    # Operations by where they are declared: "system" (rest.operation) or a resource type.
+    operations: dict[str, list[str]] = field(default_factory=dict)
+
+    def export_levels(self) -> list[str]:
+        """The Bulk Data $export levels advertised: system, patient and/or group (IG 2.0)."""
+        levels = []
+        for level, where in (("system", "system"), ("patient", "Patient"), ("group", "Group")):
+            if any(name.lstrip("$") in ("export", "bulk-export") for name in self.operations.get(where, [])):
+                levels.append(level)
+        return levels
 
     def supports(self, resource_type: str, interaction: str = "search-type") -> bool:
         """Whether the server advertises an interaction on a resource type."""
@@ -120,6 +131,23 @@ class FHIRAdapter:
         # patient than the one searched (per type), and what the server's paging gave away (by code).
         self.foreign_resources: Counter[str] = Counter()
         self.paging_notes: dict[str, str] = {}
+
+    def worker_copy(self) -> FHIRAdapter:
+        """A copy for one thread of a concurrent pull: the same client, limiter and token, its own notes.
+
+        What a pull notes (refused resources, paging) is counted per copy and folded back with
+        ``absorb`` once the pull is over, so no two threads ever update the same counter.
+        """
+        twin = copy.copy(self)
+        twin.foreign_resources = Counter()
+        twin.paging_notes = {}
+        return twin
+
+    def absorb(self, twin: FHIRAdapter) -> None:
+        """Fold what a worker copy noted into this adapter's notes."""
+        self.foreign_resources.update(twin.foreign_resources)
+        for code, note in twin.paging_notes.items():
+            self.paging_notes.setdefault(code, note)
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -595,8 +623,17 @@ def summarize_capability(body: Mapping[str, Any]) -> CapabilitySummary:
         for r in rest.get("resource") or []
         if r.get("type")
     }
+    operations: dict[str, list[str]] = {}
+    system_ops = [str(o.get("name")) for o in rest.get("operation") or [] if isinstance(o, dict) and o.get("name")]
+    if system_ops:
+        operations["system"] = system_ops
+    for r in rest.get("resource") or []:
+        ops = [str(o.get("name")) for o in r.get("operation") or [] if isinstance(o, dict) and o.get("name")]
+        if ops and r.get("type"):
+            operations[str(r["type"])] = ops
     software = body.get("software") or {}
     return CapabilitySummary(
+        operations=operations,
         fhir_version=str(body.get("fhirVersion")),
         software=" ".join(str(s) for s in (software.get("name"), software.get("version")) if s),
         formats=[str(f) for f in body.get("format") or []],

@@ -56,10 +56,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
+from .bulk import BULK_FAULTS, EXPORT_DEFINITION, PATIENT_EXPORT_DEFINITION, BulkExports
 from .data import AS_OF, EXTENDED_CLINICAL_TYPES, Resource, generate_population
 from .defects import parse_defects, plant_defects
 from .flavours import FLAVOURS, RESOURCE_TYPES, Flavour
 from .smart import ALGORITHMS, JWT_BEARER, AssertionRejected, KeyRegistry, ReplayCache, verify_assertion
+from .traffic import Traffic
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 PLAIN_JSON = "application/json; charset=utf-8"
@@ -362,6 +364,7 @@ FAULT_SPECS: dict[str, FaultSpec] = {
         "search answers ('search'), or in a 500 OperationOutcome answering every FHIR request ('error').",
     ),
     **QUIRK_SPECS,
+    **{name: FaultSpec(default, parse, doc) for name, (default, parse, doc) in BULK_FAULTS.items()},
 }
 
 
@@ -1003,6 +1006,13 @@ class SandboxHospital:
         self.resource_types = RESOURCE_TYPES + (EXTENDED_CLINICAL_TYPES if extended_clinical else ())
         self._store = ResourceStore(population.by_type())
         self.patient_ids: list[str] = [p["id"] for p in population.patients]
+        # Requests in flight and when each came, counted by the server itself (see traffic.py).
+        self.traffic = Traffic()
+        self.exports = BulkExports(
+            bodies=lambda rtype: [record.body for record in self._store.by_type.get(rtype, [])],
+            types=self.resource_types,
+            last_updated=LAST_UPDATED,
+        )
 
         self._httpd = _Server((host, port), self)
         self.host = host
@@ -1051,6 +1061,7 @@ class SandboxHospital:
         """Empty the request log."""
         if self._request_log is not None:
             self._request_log.clear()
+        self.traffic.reset()
 
     def capacity(self) -> dict[str, Any]:
         """The capacity knobs' live state: requests in service and queued, the peak queue, 429s sent."""
@@ -1061,6 +1072,7 @@ class SandboxHospital:
             "queued": slots.queued if slots else 0,
             "peak_queued": slots.peak_queued if slots else 0,
             "throttled": self._faults.throttled,
+            **self.traffic.summary(),
         }
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -1220,6 +1232,8 @@ class SandboxHospital:
         denied = self._authorize(headers)
         if denied is not None:
             return denied
+        if "$export" in relative:
+            return self._bulk(method, relative, path, query, headers, base, values)
         self._check_format(query)
         segments = relative.split("/") if relative else []
         if not segments:
@@ -1236,6 +1250,38 @@ class SandboxHospital:
             self._require_get(method)
             return self._read(rtype, segments[1])
         raise FhirError(404, "not-found", f"No FHIR endpoint at {path}.")
+
+    def _bulk(
+        self,
+        method: str,
+        relative: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: Headers,
+        base: str,
+        values: dict[str, Any],
+    ) -> Response:
+        """The Bulk Data export: kick-off at any level, the status URL, and the NDJSON files (see bulk.py)."""
+        segments = relative.split("/")
+        if segments[0] == "$export-status" and len(segments) == 2:
+            if method not in ("GET", "DELETE"):
+                raise FhirError(405, "not-supported", "The status URL answers GET and DELETE.")
+            answer = self.exports.status(segments[1], method, base=base, auth=self.auth != "none", values=values)
+        elif segments[0] == "$export-file" and len(segments) == 3:
+            self._require_get(method)
+            answer = self.exports.file(segments[1], segments[2], values=values)
+        elif relative in ("$export", "Patient/$export") or (
+            len(segments) == 3 and segments[0] == "Group" and segments[2] == "$export"
+        ):
+            self._require_get(method)
+            request = base + "/" + relative + ("?" + _query_string(query) if query else "")
+            answer = self.exports.kick_off(
+                request=request, query=dict(query), prefer=headers.get("Prefer") or "", base=base, values=values
+            )
+        else:
+            raise FhirError(404, "not-found", f"No FHIR endpoint at {path}.")
+        status, body, content_type, extra = answer
+        return Response(status, body, content_type, extra)
 
     @staticmethod
     def _require_get(method: str) -> None:
@@ -1469,6 +1515,12 @@ class SandboxHospital:
         statement = json.loads(json.dumps(self._capability))  # a private copy to fill in
         statement["implementation"]["url"] = base
         statement["fhirVersion"] = self._faults.values["fhir_version"] or FHIR_VERSION
+        if not self._faults.values["no_bulk_export"]:
+            rest = statement["rest"][0]
+            rest["operation"] = [{"name": "export", "definition": EXPORT_DEFINITION}]
+            for resource in rest["resource"]:
+                if resource["type"] == "Patient":
+                    resource["operation"] = [{"name": "export", "definition": PATIENT_EXPORT_DEFINITION}]
         for extension in statement["rest"][0].get("security", {}).get("extension", []):
             extension["extension"][0]["valueUri"] = base + "/oauth2/token"
         response = _json_response(200, statement)
@@ -1815,8 +1867,11 @@ class _Handler(BaseHTTPRequestHandler):
             response = operation_outcome(exc.status, "invalid", str(exc))
         else:
             method = "GET" if self.command == "HEAD" else self.command
-            arrived = time.monotonic()
-            response = hospital.handle(method, self.path, self.headers, body)
+            counted = not self.path.startswith("/_sandbox/")
+            arrived = hospital.traffic.arrive() if counted else time.monotonic()
+            response = hospital.handle(method, self.path, self.headers, body)  # never raises
+            if counted:
+                hospital.traffic.leave(arrived, response.status, response.headers.get("Retry-After"))
             if hospital.logging_requests and not self.path.startswith("/_sandbox/"):
                 hospital.record(
                     {

@@ -63,6 +63,8 @@ class StepContext:
         self.done = 0
         self.total = 0
         self.message = ""
+        # How a bulk export went (onboarding.steps.pull.BulkPull), for the run's summary; None for REST.
+        self.bulk_export: dict[str, Any] | None = None
         # When the step must be done by (its soft time limit, from now): a wait a throttling hospital
         # asks for is honoured only if it fits.
         limit = settings.STEP_SOFT_TIME_LIMIT if soft_time_limit is None else soft_time_limit
@@ -81,21 +83,34 @@ class StepContext:
         return self._adapter
 
     def throttling(self) -> dict[str, Any]:
-        """How often the hospital answered 429 and how long the run waited to retry; {} if it never did."""
+        """How often the hospital answered 429 (or 503) and how long the run waited; {} if it never did.
+
+        With the connection's limiter, ``paused_s`` is the wall-clock time the whole connection was
+        held: concurrent requests waiting out the same Retry-After count once.
+        """
         if self._adapter is None:
             return {}
-        stats = self._adapter.client.stats
-        return stats.as_dict() if stats.throttled or stats.retries else {}
+        client = self._adapter.client
+        stats = client.stats
+        if not (stats.throttled or stats.retries or stats.unavailable):
+            return {}
+        figures = stats.as_dict()
+        if client.limiter is not None:
+            figures["paused_s"] = round(client.limiter.stats.paused_s, 1)
+        return figures
 
     @property
     def progress_line(self) -> str:
         """The progress message as people see it: with the throttling so far, once there was any."""
-        stats = self._adapter.client.stats if self._adapter is not None else None
-        if stats is None or not stats.throttled:
+        client = self._adapter.client if self._adapter is not None else None
+        if client is None or not (client.stats.throttled or client.stats.unavailable):
             return self.message
-        times = "time" if stats.throttled == 1 else "times"
-        waited = f"{stats.throttle_waited_s:.0f} s waiting"
-        return f"{self.message} · throttled {stats.throttled} {times} (HTTP 429), {waited}"
+        stats = client.stats
+        count = stats.throttled + stats.unavailable
+        times = "time" if count == 1 else "times"
+        statuses = "/".join(code for code, n in (("429", stats.throttled), ("503", stats.unavailable)) if n)
+        waited_s = client.limiter.stats.paused_s if client.limiter is not None else stats.throttle_waited_s
+        return f"{self.message} · throttled {count} {times} (HTTP {statuses}), {waited_s:.0f} s waiting"
 
     def log(self, message: str, *, level: str = "info", **data: Any) -> None:
         """Add a structured log line; it reaches the database with the next report or the outcome."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from connections.adapters import CapabilitySummary
 from connections.errors import ErrorKind, RemoteError
+from connections.services import record_export_levels
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 
 # What the product reads. Patient by id and by search; clinical resources by patient.
@@ -89,6 +90,7 @@ class ConfigureStep(StepModule):
                 formats=capability.formats,
                 resources={name: capability.resources[name] for name in sorted(capability.resources)},
                 security=capability.security,
+                bulk_export=capability.export_levels(),
             )
         else:
             assert absent is not None  # capability_or_absent gives one or the other
@@ -105,6 +107,8 @@ class ConfigureStep(StepModule):
                 + "."
             )
 
+        # What the connection form may offer as the pull method ("bulk" only where $export is advertised).
+        record_export_levels(connection=ctx.connection, levels=capability.export_levels() if capability else [])
         ctx.progress(1, 2, "Reading .well-known/smart-configuration")
         smart: dict[str, Any] | None = None
         try:

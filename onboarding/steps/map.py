@@ -1,7 +1,8 @@
 """Map: profile a sample of the hospital's data and turn it into a mapping people finish and sign off.
 
 The step pulls N patients (the tenant's policy, default 10, at most 1,000) and their clinical
-resources through the adapter, one patient at a time, counting what it sees (identifier systems,
+resources through the adapter, several patients at once within the connection's agreed limits (or
+from a FHIR Bulk Data export, when that is the connection's pull method), counting what it sees (identifier systems,
 extensions, code systems and local codes). It stores the profile on the run and writes the next
 mapping version: earlier decisions kept, this sample's local codes added with their counts. It
 passes when the mapping covers the required elements; the version is then offered to hospital IT.
@@ -13,10 +14,11 @@ import time
 from typing import Any
 
 from connections.errors import RemoteError
+from connections.models import PullMethod
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import ProfileBuilder
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
-from onboarding.steps.pull import ClinicalTypes, pull_report
+from onboarding.steps.pull import BulkPull, ClinicalTypes, pull_patients, pull_report
 
 PATIENT_PAGE_SIZE = 50
 # Progress (also the heartbeat and the cancel check) is written at most this often: once per
@@ -82,14 +84,24 @@ class MapStep(StepModule):
         types: ClinicalTypes | None = None
         try:
             types = ClinicalTypes(ctx, verb="profiled")
-            for patient in ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
-                builder.add(patient)
-                patient_id = str(patient.get("id") or "")
-                for resource_type in list(types.types) if patient_id else ():
-                    for resource in types.search(ctx, resource_type, patient_id):
-                        builder.add(resource)
-                done += 1
-                progress(done)
+            if ctx.connection.pull_method == PullMethod.BULK:
+                with BulkPull(ctx, size=size, types=types, verb="Profiled") as bulk:
+                    try:
+                        for patient in bulk.patients():
+                            builder.add(patient)
+                            done += 1
+                        for _type, resource, _owner in bulk.resources():
+                            builder.add(resource)
+                    finally:
+                        ctx.bulk_export = bulk.report()
+            else:
+                for patient, found in pull_patients(ctx, size=size, types=types, page_size=PATIENT_PAGE_SIZE):
+                    builder.add(patient)
+                    for resources in found.values():
+                        for resource in resources:
+                            builder.add(resource)
+                    done += 1
+                    progress(done)
         except RemoteError as exc:
             # No mapping version from a part of the sample: it would drop the codes not seen yet.
             partial = {"patients": done, "types_skipped": types.skipped if types else [], **pull_report(ctx)}

@@ -10,9 +10,17 @@ silently on data the server got wrong.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from django.conf import settings
+
+from connections.adapters import FHIRAdapter, owner_id
+from connections.adapters.bulk import BulkExport, Manifest
 from connections.errors import ErrorKind, RemoteError
+from connections.fanout import ordered_map
 from onboarding.mapping.profile import CLINICAL_TYPES
 from onboarding.steps.base import StepContext
 from onboarding.steps.configure import capability_or_absent
@@ -26,6 +34,7 @@ class ClinicalTypes:
     """
 
     def __init__(self, ctx: StepContext, *, verb: str) -> None:
+        self._lock = threading.Lock()
         capability, _why = capability_or_absent(ctx)
         self.probing = capability is None
         if capability is None:
@@ -38,19 +47,78 @@ class ClinicalTypes:
         if self.skipped:
             ctx.log(f"Not offered by the server, so not {verb}: " + ", ".join(self.skipped), level="warning")
 
-    def search(self, ctx: StepContext, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
-        """One patient's resources of one type (another patient's are refused by the adapter)."""
+    def search(
+        self, ctx: StepContext, resource_type: str, patient_id: str, adapter: FHIRAdapter | None = None
+    ) -> list[dict[str, Any]]:
+        """One patient's resources of one type (another patient's are refused by the adapter).
+
+        ``adapter`` is the calling thread's copy in a concurrent pull; the context's adapter otherwise.
+        """
         if resource_type not in self.types:
             return []
         try:
-            return ctx.adapter.search_clinical_raw(resource_type, patient_id)
+            return (adapter or ctx.adapter).search_clinical_raw(resource_type, patient_id)
         except RemoteError as exc:
             if not (self.probing and exc.kind is ErrorKind.NOT_FOUND):
                 raise
-        self.types.remove(resource_type)
-        self.skipped.append(resource_type)
-        ctx.log(f"The server answers 404 for {resource_type} searches, so it does not offer them: skipped.")
+        with self._lock:
+            # Two threads may both meet the 404: the type is dropped (and said so) once.
+            if resource_type in self.types:
+                self.types.remove(resource_type)
+                self.skipped.append(resource_type)
+                ctx.log(f"The server answers 404 for {resource_type} searches, so it does not offer them: skipped.")
         return []
+
+
+Search = Callable[[StepContext, ClinicalTypes, str, str, FHIRAdapter], list[dict[str, Any]]]
+
+
+def _search(
+    ctx: StepContext, types: ClinicalTypes, resource_type: str, patient_id: str, adapter: FHIRAdapter
+) -> list[dict[str, Any]]:
+    return types.search(ctx, resource_type, patient_id, adapter)
+
+
+def pull_patients(
+    ctx: StepContext, *, size: int, types: ClinicalTypes, page_size: int, search: Search = _search
+) -> Iterator[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]:
+    """Up to ``size`` patients, each with its clinical resources by type, in the server's patient order.
+
+    The patient pages are read here; each patient's searches run on one of as many threads as the
+    connection's agreed concurrency, a fixed window of patients ahead, so the caller sees exactly what
+    a sequential pull gives (``connections.fanout``) and the connection's limiter keeps every request
+    within what the hospital agreed.
+    """
+    adapter = ctx.adapter
+    limiter = adapter.client.limiter
+    workers = limiter.concurrency if limiter is not None else 1
+    local = threading.local()
+    copies: list[FHIRAdapter] = []
+    lock = threading.Lock()
+
+    def fetch(patient: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+        patient_id = str(patient.get("id") or "")
+        if not patient_id:
+            return {}
+        mine: FHIRAdapter | None = adapter if workers <= 1 else getattr(local, "adapter", None)
+        if mine is None:
+            mine = local.adapter = adapter.worker_copy()
+            with lock:
+                copies.append(mine)
+        return {rtype: search(ctx, types, rtype, patient_id, mine) for rtype in list(types.types)}
+
+    window = workers * settings.PULL_WINDOW_PER_REQUEST
+    try:
+        yield from ordered_map(
+            adapter.iter_raw_patients(limit=size, page_size=page_size),
+            fetch,
+            workers=workers,
+            window=window,
+            on_stop=limiter.stop if limiter is not None else None,
+        )
+    finally:
+        for twin in copies:
+            adapter.absorb(twin)
 
 
 def pull_report(ctx: StepContext) -> dict[str, Any]:
@@ -64,6 +132,8 @@ def pull_report(ctx: StepContext) -> dict[str, Any]:
     throttling = ctx.throttling()
     if throttling:
         report["throttling"] = throttling
+    if ctx.bulk_export is not None:
+        report["bulk_export"] = ctx.bulk_export
     warnings = pull_warnings(report)
     if warnings:
         report["warnings"] = warnings
@@ -84,12 +154,148 @@ def pull_warnings(report: dict[str, Any]) -> list[str]:
         )
     for note in (report.get("server_notes") or {}).values():
         warnings.append(f"{note} Ask the hospital's FHIR team; the test step checks it.")
+    warnings.extend(bulk_warnings(report.get("bulk_export") or {}))
     throttling = report.get("throttling") or {}
-    if throttling.get("throttled"):
-        times = "time" if throttling["throttled"] == 1 else "times"
+    if throttling.get("throttled") or throttling.get("unavailable"):
+        count = throttling.get("throttled", 0) + throttling.get("unavailable", 0)
+        times = "time" if count == 1 else "times"
+        statuses = "/".join(c for c, k in (("429", "throttled"), ("503", "unavailable")) if throttling.get(k))
+        waited = throttling.get("paused_s", throttling["throttle_waited_s"])
         warnings.append(
-            f"The hospital throttled this run {throttling['throttled']} {times} (HTTP 429); it waited "
-            f"{throttling['throttle_waited_s']:.0f} s in all. Agree a higher rate limit with the hospital, or use a "
+            f"The hospital throttled this run {count} {times} (HTTP {statuses}); it waited "
+            f"{waited:.0f} s in all. Agree a higher rate limit with the hospital, or use a "
             "smaller sample."
         )
     return warnings
+
+
+# --- FHIR Bulk Data export as the source ----------------------------------------------------------
+
+# Progress is reported every this many resources of an export's files.
+BULK_PROGRESS_EVERY = 200
+
+
+class BulkPull:
+    """A sample read from the hospital's ``$export``: the first N patients, then their resources type by type.
+
+    Patients come first (the Patient file, in the server's order), then each clinical type's files in
+    the order a REST pull reads them, so a check that needs a patient's birth date or Encounters has
+    them when the resource comes. Only the sample's ids (and the patients' few facts the checks keep)
+    are held; the files stream through line by line.
+    """
+
+    def __init__(self, ctx: StepContext, *, size: int, types: ClinicalTypes, verb: str) -> None:
+        self.ctx, self.size, self.types, self.verb = ctx, size, types, verb
+        levels = [level for level in ctx.connection.bulk_export_levels.split(",") if level]
+        level = next((lvl for lvl in ("patient", "system") if lvl in levels), None)
+        if level is None:
+            raise RemoteError(
+                ErrorKind.UNSUPPORTED,
+                "The server's CapabilityStatement (read at the last configure run) advertises no system or "
+                "Patient-level $export, so the bulk pull method cannot be used."
+                + (" A Group-level export needs a group id, which is not available yet." if levels else ""),
+                hint="Re-run configure, or switch the connection's pull method to REST.",
+            )
+        self.export = BulkExport(
+            ctx.adapter,
+            types=["Patient", *types.types],
+            level=level,
+            deadline=ctx.deadline,
+            min_poll_s=settings.BULK_MIN_POLL_S,
+        )
+        self.manifest: Manifest | None = None
+        # The sample's patient ids as 64-bit digests: a thousand cost a few tens of kilobytes.
+        self.sample: set[int] = set()
+        self.resources_read = 0
+        self.issues: list[dict[str, str]] = []
+
+    def __enter__(self) -> BulkPull:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None:
+            # Failed, cancelled or out of time: tell the server to stop and drop the files.
+            self.export.cancel()
+            self.ctx.log("The export was cancelled on the hospital's server (DELETE on its status URL).")
+
+    def _ready(self) -> Manifest:
+        if self.manifest is None:
+            self.ctx.progress(0, self.size, "Asking the hospital's server for a bulk export ($export)")
+            self.export.kick_off()
+            self.ctx.log(f"Bulk export started ({self.export.level} level, types {', '.join(self.export.types)}).")
+
+            def polled(said: str) -> None:
+                self.ctx.progress(0, self.size, "Waiting for the hospital's export" + (f": {said}" if said else ""))
+
+            self.manifest = self.export.wait(polled)
+            self.ctx.log(
+                f"Export complete after {self.export.polls} polls: {len(self.manifest.output)} files, "
+                f"{len(self.manifest.error)} error files."
+            )
+        return self.manifest
+
+    def patients(self) -> Iterator[dict[str, Any]]:
+        """The first ``size`` patients of the export, in its order."""
+        manifest = self._ready()
+        for file in manifest.files_of("Patient"):
+            for patient in self.export.resources(manifest, file):
+                self.resources_read += 1
+                patient_id = str(patient.get("id") or "")
+                digest = id_digest(patient_id)
+                if patient_id and digest in self.sample:
+                    continue
+                if patient_id:
+                    self.sample.add(digest)
+                yield patient
+                if len(self.sample) >= self.size:
+                    return
+
+    def resources(self) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """(type, resource, patient id) for the sample's resources, type by type; others' are passed over."""
+        manifest = self._ready()
+        for resource_type in self.types.types:
+            for file in manifest.files_of(resource_type):
+                for resource in self.export.resources(manifest, file):
+                    self.resources_read += 1
+                    if self.resources_read % BULK_PROGRESS_EVERY == 0:
+                        self.ctx.progress(
+                            len(self.sample),
+                            self.size,
+                            f"{self.verb} {self.resources_read} resources of the export ({resource_type})",
+                        )
+                    owner = owner_id(resource)
+                    if owner is not None and id_digest(owner) in self.sample:
+                        yield resource_type, resource, owner
+        self.issues = self.export.error_issues(manifest)
+
+    def report(self) -> dict[str, Any]:
+        """The run-summary part: how the export went, and what its error files said."""
+        report: dict[str, Any] = {
+            "level": self.export.level,
+            "polls": self.export.polls,
+            "waited_s": round(self.export.waited_s, 1),
+            "files": len(self.manifest.output) if self.manifest else 0,
+            "resources_read": self.resources_read,
+        }
+        if self.export.progress:
+            report["last_progress"] = self.export.progress
+        if self.issues:
+            report["export_errors"] = self.issues
+        return report
+
+
+def id_digest(*parts: str) -> int:
+    """A 64-bit digest of ids, for what a bulk pull must remember per patient without holding the ids."""
+    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
+
+
+def bulk_warnings(report: dict[str, Any]) -> list[str]:
+    """The export's error files, as a sentence for people."""
+    issues = report.get("export_errors") or []
+    if not issues:
+        return []
+    said = "; ".join(f"{i['severity']} {i['code']}: {i['diagnostics']}".strip() for i in issues[:3])
+    return [
+        f"The hospital's export reported {len(issues)} problem(s) in its error file: {said}. Resources it could not "
+        "export are missing from this run; ask the hospital's FHIR team."
+    ]

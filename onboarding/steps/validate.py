@@ -1,6 +1,8 @@
 """Validate: pull N patients with their clinical resources and check them against the signed mapping.
 
-One patient at a time (never the whole pull in memory), every resource is checked for:
+Patient by patient, in the server's order (several pulled at once within the connection's agreed
+limits, or streamed from a FHIR Bulk Data export; never the whole pull in memory), every resource
+is checked for:
 - structure, against fhirclient's models (through the adapters package);
 - US Core 6.1.0, against the profiles the resource claims or its code and category select: mandatory
   elements and slices at every depth, fixed and pattern values, allowed types, required bindings
@@ -24,6 +26,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Container
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import date
@@ -32,8 +35,10 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
+from connections.adapters import FHIRAdapter
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
+from connections.models import PullMethod
 from onboarding.mapping import services as mappings
 from onboarding.mapping.profile import (
     CODED_ELEMENTS,
@@ -49,7 +54,7 @@ from onboarding.review import services as review
 from onboarding.review.services import NewFinding
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, stopped_outcome
-from onboarding.steps.pull import ClinicalTypes, pull_report
+from onboarding.steps.pull import BulkPull, ClinicalTypes, id_digest, pull_patients, pull_report
 from onboarding.validation import uscore
 from onboarding.validation.fhirjson import as_items
 
@@ -178,7 +183,7 @@ class Validator:
         resource: MappingType[str, Any],
         *,
         patient_id: str,
-        encounter_ids: set[str],
+        encounter_ids: Container[str],
         birth_date: str | None,
     ) -> list[NewFinding]:
         """Findings on one clinical resource of the patient being pulled."""
@@ -297,7 +302,7 @@ class Validator:
         return found
 
     def _references(
-        self, resource: MappingType[str, Any], resource_type: str, patient_id: str, encounter_ids: set[str]
+        self, resource: MappingType[str, Any], resource_type: str, patient_id: str, encounter_ids: Container[str]
     ) -> list[NewFinding]:
         found: list[NewFinding] = []
         for name in REFERENCE_OWNERS:
@@ -472,14 +477,17 @@ class ValidateStep(StepModule):
         checked: list[str],
     ) -> None:
         progress = Progress(ctx, size, "Validated")
-        for patient in ctx.adapter.iter_raw_patients(limit=size, page_size=PATIENT_PAGE_SIZE):
+        if ctx.connection.pull_method == PullMethod.BULK:
+            self._bulk(ctx, validator, sink, size, types, checked)
+            return
+        for patient, found in pull_patients(ctx, size=size, types=types, page_size=PATIENT_PAGE_SIZE, search=_clinical):
             patient_id = str(patient.get("id") or "")
             for finding in validator.check_patient(patient):
                 sink.add(finding, patient, patient_id)
             birth = patient.get("birthDate") if isinstance(patient.get("birthDate"), str) else None
             encounter_ids: set[str] = set()
-            for resource_type in list(types.types):
-                for resource in _clinical(ctx, types, resource_type, patient_id):
+            for resource_type, resources in found.items():
+                for resource in resources:
                     if resource_type == "Encounter":
                         encounter_ids.add(str(resource.get("id")))
                     for finding in validator.check_resource(
@@ -491,10 +499,59 @@ class ValidateStep(StepModule):
         if len(checked) < size:
             progress(len(checked), final=True)  # the server had fewer patients than asked
 
+    def _bulk(
+        self,
+        ctx: StepContext,
+        validator: Validator,
+        sink: review.FindingSink,
+        size: int,
+        types: ClinicalTypes,
+        checked: list[str],
+    ) -> None:
+        """The same checks over a bulk export: the sample's patients first, then their resources type by type."""
+        # Per patient of the sample, as digests: the birth date, and which Encounters are its own.
+        births: dict[int, str | None] = {}
+        encounters: set[int] = set()
+        with BulkPull(ctx, size=size, types=types, verb="Validated") as bulk:
+            try:
+                for patient in bulk.patients():
+                    patient_id = str(patient.get("id") or "")
+                    for finding in validator.check_patient(patient):
+                        sink.add(finding, patient, patient_id)
+                    birth = patient.get("birthDate")
+                    births[id_digest(patient_id)] = birth if isinstance(birth, str) else None
+                    # Counted from here: a file that breaks later still leaves these patients' findings.
+                    checked.append(review.patient_key(sink.tenant, patient_id) if patient_id else "")
+                for resource_type, resource, owner in bulk.resources():
+                    if resource_type == "Encounter":
+                        encounters.add(id_digest(owner, str(resource.get("id"))))
+                    for finding in validator.check_resource(
+                        resource,
+                        patient_id=owner,
+                        encounter_ids=_OwnEncounters(owner, encounters),
+                        birth_date=births.get(id_digest(owner)),
+                    ):
+                        sink.add(finding, resource, owner)
+            finally:
+                ctx.bulk_export = bulk.report()
+        ctx.progress(len(checked), size, f"Validated {len(checked)} of {size} patients")
 
-def _clinical(ctx: StepContext, types: ClinicalTypes, resource_type: str, patient_id: str) -> list[dict[str, Any]]:
+
+class _OwnEncounters:
+    """One patient's Encounter ids, answered from the bulk pull's digests of (patient, encounter)."""
+
+    def __init__(self, owner: str, digests: set[int]) -> None:
+        self.owner, self.digests = owner, digests
+
+    def __contains__(self, encounter_id: object) -> bool:
+        return isinstance(encounter_id, str) and id_digest(self.owner, encounter_id) in self.digests
+
+
+def _clinical(
+    ctx: StepContext, types: ClinicalTypes, resource_type: str, patient_id: str, adapter: FHIRAdapter
+) -> list[dict[str, Any]]:
     try:
-        return types.search(ctx, resource_type, patient_id)
+        return types.search(ctx, resource_type, patient_id, adapter)
     except RemoteError as exc:
         if exc.kind is ErrorKind.BAD_REQUEST:
             # An id that cannot name a patient in a search (structure findings say why); skip it.
