@@ -3,10 +3,15 @@
 Both read the same Patient of the same sandbox hospital (generic flavour, in this process, answering
 after ``--latency-ms``, as a real EHR takes tens of milliseconds): the direct path is the adapter's
 ``read_patient`` on a warm adapter; the read API path is an HTTP GET with a service token to the
-portal under gunicorn (one worker, a real server process) on a scratch PostgreSQL database, which
-reads the token, the live state and the cached mapping, calls the same adapter, audits and counts.
+portal under gunicorn (one sync worker, as the README runs it, DEBUG off, persistent database
+connections) on a scratch PostgreSQL database, which checks the token and the live state, calls the
+same kind of adapter, audits and counts.
 
-    .venv/bin/python -m benchmarks.readapi [--requests 300] [--latency-ms 20]
+The two paths are measured in alternation (which goes first flips every round), so a noisy machine
+slows both alike; the load average is printed at the start and the end. The audit trail is checked
+to hold one event per read-API request made.
+
+    .venv/bin/python -m benchmarks.readapi [--requests 400] [--latency-ms 20 50]
 
 BENCH_DATABASE_URL names the scratch database (it is dropped and migrated); default portal_readapi_bench.
 """
@@ -16,10 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +40,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
+def _percentile(samples: list[float], share: float) -> float:
+    """The nearest-rank percentile (share 0-1) of the samples."""
     ordered = sorted(samples)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} cores)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--latency-ms", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=400, help="measured requests per path and latency")
+    parser.add_argument("--warmup", type=int, default=30, help="unmeasured requests per path first")
+    parser.add_argument("--latency-ms", type=int, nargs="+", default=[20, 50], help="sandbox answer delays")
     args = parser.parse_args()
+    print(f"load average at start: {_load()}")
     database = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_readapi_bench")
     base, name = database.rsplit("/", 1)
     subprocess.run(["psql", f"{base}/postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"], check=True)  # noqa: S607
@@ -57,73 +70,94 @@ def main() -> None:
     from django.core.management import call_command
 
     from connections.sandbox import SandboxHospital
+    from portal.models import AuditEvent
 
     call_command("migrate", verbosity=0)
     hospital = SandboxHospital(flavour="generic", seed=3, patients=50).start()
-    hospital.set_faults(latency_ms=args.latency_ms)
     allow = f"127.0.0.1:{hospital.port}"
-    os.environ["OUTBOUND_ALLOWLIST"] = allow
     from django.conf import settings
 
     settings.OUTBOUND_ALLOWLIST = [allow]
     key, code, patient_id, adapter = _world(hospital.base_url)
     port = _free_port()
-    # Persistent database connections, as production runs (DATABASE_CONN_MAX_AGE defaults to 60 there).
+    # As production runs: DEBUG off, persistent database connections (DATABASE_CONN_MAX_AGE is 60 there).
     env = dict(
         os.environ,
         OUTBOUND_ALLOWLIST=allow,
         DATABASE_URL=database,
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_CONN_MAX_AGE="60",
+        DJANGO_DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
     )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "portal.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    command = [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"]
+    server = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}/api/v1/live/{code}/patients/{patient_id}/"
+    client = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    results: list[tuple[int, list[float], list[float]]] = []
     try:
-        url = f"http://127.0.0.1:{port}/api/v1/live/{code}/patients/{patient_id}/"
-        client = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=10)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if client.get(url).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("The portal did not answer under gunicorn.")
-            time.sleep(0.2)
-        for _ in range(20):  # warm both paths
-            client.get(url)
-            adapter.read_patient(patient_id)
-        direct, through = [], []
-        for _ in range(args.requests):
-            started = time.perf_counter()
-            adapter.read_patient(patient_id)
-            direct.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            response = client.get(url)
-            through.append((time.perf_counter() - started) * 1000)
-            assert response.status_code == 200, response.text
+        _wait_for(client, url)
+        audited = AuditEvent.objects.filter(action="read_api.patient")
+        for latency in args.latency_ms:
+            hospital.set_faults(latency_ms=latency)
+            before = audited.count()
+
+            def direct() -> None:
+                adapter.read_patient(patient_id)
+
+            def through() -> None:
+                response = client.get(url)
+                assert response.status_code == 200, response.text
+
+            for _ in range(args.warmup):
+                direct()
+                through()
+            direct_ms, api_ms = _alternate(direct, through, args.requests)
+            made = args.warmup + args.requests
+            written = audited.count() - before
+            if written != made:
+                raise SystemExit(f"{made} read-API requests wrote {written} audit events: every read must be audited.")
+            results.append((latency, direct_ms, api_ms))
     finally:
+        client.close()
         server.terminate()
         server.wait(timeout=10)
         hospital.stop()
-    d50, d95 = _percentiles(direct)
-    t50, t95 = _percentiles(through)
-    print(f"Patient read, {args.requests} requests each, sandbox answering after {args.latency_ms:g} ms")
+    for latency, direct_ms, api_ms in results:
+        _report(latency, direct_ms, api_ms, args.requests)
+    print(f"load average at end: {_load()}")
+
+
+def _wait_for(client: httpx.Client, url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if client.get(url).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("The portal did not answer under gunicorn.")
+        time.sleep(0.2)
+
+
+def _alternate(first: Callable[[], None], second: Callable[[], None], rounds: int) -> tuple[list[float], list[float]]:
+    """Time both calls once per round, the order flipping every round; (first's ms, second's ms)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    calls = (first, second)
+    for index in range(rounds):
+        order = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in order:
+            started = time.perf_counter()
+            calls[which]()
+            times[which].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def _report(latency: int, direct_ms: list[float], api_ms: list[float], requests: int) -> None:
+    d50, d95 = _percentile(direct_ms, 0.50), _percentile(direct_ms, 0.95)
+    t50, t95 = _percentile(api_ms, 0.50), _percentile(api_ms, 0.95)
+    print(f"Patient read, {requests} requests each (alternating), sandbox answering after {latency} ms")
     print(f"  direct adapter call:           p50 {d50:7.2f} ms   p95 {d95:7.2f} ms")
     print(f"  read API (gunicorn, 1 worker): p50 {t50:7.2f} ms   p95 {t95:7.2f} ms")
     print(f"  added: p50 +{t50 - d50:.2f} ms, p95 +{t95 - d95:.2f} ms")
@@ -133,7 +167,7 @@ def main() -> None:
 
 def _world(base_url: str) -> tuple[str, str, str, Any]:
     """A tenant with a live connection to the sandbox and a service token; (key, connection code, patient, adapter)."""
-    from django.contrib.auth.models import User
+    from django.contrib.auth.models import Group, User
     from django.utils import timezone
 
     from connections.models import EHRConnection
@@ -146,9 +180,7 @@ def _world(base_url: str) -> tuple[str, str, str, Any]:
 
     sync_role_groups()
     staff = User.objects.create(username="bench-cs")
-    staff.groups.add(
-        *__import__("django.contrib.auth.models", fromlist=["Group"]).Group.objects.filter(name=CUSTOMER_SUCCESS)
-    )
+    staff.groups.add(*Group.objects.filter(name=CUSTOMER_SUCCESS))
     staff = User.objects.get(pk=staff.pk)
     tenant = Tenant.objects.create(name="Bench Hospital", timezone="America/Chicago")
     connection = EHRConnection.objects.create(tenant=tenant, name="Bench", vendor="generic", base_url=base_url)

@@ -16,6 +16,7 @@ import pytest
 import time_machine
 from rest_framework.test import APIClient
 
+from connections.services import build_adapter
 from onboarding.engine import services as engine
 from onboarding.gates import services as gates
 from onboarding.golive import readapi, windows
@@ -270,7 +271,7 @@ def test_cutover_read_api_pilot_rollback_and_tenant_isolation(
         assert onboarding.connection.environment == "production" and state.before_cutover == {"environment": "sandbox"}
 
         # The pilot: a stable share of patients, the same answer every time.
-        adapter = readapi.adapter_for(onboarding.connection, "")
+        adapter = build_adapter(onboarding.connection)
         ids = [p.id for p in adapter.search_patients(count=30)]
         served = {pid: product.get(f"/api/v1/live/{code}/patients/{pid}/").status_code for pid in ids}
         assert set(served.values()) == {200, 409} and 5 < list(served.values()).count(200) < 25

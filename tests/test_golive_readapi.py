@@ -1,0 +1,123 @@
+"""The read API's per-request checks and per-process caches, against a sandbox hospital.
+
+These run with committed transactions, as a web process does: the audit event is then written on the
+read API's audit thread while the hospital answers, and must be in the database when the answer is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from connections.models import EHRConnection
+from connections.services import build_adapter
+from onboarding.golive import readapi
+from onboarding.golive.models import ServiceAccount, ServiceToken
+from onboarding.live import traffic
+from onboarding.live.models import LiveState
+from onboarding.models import Onboarding
+from portal.models import AuditEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def live(sandboxes: dict[str, Any], sandbox_allowlist: str, clean_faults: None, tenant_a: Any, cs_user: Any) -> Any:
+    """Tenant A's connection to the generic sandbox, live in full, and a product token for A."""
+    readapi.clear_caches()
+    hospital = sandboxes["generic"]
+    connection = EHRConnection.objects.create(
+        tenant=tenant_a, name="Live", vendor="generic", base_url=hospital.base_url
+    )
+    onboarding = Onboarding.objects.create(tenant=tenant_a, connection=connection)
+    LiveState.objects.create(onboarding=onboarding, tenant=tenant_a, stage="full", live_since=timezone.now())
+    account = readapi.create_account(user=cs_user, name="Product")
+    token, key = readapi.issue_token(user=cs_user, account=account, tenant=tenant_a)
+    product = APIClient()
+    product.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    patient = build_adapter(connection).search_patients(count=1)[0].id
+    yield {"connection": connection, "token": token, "account": account, "product": product, "patient": patient}
+    traffic.flush()  # the counts buffered in this process, while their onboarding still exists
+    readapi.clear_caches()
+
+
+def _url(world: dict[str, Any], suffix: str = "") -> str:
+    return f"/api/v1/live/{world['connection'].code}/patients/{world['patient']}/{suffix}"
+
+
+def test_each_answer_has_its_audit_event_written_before_it_leaves(live: dict[str, Any]) -> None:
+    reads = AuditEvent.objects.filter(actor_label="service:Product")
+    for count, suffix in enumerate(["", "observations/", ""], start=1):
+        response = live["product"].get(_url(live, suffix))
+        assert response.status_code == 200, response.content
+        # No waiting: the event is committed by the time the answer is out.
+        assert reads.count() == count
+    event = reads.filter(action="read_api.observations").get()
+    assert event.detail["connection"] == str(live["connection"].code) and event.detail["by"] == "id"
+    assert live["patient"] not in str(event.detail)  # the patient only by its pseudonymous key
+    # A patient the hospital does not have: still audited (it was asked for), and a 404.
+    missing = live["product"].get(f"/api/v1/live/{live['connection'].code}/patients/no-such-patient/")
+    assert missing.status_code == 404 and reads.count() == 4
+
+
+def test_a_revoked_expired_or_disabled_token_is_refused_on_the_next_request(live: dict[str, Any], cs_user: Any) -> None:
+    product, url = live["product"], _url(live)
+    assert product.get(url).status_code == 200
+    ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=timezone.now())
+    assert product.get(url).status_code == 401
+    ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=None)
+    ServiceToken.objects.filter(pk=live["token"].pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert product.get(url).status_code == 401
+    ServiceToken.objects.filter(pk=live["token"].pk).update(expires_at=None)
+    assert product.get(url).status_code == 200
+    readapi.revoke_token(user=cs_user, token=live["token"])
+    refused = product.get(url)
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    garbled = APIClient()
+    garbled.credentials(HTTP_AUTHORIZATION="Bearer svc_not-a-token")
+    assert garbled.get(url).status_code == 401
+
+
+def test_another_tenants_token_gets_404_even_with_the_route_cached(
+    live: dict[str, Any], tenant_b: Any, cs_user: Any
+) -> None:
+    assert live["product"].get(_url(live)).status_code == 200  # connection code -> onboarding now cached
+    _, key_b = readapi.issue_token(user=cs_user, account=live["account"], tenant=tenant_b)
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {key_b}")
+    assert other.get(_url(live)).status_code == 404
+    assert other.get(_url(live, "conditions/")).status_code == 404
+    assert not AuditEvent.objects.filter(tenant=tenant_b, action__startswith="read_api.").exists()
+
+
+def test_the_adapter_is_kept_across_requests_and_rebuilt_when_the_connection_changes(live: dict[str, Any]) -> None:
+    product, url, connection = live["product"], _url(live), live["connection"]
+    assert product.get(url).status_code == 200
+    first = readapi._adapters[connection.pk][1]
+    assert product.get(url).status_code == 200
+    assert readapi._adapters[connection.pk][1] is first  # same client, same keep-alive pool
+    connection.refresh_from_db()
+    connection.name = "Live (renamed)"
+    connection.save()  # any edit, credentials included, moves updated_at
+    assert product.get(url).status_code == 200
+    second = readapi._adapters[connection.pk][1]
+    assert second is not first
+    # A cutover or rollback switches the environment with a queryset update: a new adapter too.
+    EHRConnection.objects.filter(pk=connection.pk).update(environment="production")
+    assert product.get(url).status_code == 200
+    assert readapi._adapters[connection.pk][1] is not second
+
+
+def test_after_a_rollback_it_is_409_and_the_cached_adapter_is_dropped(live: dict[str, Any]) -> None:
+    product, url, connection = live["product"], _url(live), live["connection"]
+    assert product.get(url).status_code == 200 and connection.pk in readapi._adapters
+    LiveState.objects.filter(onboarding__connection=connection).update(stage="not_live")
+    answer = product.get(url)
+    assert answer.status_code == 409 and answer.json()["code"] == "not_live"
+    assert connection.pk not in readapi._adapters
+    LiveState.objects.filter(onboarding__connection=connection).update(stage="full", live_since=timezone.now())
+    assert product.get(url).status_code == 200
