@@ -309,6 +309,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "HospitalRoleEnum": "portal.people.models.HospitalRole",
         "StaffRoleEnum": "portal.people.models.StaffRole",
+        "NotificationKindEnum": "portal.notifications.models.NotificationKind",
+        "MaintenanceKindEnum": "onboarding.live.models.MaintenanceKind",
+        "AlertKindEnum": "onboarding.monitoring.models.AlertKind",
     },
 }
 

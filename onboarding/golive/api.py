@@ -12,6 +12,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -188,7 +189,7 @@ def maintenance_window(request: Request, code: str, pk: int) -> Response:
 # --- the plan and the go-live ------------------------------------------------------------------------
 
 
-class PlanInput(serializers.Serializer):
+class GoLivePlanInput(serializers.Serializer):
     seen_version = serializers.IntegerField(min_value=0, help_text="The version you read (0 for none).")
     window_choice = serializers.ChoiceField(choices=WindowChoice.choices)
     window_starts_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -267,7 +268,7 @@ def go_live(request: Request, code: str) -> Response:
 
 
 @extend_schema(
-    request=PlanInput,
+    request=GoLivePlanInput,
     responses={201: GoLiveOutput, 200: GoLiveOutput, 400: Detail, 409: Detail},
     operation_id="connections_go_live_plan_write",
 )
@@ -275,7 +276,7 @@ def go_live(request: Request, code: str) -> Response:
 def go_live_plan(request: Request, code: str) -> Response:
     """Write the next go-live plan version (naming the ``seen_version`` read); a change voids the approval."""
     onboarding = _onboarding(request, code)
-    serializer = PlanInput(data=request.data)
+    serializer = GoLivePlanInput(data=request.data)
     serializer.is_valid(raise_exception=True)
     data = dict(serializer.validated_data)
     seen = data.pop("seen_version")
@@ -344,7 +345,7 @@ def go_live_action(request: Request, code: str, action: str) -> Response:
 # --- service accounts -------------------------------------------------------------------------------
 
 
-class TokenOutput(serializers.ModelSerializer):
+class ServiceTokenOutput(serializers.ModelSerializer):
     tenant = serializers.UUIDField(source="tenant.code")
     tenant_name = serializers.CharField(source="tenant.name")
 
@@ -354,7 +355,7 @@ class TokenOutput(serializers.ModelSerializer):
 
 
 class AccountOutput(serializers.ModelSerializer):
-    tokens = TokenOutput(many=True, read_only=True)
+    tokens = ServiceTokenOutput(many=True, read_only=True)
 
     class Meta:
         model = ServiceAccount
@@ -394,7 +395,7 @@ def service_accounts(request: Request) -> Response:
 @extend_schema(
     request=inline_serializer("ServiceTokenInput", {"tenant": serializers.UUIDField()}),
     responses={
-        201: inline_serializer("ServiceTokenIssued", {"token": TokenOutput(), "key": serializers.CharField()}),
+        201: inline_serializer("ServiceTokenIssued", {"token": ServiceTokenOutput(), "key": serializers.CharField()}),
         400: Detail,
     },
     operation_id="service_token_issue",
@@ -409,10 +410,10 @@ def service_tokens(request: Request, code: str) -> Response:
         token, key = readapi.issue_token(user=request.user, account=account, tenant=tenant, request=request._request)
     except readapi.TokenRefused as exc:
         return _refused(exc)
-    return Response({"token": TokenOutput(token).data, "key": key}, status=status.HTTP_201_CREATED)
+    return Response({"token": ServiceTokenOutput(token).data, "key": key}, status=status.HTTP_201_CREATED)
 
 
-@extend_schema(request=None, responses={200: TokenOutput, 409: Detail}, operation_id="service_token_revoke")
+@extend_schema(request=None, responses={200: ServiceTokenOutput, 409: Detail}, operation_id="service_token_revoke")
 @api_view(["POST"])
 def service_token_revoke(request: Request, code: str) -> Response:
     """Revoke a service token at once."""
@@ -423,7 +424,7 @@ def service_token_revoke(request: Request, code: str) -> Response:
     except readapi.TokenRefused as exc:
         return _refused(exc, status.HTTP_409_CONFLICT)
     token.refresh_from_db()
-    return Response(TokenOutput(token).data)
+    return Response(ServiceTokenOutput(token).data)
 
 
 # --- the product's read API -----------------------------------------------------------------------
@@ -447,6 +448,20 @@ class ServiceTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+class ServiceTokenScheme(OpenApiAuthenticationExtension):
+    """The read API's service tokens in the OpenAPI schema: a bearer token, one tenant's scope."""
+
+    target_class = "onboarding.golive.api.ServiceTokenAuthentication"
+    name = "serviceToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A service account's token for one tenant (svc_...), issued on /service-accounts/.",
+        }
 
 
 def _caller(request: Request) -> readapi.Caller:

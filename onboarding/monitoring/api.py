@@ -119,7 +119,7 @@ class PeriodOutput(serializers.Serializer):
     p95_ms = serializers.FloatField(allow_null=True)
 
 
-class ReportOutput(serializers.Serializer):
+class StabilisationReportOutput(serializers.Serializer):
     alerts_opened = serializers.IntegerField()
     alerts_resolved = serializers.IntegerField()
     alerts_open_now = serializers.IntegerField()
@@ -149,10 +149,10 @@ class MonitoringOutput(serializers.Serializer):
     checks = CheckOutput(many=True)
     alerts = AlertOutput(many=True)
     drift_runs = DriftRunOutput(many=True)
-    stabilisation_report = ReportOutput()
+    stabilisation_report = StabilisationReportOutput()
 
 
-class PolicyOutput(serializers.Serializer):
+class MonitoringPolicyOutput(serializers.Serializer):
     tenant = serializers.UUIDField()
     check_interval_min = serializers.IntegerField()
     failures_to_alert = serializers.IntegerField()
@@ -167,7 +167,7 @@ class PolicyOutput(serializers.Serializer):
     drift_sample_size = serializers.IntegerField()
 
 
-class PolicyInput(serializers.Serializer):
+class MonitoringPolicyInput(serializers.Serializer):
     """Any of the policy's settings; those left out keep their value."""
 
     check_interval_min = serializers.IntegerField(required=False)
@@ -326,11 +326,11 @@ def monitoring_handoff(request: Request, code: str) -> Response:
     return Response(MonitoringOutput(_monitoring_data(request, code)).data)
 
 
-@extend_schema(methods=["GET"], responses=PolicyOutput, operation_id="tenants_monitoring_policy_retrieve")
+@extend_schema(methods=["GET"], responses=MonitoringPolicyOutput, operation_id="tenants_monitoring_policy_retrieve")
 @extend_schema(
     methods=["PATCH"],
-    request=PolicyInput,
-    responses={200: PolicyOutput, 400: Refusal},
+    request=MonitoringPolicyInput,
+    responses={200: MonitoringPolicyOutput, 400: Refusal},
     operation_id="tenants_monitoring_policy_update",
 )
 @api_view(["GET", "PATCH"])
@@ -340,7 +340,7 @@ def monitoring_policy(request: Request, code: str) -> Response:
     current = policy.policy_for(tenant)
     if request.method == "PATCH":
         require_perm(request.user, policy.EDIT_PERM, tenant)
-        data = PolicyInput(data=request.data)
+        data = MonitoringPolicyInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             current, _ = policy.update_policy(
@@ -351,4 +351,4 @@ def monitoring_policy(request: Request, code: str) -> Response:
             )
         except policy.PolicyRefused as exc:
             return Response({"detail": str(exc), "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
-    return Response(PolicyOutput({"tenant": tenant.code, **policy.values_of(current)}).data)
+    return Response(MonitoringPolicyOutput({"tenant": tenant.code, **policy.values_of(current)}).data)
