@@ -64,7 +64,9 @@ class Command(BaseCommand):
                         "-s",
                         beat_schedule,
                         "-Q",
-                        "steps,load_tests,maintenance,notifications",
+                        # Every queue a task is routed to (steps, load tests, monitoring...), so the
+                        # one demo worker runs all of them and a new queue cannot be left unserved.
+                        ",".join(sorted({route["queue"] for route in settings.CELERY_TASK_ROUTES.values()})),
                         "-c",
                         "2",
                         "-l",
