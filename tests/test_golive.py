@@ -274,6 +274,10 @@ def test_cutover_read_api_pilot_rollback_and_tenant_isolation(
         onboarding.connection.refresh_from_db()
         assert onboarding.connection.environment == "production" and state.before_cutover == {"environment": "sandbox"}
 
+        # Live already: another go-live is refused until it is rolled back.
+        with pytest.raises(golive.GoLiveRefused, match="is live already"):
+            golive.schedule_go_live(user=cs_user, onboarding=onboarding)
+
         # The pilot: a stable share of patients, the same answer every time.
         adapter = readapi.adapter_for(onboarding.connection, "")
         ids = [p.id for p in adapter.search_patients(count=30)]
