@@ -41,7 +41,7 @@ from onboarding.models import Approval, StepRun
 from onboarding.tasks import open_go_live_windows
 from tests.browser import assert_accessible, log_in
 from tests.factories import DEFAULT_PASSWORD
-from tests.test_load_test_browser import shot, watch
+from tests.test_load_test_browser import SHOTS, shot, watch
 from tests.test_people_and_gates_browser import wait_for_email, wait_for_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -343,6 +343,21 @@ def test_a_hospital_from_new_to_live_by_clicking(
     assert patient["name"] == {"family": name["family"], "given": name["given"]}
     # Hospital IT of the other tenant, with their session, read nothing through it.
     assert other.request.get(f"{base}/api/v1/live/{code}/patients/?mrn={expected['mrn']}").status in (401, 403)
+
+    # The key pages at a laptop's width and a phone's (a look by the test: no clicks counted). A live
+    # connection's go-live page offers no second go-live.
+    look = cs_context.new_page()
+    for width, height in ((1366, 800), (390, 844)):
+        look.set_viewport_size({"width": width, "height": height})
+        for name, path in (("go-live", f"/c/{code}/go-live/"), ("hypercare", "/hypercare/")):
+            look.goto(base + path)
+            assert_accessible(look)
+            if name == "go-live":
+                expect(look.get_by_test_id("already-live")).to_be_visible()
+                expect(look.get_by_test_id("schedule-go-live")).to_have_count(0)
+            if SHOTS:
+                look.screenshot(path=f"{SHOTS}/{name}-{width}.png", full_page=True)
+    look.close()
 
     print(f"Customer success after live (hypercare, service account and token): {clicks.count - to_live} clicks.")
     assert to_live <= MAX_CLICKS, f"{to_live} clicks to live, the goal is at most {MAX_CLICKS}"
