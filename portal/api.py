@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from portal import tokens, twofactor
 from portal.access import AuthUser, get_tenant_for_user, require_perm, tenants_for
 from portal.models import Tenant, validate_timezone
+from portal.people.services import PeopleError
 from portal.services import create_tenant, update_tenant
 
 
@@ -50,6 +51,11 @@ class TenantInput(serializers.Serializer):
     contact_email = serializers.EmailField(required=False, allow_blank=True, default="")
     require_two_factor = serializers.BooleanField(
         required=False, default=False, help_text="Everyone of the hospital must set up two-factor sign-in."
+    )
+    invite_contact = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Invite contact_email as the hospital's approver (an email with a sign-in link), as the page does.",
     )
 
 
@@ -107,9 +113,16 @@ class TenantViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data = TenantInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            tenant = create_tenant(user=request.user, fields=data.validated_data, request=request._request)
+            tenant = create_tenant(
+                user=request.user,
+                fields=data.validated_data,
+                invite_contact=data.validated_data["invite_contact"],
+                request=request._request,
+            )
         except DjangoValidationError as exc:
             raise django_errors(exc) from None
+        except PeopleError as exc:
+            raise serializers.ValidationError({"contact_email": [str(exc)]}) from None
         return Response(TenantOutput(tenant).data, status=status.HTTP_201_CREATED)
 
 

@@ -40,6 +40,19 @@ class TenantForm(forms.ModelForm):
         return name
 
 
+class NewTenantForm(TenantForm):
+    """The new hospital's form: its IT contact is invited as its approver unless unticked."""
+
+    # Checked by default: the contact typed here is the person the pipeline's approvals wait on,
+    # and inviting them was otherwise three more clicks on the People page.
+    invite_contact = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Invite the contact as the hospital's approver",
+        help_text="When a contact email is given, they get an email with a link to set their password.",
+    )
+
+
 class OTPTokenForm(forms.Form):
     otp_token = forms.CharField(
         label="Code",

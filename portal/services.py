@@ -16,8 +16,14 @@ TENANT_FIELDS = ("name", "timezone", "contact_name", "contact_email", "require_t
 
 
 @transaction.atomic
-def create_tenant(*, user: User, fields: dict[str, Any], request: HttpRequest | None = None) -> Tenant:
-    """Create a hospital tenant."""
+def create_tenant(
+    *, user: User, fields: dict[str, Any], invite_contact: bool = False, request: HttpRequest | None = None
+) -> Tenant:
+    """Create a hospital tenant; with invite_contact, its IT contact is invited as an approver at once.
+
+    The invitation is written in the same transaction: a refused one (the address belongs to vendor
+    staff) leaves no hospital behind, and the email goes out only once both are saved.
+    """
     require_perm(user, "portal.add_tenant")
     tenant = Tenant(created_by=user if user.is_authenticated else None)
     for name in TENANT_FIELDS:
@@ -30,6 +36,10 @@ def create_tenant(*, user: User, fields: dict[str, Any], request: HttpRequest | 
         # The hospital is one of "my hospitals" for whoever made it (and visible to them if they are
         # staff who see only the tenants assigned to them).
         people.assign_without_check(tenant=tenant, member=user, actor=user, request=request)
+    if invite_contact and tenant.contact_email:
+        people.invite_to_tenant(
+            actor=user, tenant=tenant, email=tenant.contact_email, role=HospitalRole.APPROVER, request=request
+        )
     return tenant
 
 

@@ -17,8 +17,9 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from portal import audit, csvsafe
 from portal.access import get_tenant_for_user, require_perm
-from portal.forms import COMMON_ZONES, AuditFilterForm, TenantForm
+from portal.forms import COMMON_ZONES, AuditFilterForm, NewTenantForm, TenantForm
 from portal.models import AuditEvent, Tenant
+from portal.people.services import PeopleError
 from portal.services import create_tenant, update_tenant
 from portal.types import HtmxHttpRequest
 
@@ -29,14 +30,18 @@ AUDIT_PAGE_SIZE = 50
 @require_http_methods(["GET", "POST"])
 def tenant_create(request: HttpRequest) -> HttpResponse:
     require_perm(request.user, "portal.add_tenant")
-    form = TenantForm(request.POST or None)
+    form = NewTenantForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        invite = form.cleaned_data["invite_contact"] and bool(form.cleaned_data["contact_email"])
         try:
-            tenant = create_tenant(user=request.user, fields=form.cleaned_data, request=request)
+            tenant = create_tenant(user=request.user, fields=form.cleaned_data, invite_contact=invite, request=request)
         except ValidationError as exc:
             form.add_error(None, exc)
+        except PeopleError as exc:
+            form.add_error("contact_email", str(exc))
         else:
-            messages.success(request, f"{tenant.name} was created. Add its EHR connection next.")
+            invited = f" {tenant.contact_email} is invited as its approver." if invite else ""
+            messages.success(request, f"{tenant.name} was created.{invited} Add its EHR connection next.")
             return redirect("tenant_detail", code=tenant.code)
     return render(request, "portal/tenant_form.html", {"form": form, "zones": COMMON_ZONES})
 

@@ -25,6 +25,7 @@ from onboarding.golive.models import ChangeWindow, GoLiveSchedule
 from onboarding.live import traffic
 from onboarding.live.models import LiveState, MaintenanceWindow, TrafficMinute
 from onboarding.models import Approval, StepRun
+from onboarding.monitoring.models import HealthCheck, Monitor
 from onboarding.tasks import open_go_live_windows
 from portal.models import AuditEvent
 from portal.notifications.models import Notification
@@ -263,12 +264,20 @@ def test_cutover_read_api_pilot_rollback_and_tenant_isolation(
         run.refresh_from_db()
         assert run.status == "passed", (run.error_message, run.result)
         assert [c["outcome"] for c in run.result["checks"]] == ["passed"] * 6
+        # The first checks are monitoring's first points: the hypercare dashboard shows it up at once.
+        firsts = HealthCheck.objects.filter(onboarding=onboarding).values_list("ok", flat=True)
+        assert list(firsts) == [True] * settings.GO_LIVE_FIRST_CHECKS
+        assert Monitor.objects.get(onboarding=onboarding).status == "up"
         state = LiveState.objects.get(onboarding=onboarding)
         assert (state.stage, state.pilot_percent, state.phase) == ("pilot", 50, "hypercare")
         assert state.go_live_run == run and state.baseline_run.step == "validate" and state.probe_patient_id
         assert state.hypercare_until - state.live_since == timedelta(days=30)
         onboarding.connection.refresh_from_db()
         assert onboarding.connection.environment == "production" and state.before_cutover == {"environment": "sandbox"}
+
+        # Live already: another go-live is refused until it is rolled back.
+        with pytest.raises(golive.GoLiveRefused, match="is live already"):
+            golive.schedule_go_live(user=cs_user, onboarding=onboarding)
 
         # The pilot: a stable share of patients, the same answer every time.
         adapter = build_adapter(onboarding.connection)

@@ -164,6 +164,39 @@ def test_an_invitation_emails_a_signed_link_and_stores_only_its_hash(cs_user: An
     assert "ada@alpha.example.org" in page and "Resend" in page
 
 
+def test_a_new_hospitals_contact_is_invited_as_its_approver_unless_unticked(cs_user: Any, engineer: Any) -> None:
+    client = client_for(cs_user)
+    fields = {
+        "name": "Gamma Clinic",
+        "timezone": "UTC",
+        "contact_name": "Ada",
+        "contact_email": "ada@gamma.example.org",
+    }
+    assert client.post(reverse("tenant_create"), {**fields, "invite_contact": "on"}).status_code == 302
+    invitation = Invitation.objects.get()
+    assert (invitation.tenant.name, invitation.email, invitation.role) == (
+        "Gamma Clinic",
+        "ada@gamma.example.org",
+        "approver",
+    )
+    assert emails_to("ada@gamma.example.org")
+    # Unticked (or without an email), no invitation; through the API it is asked for by name.
+    assert client.post(reverse("tenant_create"), {**fields, "name": "Delta Clinic"}).status_code == 302
+    api = APIClient()
+    api.force_authenticate(cs_user)
+    assert api.post("/api/v1/tenants/", {**fields, "name": "Zeta Clinic"}, format="json").status_code == 201
+    assert Invitation.objects.count() == 1
+    answer = api.post("/api/v1/tenants/", {**fields, "name": "Eta Clinic", "invite_contact": True}, format="json")
+    assert answer.status_code == 201 and Invitation.objects.filter(tenant__name="Eta Clinic").exists()
+    # A refused invitation (the address is vendor staff's) is said beside the field, and no hospital is left.
+    staff = {**fields, "name": "Theta Clinic", "contact_email": engineer.email, "invite_contact": "on"}
+    page = client.post(reverse("tenant_create"), staff)
+    assert page.status_code == 200 and "belongs to vendor staff" in page.content.decode()
+    answer = api.post("/api/v1/tenants/", {**staff, "invite_contact": True}, format="json")
+    assert answer.status_code == 400 and "belongs to vendor staff" in str(answer.json())
+    assert not Tenant.objects.filter(name="Theta Clinic").exists()
+
+
 def test_accepting_sets_a_validated_password_and_the_invitee_signs_in(cs_user: Any, tenant_a: Any) -> None:
     _invite(client_for(cs_user), tenant_a, "ada@alpha.example.org")
     path = invitation_path("ada@alpha.example.org")

@@ -361,6 +361,8 @@ def schedule_go_live(
     now = timezone.now()
     with transaction.atomic():
         Onboarding.objects.select_for_update().get(pk=onboarding.pk)
+        if (state := LiveState.objects.filter(onboarding=onboarding).first()) is not None and state.is_live:
+            raise GoLiveRefused(f"{onboarding.connection.name} is live already: roll it back before another go-live.")
         problems = readiness(onboarding)
         if problems:
             raise GoLiveRefused("The go-live cannot be scheduled yet. " + " ".join(problems))

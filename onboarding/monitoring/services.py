@@ -62,14 +62,13 @@ def _spread(onboarding_id: int, seconds: int) -> timedelta:
     return timedelta(seconds=zlib.crc32(str(onboarding_id).encode()) % max(seconds, 1))
 
 
-def ensure_monitors(now: datetime | None = None) -> int:
-    """Make the monitor of every live connection that has none yet; returns how many were made."""
+def ensure_monitors(now: datetime | None = None, *, onboarding_id: int | None = None) -> int:
+    """Make the monitor of every live connection (or of that one) that has none yet; returns how many were made."""
     now = now or timezone.now()
-    missing = list(
-        LiveState.objects.filter(stage__in=LIVE, onboarding__monitor__isnull=True).values_list(
-            "onboarding_id", "tenant_id"
-        )
-    )
+    missing_states = LiveState.objects.filter(stage__in=LIVE, onboarding__monitor__isnull=True)
+    if onboarding_id is not None:
+        missing_states = missing_states.filter(onboarding_id=onboarding_id)
+    missing = list(missing_states.values_list("onboarding_id", "tenant_id"))
     if not missing:
         return 0
     tenant_ids = {tenant_id for _, tenant_id in missing}
@@ -150,6 +149,24 @@ def check_monitor(monitor_id: int, due_at: datetime) -> HealthCheck | None:
     live.onboarding = monitor.onboarding
     result = run_probe(live)
     return record_check(monitor, live, due_at=due_at, result=result)
+
+
+def record_go_live_check(onboarding_id: int, result: ProbeResult, *, now: datetime | None = None) -> HealthCheck | None:
+    """One of the go-live step's first health checks, kept in the series as a scheduled check is, so
+    the hypercare dashboard shows the connection's state and latency from its first minute live
+    rather than "not checked yet" until beat's first check. None when it is not live."""
+    now = now or timezone.now()
+    ensure_monitors(now, onboarding_id=onboarding_id)
+    monitor = (
+        Monitor.objects.select_related("onboarding__connection", "onboarding__tenant")
+        .filter(onboarding_id=onboarding_id)
+        .first()
+    )
+    live = LiveState.objects.filter(onboarding_id=onboarding_id, stage__in=LIVE).first()
+    if monitor is None or live is None:
+        return None
+    live.onboarding = monitor.onboarding
+    return record_check(monitor, live, due_at=now, result=result, now=now)
 
 
 def record_check(

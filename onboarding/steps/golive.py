@@ -8,8 +8,9 @@ person inside one, or an emergency override): the engine asks ``start_refusal`` 
    expires within GO_LIVE_CREDENTIAL_MARGIN_DAYS; the last validation is at most
    GO_LIVE_MAX_VALIDATION_AGE_DAYS old; the endpoint answers ``/metadata`` and a Patient read;
 2. the cutover (``onboarding.golive.services.cutover``): production, live at the plan's stage;
-3. GO_LIVE_FIRST_CHECKS health probes (``onboarding.live.probe``); the step passes when all are
-   green, and otherwise rolls the connection back at once and fails, saying which check failed.
+3. GO_LIVE_FIRST_CHECKS health probes (``onboarding.live.probe``), each kept in monitoring's
+   health-check series; the step passes when all are green, and otherwise rolls the connection back
+   at once and fails, saying which check failed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from connections.errors import RemoteError
 from onboarding.golive import services as golive
 from onboarding.live.probe import probe
 from onboarding.models import Onboarding, Step
+from onboarding.monitoring import services as monitoring
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 
 CHECK_LABELS = {
@@ -126,6 +128,7 @@ class GoLiveStep(StepModule):
         first: list[dict[str, Any]] = []
         for number in range(1, settings.GO_LIVE_FIRST_CHECKS + 1):
             result = probe(ctx.adapter, patient_id)
+            monitoring.record_go_live_check(onboarding.pk, result)
             first.append({"ok": result.ok, "latency_ms": result.latency_ms, "error_kind": result.error_kind})
             ctx.progress(
                 len(checks) + 1 + number,
