@@ -456,7 +456,7 @@ def due_schedules(*, at: datetime | None = None) -> list[GoLiveSchedule]:
 
 def mark_started(schedule: GoLiveSchedule, run: StepRun) -> None:
     GoLiveSchedule.objects.filter(pk=schedule.pk, status=ScheduleStatus.SCHEDULED).update(
-        status=ScheduleStatus.STARTED, run=run, status_note=f"Go-live attempt {run.attempt} started."
+        status=ScheduleStatus.STARTED, run=run, status_note=f"attempt {run.attempt}"
     )
 
 
