@@ -314,7 +314,7 @@ def test_a_hospital_from_new_to_live_by_clicking(
     row = cs.get_by_test_id("live-row").filter(has_text=CONNECTION)
     expect(row).to_have_count(1)
     expect(row).to_contain_text(HOSPITAL)
-    expect(row.locator("td").nth(3)).to_have_text("live")  # the rollout: full, not a pilot
+    expect(row.locator("td").nth(3)).to_have_text("full")  # the rollout: full, not a pilot
     expect(row).to_have_attribute("data-status", "up")
     expect(row.get_by_test_id("live-open-alerts")).to_have_text("0")
     shot(cs, "hypercare")
