@@ -10,7 +10,6 @@ attributes and small overrides in the vendor modules, so this file holds no vend
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import re
 from collections import Counter
@@ -23,6 +22,7 @@ from fhirclient.models.capabilitystatement import CapabilityStatement
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 from fhirclient.models.patient import Patient
 
+from connections.adapters.digests import DigestSet, digest
 from connections.auth import AuthConfig, Authenticator, TokenInfo
 from connections.errors import ErrorKind, RemoteError
 from connections.http import DEFAULT_ACCEPT, GuardedClient, pin_target, too_deep_message
@@ -430,8 +430,8 @@ class FHIRAdapter:
         url = self._url(resource_type)
         current: dict[str, str] | None = params
         asked = int(params["_count"]) if str(params.get("_count", "")).isdigit() else None
-        # Ids seen, as 64-bit digests: a thousand patients' ids cost a few kilobytes.
-        seen_ids: set[int] = set()
+        # Ids seen, as 64-bit digests in a compact set: 8 bytes a patient's id.
+        seen_ids = DigestSet()
         seen_links: set[str] = set()
         yielded = pages = stalled = 0
         while limit is None or yielded < limit:
@@ -449,10 +449,10 @@ class FHIRAdapter:
                     foreign += 1
                     continue
                 resource_id = str(resource.get("id") or "")
-                digest = int.from_bytes(hashlib.blake2b(resource_id.encode(), digest_size=8).digest(), "big")
-                if resource_id and digest in seen_ids:
+                key = digest(resource_id)
+                if resource_id and key in seen_ids:
                     continue  # offset paging over a changing list can repeat a resource
-                seen_ids.add(digest)
+                seen_ids.add(key)
                 new += 1
                 yield resource
                 yielded += 1

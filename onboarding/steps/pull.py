@@ -10,7 +10,6 @@ silently on data the server got wrong.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from django.conf import settings
 
 from connections.adapters import FHIRAdapter, owner_id
 from connections.adapters.bulk import BulkExport, Manifest
+from connections.adapters.digests import DigestSet, digest
 from connections.errors import ErrorKind, RemoteError
 from connections.fanout import ordered_map
 from onboarding.mapping.profile import CLINICAL_TYPES
@@ -204,8 +204,8 @@ class BulkPull:
             min_poll_s=settings.BULK_MIN_POLL_S,
         )
         self.manifest: Manifest | None = None
-        # The sample's patient ids as 64-bit digests: a thousand cost a few tens of kilobytes.
-        self.sample: set[int] = set()
+        # The sample's patient ids as 64-bit digests in a compact set: 8 bytes a patient.
+        self.sample = DigestSet()
         self.resources_read = 0
         self.issues: list[dict[str, str]] = []
 
@@ -241,11 +241,11 @@ class BulkPull:
             for patient in self.export.resources(manifest, file):
                 self.resources_read += 1
                 patient_id = str(patient.get("id") or "")
-                digest = id_digest(patient_id)
-                if patient_id and digest in self.sample:
+                key = digest(patient_id)
+                if patient_id and key in self.sample:
                     continue
                 if patient_id:
-                    self.sample.add(digest)
+                    self.sample.add(key)
                 yield patient
                 if len(self.sample) >= self.size:
                     return
@@ -264,7 +264,7 @@ class BulkPull:
                             f"{self.verb} {self.resources_read} resources of the export ({resource_type})",
                         )
                     owner = owner_id(resource)
-                    if owner is not None and id_digest(owner) in self.sample:
+                    if owner is not None and digest(owner) in self.sample:
                         yield resource_type, resource, owner
         self.issues = self.export.error_issues(manifest)
 
@@ -282,11 +282,6 @@ class BulkPull:
         if self.issues:
             report["export_errors"] = self.issues
         return report
-
-
-def id_digest(*parts: str) -> int:
-    """A 64-bit digest of ids, for what a bulk pull must remember per patient without holding the ids."""
-    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
 
 
 def bulk_warnings(report: dict[str, Any]) -> list[str]:

@@ -22,7 +22,6 @@ the offending raw resources, encrypted and for a limited time, for the engineers
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections import Counter
@@ -36,6 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connections.adapters import FHIRAdapter
+from connections.adapters.digests import DigestMap, DigestSet, DigestTexts, HexKeys, digest
 from connections.adapters.structure import element_path, structure_problems
 from connections.errors import ErrorKind, RemoteError
 from connections.models import PullMethod
@@ -54,11 +54,12 @@ from onboarding.review import services as review
 from onboarding.review.services import NewFinding
 from onboarding.steps.base import StepContext, StepModule, StepOutcome
 from onboarding.steps.map import PATIENT_PAGE_SIZE, Progress, stopped_outcome
-from onboarding.steps.pull import BulkPull, ClinicalTypes, id_digest, pull_patients, pull_report
+from onboarding.steps.pull import BulkPull, ClinicalTypes, pull_patients, pull_report
 from onboarding.validation import uscore
 from onboarding.validation.fhirjson import as_items
 
 ERROR, WARNING = Severity.ERROR.value, Severity.WARNING.value
+PATIENT_KEY_WIDTH = 24  # hex characters of review.patient_key
 EARLIEST_PLAUSIBLE = "1900-01-01"
 # Clinical date elements checked for plausibility (top level, or inside the named element).
 DATE_ELEMENTS = (
@@ -111,10 +112,10 @@ class Validator:
     today: date
     patients: int = 0
     resources: Counter[str] = field(default_factory=Counter)
-    # Hashed MRN, and hashed name + birth date + gender, -> hashed patient id: small ints, so a
-    # thousand patients cost little memory and no MRN or name is held.
-    _mrns: dict[int, int] = field(default_factory=dict)
-    _people: dict[int, int] = field(default_factory=dict)
+    # Hashed MRN, and hashed name + birth date + gender, -> hashed patient id: 64-bit digests in
+    # compact arrays, so a thousand patients cost about 16 bytes each and no MRN or name is held.
+    _mrns: DigestMap = field(default_factory=DigestMap)
+    _people: DigestMap = field(default_factory=DigestMap)
     _must_support: dict[str, set[int]] = field(default_factory=dict)  # profile -> must-support items not seen yet
     _profile_counts: Counter[str] = field(default_factory=Counter)
 
@@ -125,13 +126,13 @@ class Validator:
         self.patients += 1
         found = self._common(patient)
         patient_id = str(patient.get("id") or "")
-        me = _hash(patient_id)
+        me = digest(patient_id)
         identifiers = [i for i in as_items(patient.get("identifier")) if isinstance(i, dict)]
         mrns = [i for i in identifiers if i.get("system") == self.rules.mrn_system and i.get("value")]
         if not mrns:
             found.append(_f(ERROR, "patient.mrn-missing", "Patient", "Patient.identifier", _mrn_missing(self.rules)))
         for identifier in mrns:
-            key = _hash(self.rules.mrn_system, str(identifier["value"]))
+            key = digest(self.rules.mrn_system, str(identifier["value"]))
             if self._mrns.setdefault(key, me) != me:
                 found.append(
                     _f(ERROR, "patient.mrn-duplicate", "Patient", "Patient.identifier", _MRN_DUPLICATE, "identifier")
@@ -394,13 +395,8 @@ def _target_id(reference: MappingType[str, Any], resource_type: str) -> str | No
     return None
 
 
-def _hash(*parts: str) -> int:
-    # Kept in memory only to compare patients within a run; hashing keeps MRNs and names out of it.
-    return int.from_bytes(hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest(), "big")
-
-
 def _person_key(patient: MappingType[str, Any]) -> int | None:
-    """Normalised name + birth date + gender, hashed; None when any of them is missing."""
+    """Normalised name + birth date + gender, hashed (no name is held); None when any of them is missing."""
     names = [n for n in as_items(patient.get("name")) if isinstance(n, dict)]
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else None)
     birth, gender = patient.get("birthDate"), patient.get("gender")
@@ -408,7 +404,7 @@ def _person_key(patient: MappingType[str, Any]) -> int | None:
         return None
     given = " ".join(str(g) for g in as_items(name.get("given")))
     normal = _normalise(f"{given} {name.get('family') or ''}")
-    return _hash(normal, str(birth), str(gender)) if normal else None
+    return digest(normal, str(birth), str(gender)) if normal else None
 
 
 def _normalise(text: str) -> str:
@@ -454,7 +450,8 @@ class ValidateStep(StepModule):
         sink = review.FindingSink(run)
         size = policy.validate_sample_size
         ctx.progress(0, size, "Reading which resource types the server offers")
-        checked: list[str] = []  # pseudonymous keys of the patients checked to the end, for the diff
+        # Pseudonymous keys of the patients checked to the end, for the diff, 12 bytes each.
+        checked = HexKeys(PATIENT_KEY_WIDTH)
         types: ClinicalTypes | None = None
         try:
             types = ClinicalTypes(ctx, verb="validated")
@@ -474,7 +471,7 @@ class ValidateStep(StepModule):
         sink: review.FindingSink,
         size: int,
         types: ClinicalTypes,
-        checked: list[str],
+        checked: HexKeys,
     ) -> None:
         progress = Progress(ctx, size, "Validated")
         if ctx.connection.pull_method == PullMethod.BULK:
@@ -506,12 +503,13 @@ class ValidateStep(StepModule):
         sink: review.FindingSink,
         size: int,
         types: ClinicalTypes,
-        checked: list[str],
+        checked: HexKeys,
     ) -> None:
         """The same checks over a bulk export: the sample's patients first, then their resources type by type."""
-        # Per patient of the sample, as digests: the birth date, and which Encounters are its own.
-        births: dict[int, str | None] = {}
-        encounters: set[int] = set()
+        # Per patient of the sample, as digests in compact arrays: the birth date, and which Encounters
+        # are its own.
+        births = DigestTexts()
+        encounters = DigestSet()
         with BulkPull(ctx, size=size, types=types, verb="Validated") as bulk:
             try:
                 for patient in bulk.patients():
@@ -519,17 +517,18 @@ class ValidateStep(StepModule):
                     for finding in validator.check_patient(patient):
                         sink.add(finding, patient, patient_id)
                     birth = patient.get("birthDate")
-                    births[id_digest(patient_id)] = birth if isinstance(birth, str) else None
+                    # What the date checks read of it; "" (no birth date) reads as None does.
+                    births[digest(patient_id)] = birth[:10] if isinstance(birth, str) else ""
                     # Counted from here: a file that breaks later still leaves these patients' findings.
                     checked.append(review.patient_key(sink.tenant, patient_id) if patient_id else "")
                 for resource_type, resource, owner in bulk.resources():
                     if resource_type == "Encounter":
-                        encounters.add(id_digest(owner, str(resource.get("id"))))
+                        encounters.add(digest(owner, str(resource.get("id"))))
                     for finding in validator.check_resource(
                         resource,
                         patient_id=owner,
                         encounter_ids=_OwnEncounters(owner, encounters),
-                        birth_date=births.get(id_digest(owner)),
+                        birth_date=births.get(digest(owner)),
                     ):
                         sink.add(finding, resource, owner)
             finally:
@@ -540,11 +539,11 @@ class ValidateStep(StepModule):
 class _OwnEncounters:
     """One patient's Encounter ids, answered from the bulk pull's digests of (patient, encounter)."""
 
-    def __init__(self, owner: str, digests: set[int]) -> None:
+    def __init__(self, owner: str, digests: DigestSet) -> None:
         self.owner, self.digests = owner, digests
 
     def __contains__(self, encounter_id: object) -> bool:
-        return isinstance(encounter_id, str) and id_digest(self.owner, encounter_id) in self.digests
+        return isinstance(encounter_id, str) and digest(self.owner, encounter_id) in self.digests
 
 
 def _clinical(
@@ -566,7 +565,7 @@ def _summary(
     sink: review.FindingSink,
     policy: Any,
     skipped: list[str],
-    checked: list[str],
+    checked: HexKeys,
     ctx: StepContext,
 ) -> dict[str, Any]:
     """The run's summary: counts, shares of patients affected (unwaived findings), what the pull met."""
@@ -579,7 +578,7 @@ def _summary(
     counting = findings.exclude(waived) if waivers else findings
     if total < validator.patients:
         # A pull stopped inside a patient: shares count only the patients checked to the end.
-        counting = counting.filter(patient_key__in=[key for key in checked if key])
+        counting = counting.filter(patient_key__in=checked.sorted_unique())
     with_error = counting.filter(severity=ERROR).values("patient_key").distinct().count()
     with_warning = counting.filter(severity=WARNING).values("patient_key").distinct().count()
     error_share = round(100 * with_error / total, 1) if total else 0.0
@@ -589,7 +588,7 @@ def _summary(
         ctx.log(warning, level="warning")
     return {
         "patients": total,
-        "patient_keys": sorted(set(checked) - {""}),
+        "patient_keys": checked.sorted_unique(),
         "resources": dict(sorted(validator.resources.items())),
         "types_skipped": skipped,
         "mapping_version": validator.rules.version,
