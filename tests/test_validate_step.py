@@ -319,6 +319,10 @@ def _mutations(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
         bad_date = copy.deepcopy(resource)
         bad_date["effectiveDateTime"] = "2021-13-45"
         yield bad_date
+        # The pattern allows day 30 in February; only the date parser refuses it.
+        bad_day = copy.deepcopy(resource)
+        bad_day["effectiveDateTime"] = "2021-02-30"
+        yield bad_day
         nested = copy.deepcopy(resource)
         nested["code"]["coding"][0]["system"] = ["http://loinc.org"]
         yield nested
