@@ -3,15 +3,15 @@
 Both read the same Patient of the same sandbox hospital (generic flavour, in this process, answering
 after ``--latency-ms``, as a real EHR takes tens of milliseconds): the direct path is the adapter's
 ``read_patient`` on a warm adapter; the read API path is an HTTP GET with a service token to the
-portal under gunicorn (one sync worker, as the README runs it, DEBUG off, persistent database
-connections) on a scratch PostgreSQL database, which checks the token and the live state, calls the
+portal under gunicorn (one threaded worker, as the README runs it, DEBUG off, persistent database
+connections, HTTP keep-alive) on a scratch PostgreSQL database, which checks the token and the live state, calls the
 same kind of adapter, audits and counts.
 
 The two paths are measured in alternation (which goes first flips every round), so a noisy machine
 slows both alike; the load average is printed at the start and the end. The audit trail is checked
 to hold one event per read-API request made.
 
-    .venv/bin/python -m benchmarks.readapi [--requests 400] [--latency-ms 20 50]
+    .venv/bin/python -m benchmarks.readapi [--requests 400] [--latency-ms 20 50 100]
 
 BENCH_DATABASE_URL names the scratch database (it is dropped and migrated); default portal_readapi_bench.
 """
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="measured requests per path and latency")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured requests per path first")
-    parser.add_argument("--latency-ms", type=int, nargs="+", default=[20, 50], help="sandbox answer delays")
+    parser.add_argument("--latency-ms", type=int, nargs="+", default=[20, 50, 100], help="sandbox answer delays")
     args = parser.parse_args()
     print(f"load average at start: {_load()}")
     database = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/portal_readapi_bench")
@@ -90,7 +90,9 @@ def main() -> None:
         DJANGO_DEBUG="false",
         ALLOWED_HOSTS="127.0.0.1",
     )
+    # One threaded worker, as the README runs the web tier: it keeps the product's connections alive.
     command = [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"]
+    command += ["--worker-class", "gthread", "--threads", "4"]
     server = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}/api/v1/live/{code}/patients/{patient_id}/"
     client = httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=10)
@@ -159,7 +161,7 @@ def _report(latency: int, direct_ms: list[float], api_ms: list[float], requests:
     t50, t95 = _percentile(api_ms, 0.50), _percentile(api_ms, 0.95)
     print(f"Patient read, {requests} requests each (alternating), sandbox answering after {latency} ms")
     print(f"  direct adapter call:           p50 {d50:7.2f} ms   p95 {d95:7.2f} ms")
-    print(f"  read API (gunicorn, 1 worker): p50 {t50:7.2f} ms   p95 {t95:7.2f} ms")
+    print(f"  read API (gunicorn gthread):    p50 {t50:7.2f} ms   p95 {t95:7.2f} ms")
     print(f"  added: p50 +{t50 - d50:.2f} ms, p95 +{t95 - d95:.2f} ms")
     for label, ratio in (("p50", t50 / d50), ("p95", t95 / d95)):
         print(f"  ratio {label}: {ratio:.2f}x (goal <= {GOAL}x) {'met' if ratio <= GOAL else 'NOT met'}")

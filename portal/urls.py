@@ -13,6 +13,8 @@ from portal import account_views, views
 admin.site.__class__ = OTPAdminSite
 
 urlpatterns = [
+    # First: the product's read API is resolved on every one of its requests, and no page lives under api/.
+    path("api/", include("onboarding.api_urls")),
     path("login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/", account_views.account_security, name="account_security"),
@@ -32,6 +34,5 @@ urlpatterns = [
     path("", include("portal.people.urls")),
     path("", include("connections.urls")),
     path("", include("onboarding.urls")),
-    path("api/", include("onboarding.api_urls")),
     path("admin/", admin.site.urls),
 ]
