@@ -215,6 +215,18 @@ def _host_key(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def origin_key(url: str) -> str:
+    """A URL's host and port as OUTBOUND_ALLOWLIST spells them (``127.0.0.1:8101``); "" if it names no host."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    if not parts.hostname:
+        return ""
+    return _host_key(parts.hostname, port or (443 if parts.scheme.lower() == "https" else 80))
+
+
 def _host_literal(host: str) -> IPAddress | None:
     """The IP address a host names literally, or None for a DNS name.
 

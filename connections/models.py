@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from connections.http import origin_key
 from portal.crypto import EncryptedTextField
 from portal.models import Tenant
 
@@ -142,16 +143,26 @@ class EHRConnection(models.Model):
         self._check_pull_limits()
         if self.environment != Environment.PRODUCTION:
             return
-        errors = {
+        errors = self.plain_http_problems()
+        if errors:
+            raise ValidationError(errors)
+
+    def plain_http_problems(self) -> dict[str, str]:
+        """Each URL of this connection that may not carry production traffic over plain http, by field.
+
+        In production mode that is every http:// URL. Outside it (the demo, the tests) the sandbox
+        hospitals on OUTBOUND_ALLOWLIST may: they serve http on loopback and go live like a hospital.
+        The go-live pre-flight asks the same, so a cutover never switches an http endpoint to production.
+        """
+        sandboxes = set() if settings.PRODUCTION else set(settings.OUTBOUND_ALLOWLIST)
+        return {
             field: message
             for field, url, message in (
                 ("base_url", self.base_url, "A production connection must use https://."),
                 ("token_url", self.token_url, "A production token URL must use https://."),
             )
-            if url and urlsplit(url).scheme != "https"
+            if url and urlsplit(url).scheme != "https" and origin_key(url) not in sandboxes
         }
-        if errors:
-            raise ValidationError(errors)
 
     def _check_pull_limits(self) -> None:
         """The agreed limits stay under the hard caps, and bulk needs an advertised $export."""

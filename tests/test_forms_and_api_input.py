@@ -159,6 +159,21 @@ def test_openapi_schema_and_docs_are_served_locally(cs_user: Any) -> None:
     assert "/static/drf_spectacular_sidecar/" in docs
 
 
+def test_only_allowlisted_sandboxes_may_be_production_over_http_and_never_in_production_mode(
+    tenant_a: Any, settings: Any
+) -> None:
+    settings.OUTBOUND_ALLOWLIST = ["127.0.0.1:8101"]
+    sandbox = ConnectionFactory.build(tenant=tenant_a, base_url="http://127.0.0.1:8101/fhir", environment="production")
+    assert sandbox.plain_http_problems() == {}
+    for url in ("http://127.0.0.1:8102/fhir", "http://fhir.example.org/r4", "http://127.0.0.1/fhir"):
+        other = ConnectionFactory.build(tenant=tenant_a, base_url=url, environment="production")
+        assert other.plain_http_problems() == {"base_url": "A production connection must use https://."}, url
+    settings.PRODUCTION = True
+    assert sandbox.plain_http_problems() == {"base_url": "A production connection must use https://."}
+    secure = ConnectionFactory.build(tenant=tenant_a, base_url="https://fhir.example.org/r4", environment="production")
+    assert secure.plain_http_problems() == {}
+
+
 def test_api_cannot_make_a_plain_http_connection_production(cs_user: Any, tenant_a: Any) -> None:
     conn = ConnectionFactory(
         tenant=tenant_a,

@@ -274,6 +274,8 @@ def test_cutover_read_api_pilot_rollback_and_tenant_isolation(
         assert state.hypercare_until - state.live_since == timedelta(days=30)
         onboarding.connection.refresh_from_db()
         assert onboarding.connection.environment == "production" and state.before_cutover == {"environment": "sandbox"}
+        # The sandbox on loopback http stays editable while live (outside production mode only).
+        onboarding.connection.full_clean()
 
         # Live already: another go-live is refused until it is rolled back.
         with pytest.raises(golive.GoLiveRefused, match="is live already"):
@@ -344,3 +346,31 @@ def test_failed_first_checks_roll_the_cutover_back(
         run.refresh_from_db()
         assert run.status == "failed" and run.error_kind == "preflight_failed"
         assert "validation is" in run.error_message and not LiveState.objects.exists()
+
+
+def test_in_production_mode_plain_http_never_goes_live(
+    sandboxes: dict[str, Any],
+    sandbox_allowlist: str,
+    clean_faults: None,
+    settings: Any,
+    tenant_a: Any,
+    cs_user: Any,
+    it_a: Any,
+) -> None:
+    settings.GO_LIVE_FIRST_CHECK_INTERVAL = 0
+    hospital = sandboxes["generic"]
+    with _in_window():
+        windows.add_change_window(user=cs_user, tenant=tenant_a, weekday=1, start_time=time(0), end_time=time(23, 59))
+        onboarding = ready_to_go_live(tenant_a, cs_user, it_a, hospital)
+        approve_go_live(cs_user, it_a, onboarding)
+        # The same http:// sandbox that goes live in the demo, with the portal in production mode.
+        settings.PRODUCTION = True
+        run = engine.start_step(user=cs_user, onboarding=onboarding, step="go_live")
+        engine.execute_run(run.pk)
+        run.refresh_from_db()
+        assert run.status == "failed" and run.error_kind == "preflight_failed"
+        assert "plain http" in run.error_message and "https://" in run.error_message
+        endpoint = next(c for c in run.result["checks"] if c["id"] == "endpoint")
+        assert endpoint["outcome"] == "failed" and "the base URL uses http://" in endpoint["detail"]
+        onboarding.connection.refresh_from_db()
+        assert onboarding.connection.environment == "sandbox" and not LiveState.objects.exists()

@@ -499,8 +499,8 @@ def cutover(*, onboarding: Onboarding, run: StepRun, probe_patient_id: str) -> C
     with transaction.atomic():
         connection = EHRConnection.objects.select_for_update().get(pk=onboarding.connection_id)
         before = {"environment": connection.environment}
-        # A sandbox endpoint on plain http goes live only where settings allow it (never in
-        # production): the model's own check refuses production over http when a person edits it.
+        # Not save(): the switch is the go-live's, not an edit of the connection. The pre-flight has
+        # checked what the model would (no plain http in production; EHRConnection.plain_http_problems).
         EHRConnection.objects.filter(pk=connection.pk).update(environment=Environment.PRODUCTION)
         stage = LiveStage.PILOT if plan.rollout == Rollout.PILOT else LiveStage.FULL
         hypercare_until = now + timedelta(days=settings.GO_LIVE_HYPERCARE_DAYS)

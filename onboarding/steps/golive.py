@@ -99,7 +99,17 @@ class GoLiveStep(StepModule):
             report("credentials", False, exc.message)
         report(*_expiry(ctx))
         report(*_validation_age(onboarding))
-        if patient_id:
+        plain = ctx.connection.plain_http_problems()
+        if plain:
+            fields = " and ".join("the base URL" if f == "base_url" else "the token URL" for f in plain)
+            report(
+                "endpoint",
+                False,
+                f"Production traffic must not go over plain http, and {fields} {'uses' if len(plain) == 1 else 'use'} "
+                f"http://: change "
+                f"{'it' if len(plain) == 1 else 'them'} to https:// on the connection page.",
+            )
+        elif patient_id:
             result = probe(ctx.adapter, patient_id)
             report(
                 "endpoint",
