@@ -178,8 +178,13 @@ def purge_expired_raw_resources(now: datetime | None = None) -> int:
     return _delete_raw(RawResource.objects.filter(expires_at__lte=now or timezone.now()))
 
 
-def _delete_raw(raws: QuerySet[RawResource], batch: int = 1000) -> int:
-    """Delete in batches by primary key, never loading (or decrypting) a payload into memory."""
+def _delete_raw(raws: QuerySet[RawResource], batch: int = 200) -> int:
+    """Delete in batches by primary key, never loading (or decrypting) a payload into memory.
+
+    Django's delete still builds an instance per row (to null the findings' links), so the batch is
+    kept small: a passed run of a thousand patients deletes about as many copies, and memory must
+    not grow with them.
+    """
     deleted = 0
     while True:
         ids = list(raws.values_list("pk", flat=True)[:batch])
