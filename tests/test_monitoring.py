@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from django.core.exceptions import PermissionDenied
 from django.db import connection as db
 from django.db import transaction
@@ -24,8 +25,10 @@ from onboarding.engine import services as engine
 from onboarding.engine import work
 from onboarding.live import traffic
 from onboarding.live.models import LivePhase, LiveState, MaintenanceKind, MaintenanceWindow
+from onboarding.models import StepRun
 from onboarding.monitoring import drift, policy, services, sla
-from onboarding.monitoring.models import Alert, AlertKind, HealthCheck, Monitor, MonitorStatus
+from onboarding.monitoring.models import Alert, AlertKind, DriftRun, HealthCheck, Monitor, MonitorStatus
+from onboarding.monitoring.tasks import dispatch_drift
 from onboarding.steps import drift as drift_step
 from portal.models import AuditEvent, StaffAssignment
 from portal.notifications.models import EmailDelivery, Notification
@@ -334,3 +337,30 @@ def test_the_drift_watch_names_an_mrn_system_changed_after_go_live(
     assert back.changes == []
     alert.refresh_from_db()
     assert not alert.is_open and len(notes("alert_resolved")) == 1
+
+
+def test_a_drift_run_that_lost_its_worker_is_ended_and_does_not_hold_the_next(
+    generic: SandboxHospital, watched: Any, cs_user: Any
+) -> None:
+    live = live_connection(watched, generic)
+    baseline = StepRun.objects.create(onboarding=live.onboarding, step="validate", attempt=1, status="passed")
+    LiveState.objects.filter(pk=live.pk).update(baseline_run=baseline)
+    first = drift.request_drift(user=cs_user, onboarding=live.onboarding)
+    assert drift.start_drift(first.pk) is not None  # a worker claims it, and is then killed
+    # Within the task's limits it may still finish: asking again waits for it.
+    assert drift.request_drift(user=cs_user, onboarding=live.onboarding) == first
+    with time_machine.travel(timezone.now() + drift.LOST_AFTER + timedelta(seconds=5)):
+        second = drift.request_drift(user=cs_user, onboarding=live.onboarding)
+    first.refresh_from_db()
+    assert first.status == "failed" and "stopped before it finished" in first.error_message
+    assert second.pk != first.pk and second.status == "queued"
+    # Beat's sweep ends a run no worker picked up within the hour, and leaves a fresh one alone.
+    fresh = DriftRun.objects.create(onboarding=live.onboarding, tenant=watched, trigger="schedule")
+    with time_machine.travel(timezone.now() + drift.NEVER_STARTED_AFTER + drift.LOST_AFTER + timedelta(minutes=1)):
+        fresh.created_at = timezone.now()
+        fresh.save(update_fields=["created_at"])
+        dispatch_drift()
+    second.refresh_from_db()
+    fresh.refresh_from_db()
+    assert second.status == "failed" and "monitoring queue" in second.error_message
+    assert fresh.status == "queued"

@@ -27,6 +27,12 @@ from portal import audit
 from portal.access import User, require_perm
 
 RUN_TASK = "onboarding.monitoring.run_drift"
+# The drift task's limits. A run still "running" past the hard limit lost its worker (killed, out of
+# memory, the machine gone): nothing else will end it, and it would hold the connection's next check.
+RUN_SOFT_LIMIT_S, RUN_HARD_LIMIT_S = 300, 360
+LOST_AFTER = timedelta(seconds=RUN_HARD_LIMIT_S + 60)
+# A run never picked up in this long had its message lost, or no worker reads the monitoring queue.
+NEVER_STARTED_AFTER = timedelta(hours=1)
 REQUEST_PERM = "onboarding.run_step"
 
 
@@ -68,6 +74,7 @@ def _send(run_id: int) -> None:
 def request_drift(*, user: User, onboarding: Onboarding, request: HttpRequest | None = None) -> DriftRun:
     """Start a drift check now (the one already waiting or running, if any)."""
     require_perm(user, REQUEST_PERM, onboarding.tenant)
+    reap_lost_drift(onboarding=onboarding)  # a lost run must not stand in for the one asked for
     live = LiveState.objects.filter(onboarding=onboarding, stage__in=LIVE).first()
     if live is None:
         raise DriftRefused("This connection is not live, so there is no go-live baseline to compare with.")
@@ -122,6 +129,29 @@ def claim_due_drift(now: datetime | None = None) -> list[int]:
         for run_id in ids:
             _send(run_id)
     return ids
+
+
+def reap_lost_drift(*, now: datetime | None = None, onboarding: Onboarding | None = None) -> int:
+    """End the drift runs that lost their worker or never started, each saying so; how many were ended."""
+    now = now or timezone.now()
+    runs = DriftRun.objects.all() if onboarding is None else DriftRun.objects.filter(onboarding=onboarding)
+    lost = runs.filter(status=DriftStatus.RUNNING, started_at__lt=now - LOST_AFTER).update(
+        status=DriftStatus.FAILED,
+        finished_at=now,
+        error_message=(
+            f"The worker running this check stopped before it finished (it would have ended within "
+            f"{RUN_HARD_LIMIT_S} s). The next check runs on schedule, or start one now."
+        ),
+    )
+    never = runs.filter(status=DriftStatus.QUEUED, created_at__lt=now - NEVER_STARTED_AFTER).update(
+        status=DriftStatus.FAILED,
+        finished_at=now,
+        error_message=(
+            "No worker picked this check up within an hour: is a worker reading the monitoring queue? "
+            "Start one now once it is."
+        ),
+    )
+    return lost + never
 
 
 def start_drift(run_id: int) -> DriftRun | None:

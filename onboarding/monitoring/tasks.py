@@ -41,7 +41,8 @@ def run_check(monitor_id: int, due_at: str) -> None:
 
 @shared_task(name="onboarding.monitoring.dispatch_drift", soft_time_limit=60, time_limit=90, ignore_result=True)
 def dispatch_drift() -> int:
-    """Start the scheduled drift checks that are due."""
+    """End the drift runs that lost their worker, then start the scheduled checks that are due."""
+    drift.reap_lost_drift()
     return len(drift.claim_due_drift())
 
 

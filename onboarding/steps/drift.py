@@ -115,7 +115,13 @@ def run_drift_check(run_id: int) -> None:
     drift.finish_drift(run_id, result)
 
 
-@shared_task(name=drift.RUN_TASK, acks_late=True, soft_time_limit=300, time_limit=360, ignore_result=True)
+@shared_task(
+    name=drift.RUN_TASK,
+    acks_late=True,
+    soft_time_limit=drift.RUN_SOFT_LIMIT_S,
+    time_limit=drift.RUN_HARD_LIMIT_S,
+    ignore_result=True,
+)
 def run_drift(run_id: int) -> None:
     """A drift check on the monitoring queue; a second delivery finds the run claimed and does nothing."""
     run_drift_check(run_id)
