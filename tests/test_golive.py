@@ -324,7 +324,24 @@ def test_cutover_read_api_pilot_rollback_and_tenant_isolation(
             golive.rollback(user=cs_user, onboarding=onboarding, reason="again")
 
 
-def test_failed_first_checks_roll_the_cutover_back(
+def _validation_too_old(settings: Any) -> None:
+    StepRun.objects.filter(step="validate").update(finished_at=local(2026, 10, 1))
+
+
+def _production_mode(settings: Any) -> None:
+    # The same http:// sandbox that goes live in the demo, with the portal in production mode.
+    settings.PRODUCTION = True
+
+
+@pytest.mark.parametrize(
+    ("flavour", "spoil", "check", "said"),
+    [
+        ("oracle_health", _validation_too_old, "validation_age", "validation is"),
+        ("generic", _production_mode, "endpoint", "the base URL uses http://"),
+    ],
+    ids=["validation-too-old", "plain-http-in-production-mode"],
+)
+def test_a_failed_pre_flight_switches_nothing(
     sandboxes: dict[str, Any],
     sandbox_allowlist: str,
     clean_faults: None,
@@ -332,45 +349,23 @@ def test_failed_first_checks_roll_the_cutover_back(
     tenant_a: Any,
     cs_user: Any,
     it_a: Any,
+    flavour: str,
+    spoil: Any,
+    check: str,
+    said: str,
 ) -> None:
     settings.GO_LIVE_FIRST_CHECK_INTERVAL = 0
-    hospital = sandboxes["oracle_health"]
+    hospital = sandboxes[flavour]
     with _in_window():
         windows.add_change_window(user=cs_user, tenant=tenant_a, weekday=1, start_time=time(0), end_time=time(23, 59))
         onboarding = ready_to_go_live(tenant_a, cs_user, it_a, hospital)
         approve_go_live(cs_user, it_a, onboarding)
-        # The validation is too old: pre-flight fails and nothing is switched.
-        StepRun.objects.filter(step="validate").update(finished_at=local(2026, 10, 1))
+        spoil(settings)
         run = engine.start_step(user=cs_user, onboarding=onboarding, step="go_live")
         engine.execute_run(run.pk)
         run.refresh_from_db()
         assert run.status == "failed" and run.error_kind == "preflight_failed"
-        assert "validation is" in run.error_message and not LiveState.objects.exists()
-
-
-def test_in_production_mode_plain_http_never_goes_live(
-    sandboxes: dict[str, Any],
-    sandbox_allowlist: str,
-    clean_faults: None,
-    settings: Any,
-    tenant_a: Any,
-    cs_user: Any,
-    it_a: Any,
-) -> None:
-    settings.GO_LIVE_FIRST_CHECK_INTERVAL = 0
-    hospital = sandboxes["generic"]
-    with _in_window():
-        windows.add_change_window(user=cs_user, tenant=tenant_a, weekday=1, start_time=time(0), end_time=time(23, 59))
-        onboarding = ready_to_go_live(tenant_a, cs_user, it_a, hospital)
-        approve_go_live(cs_user, it_a, onboarding)
-        # The same http:// sandbox that goes live in the demo, with the portal in production mode.
-        settings.PRODUCTION = True
-        run = engine.start_step(user=cs_user, onboarding=onboarding, step="go_live")
-        engine.execute_run(run.pk)
-        run.refresh_from_db()
-        assert run.status == "failed" and run.error_kind == "preflight_failed"
-        assert "plain http" in run.error_message and "https://" in run.error_message
-        endpoint = next(c for c in run.result["checks"] if c["id"] == "endpoint")
-        assert endpoint["outcome"] == "failed" and "the base URL uses http://" in endpoint["detail"]
+        failed = next(c for c in run.result["checks"] if c["id"] == check)
+        assert failed["outcome"] == "failed" and said in failed["detail"] and said in run.error_message
         onboarding.connection.refresh_from_db()
         assert onboarding.connection.environment == "sandbox" and not LiveState.objects.exists()
