@@ -63,6 +63,7 @@ class ConnectionOutput(serializers.ModelSerializer):
             "pull_concurrency",
             "pull_rate",
             "pull_method",
+            "bulk_group_id",
             "bulk_export_levels",
             "has_secret",
             "secret_updated_at",

@@ -80,6 +80,7 @@ class ConnectionForm(forms.ModelForm):
             "pull_concurrency",
             "pull_rate",
             "pull_method",
+            "bulk_group_id",
         ]
 
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 
 from connections.http import origin_key
@@ -102,6 +103,15 @@ class EHRConnection(models.Model):
     )
     # The $export levels (system, patient, group) the last configure run found advertised.
     bulk_export_levels = models.CharField(max_length=40, blank=True, editable=False)
+    # A server may export only by Group (Epic's does): the hospital sets one up for the product and
+    # tells us its id. When given, a bulk pull exports that Group.
+    bulk_group_id = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9\-.]{1,64}$", "A FHIR id: letters, digits, '-' and '.', at most 64.")],
+        verbose_name="bulk export Group id",
+        help_text="The Group the hospital set up for this product's bulk export; needed where only a Group exports.",
+    )
     # Some servers publish no CapabilityStatement. Choosing to go on without one is explicit and
     # audited (connections.services.set_without_capability_statement); configure then skips, and
     # lists, the checks that need it.
@@ -178,10 +188,16 @@ class EHRConnection(models.Model):
                 f"Choose a rate above 0 and at most {rate_cap:g} requests a second (the cap PULL_MAX_RATE is "
                 f"{rate_cap:g}), or leave it blank."
             )
-        if self.pull_method == PullMethod.BULK and not self.bulk_export_levels:
+        levels = set(self.bulk_export_levels.split(",")) - {""}
+        if self.pull_method == PullMethod.BULK and not levels:
             errors["pull_method"] = (
                 "Bulk export needs a server whose CapabilityStatement advertises $export, and the last configure run "
                 "found none. Re-run configure after the hospital enables it, or keep REST."
+            )
+        elif self.pull_method == PullMethod.BULK and levels == {"group"} and not self.bulk_group_id:
+            errors["bulk_group_id"] = (
+                "This server exports only by Group: give the id of the Group the hospital set up for this product "
+                "(their Bulk Data administrator has it), or keep REST."
             )
         if errors:
             raise ValidationError(errors)

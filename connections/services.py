@@ -39,6 +39,7 @@ EDITABLE_FIELDS = (
     "pull_concurrency",
     "pull_rate",
     "pull_method",
+    "bulk_group_id",
 )
 
 

@@ -245,6 +245,46 @@ def test_bulk_can_be_chosen_only_where_export_is_advertised(
     use_bulk(cs_user, connection)
 
 
+@pytest.mark.django_db
+def test_a_server_that_exports_only_by_group_needs_the_group_id_and_then_exports_it(
+    hospitals: dict[str, SandboxHospital], tenant_a: Any, cs_user: Any, it_a: Any
+) -> None:
+    hospital = hospitals["open"]
+    set_sizes(tenant_a, map_size=10, validate_size=10)
+    connection = ready_connection(tenant_a, cs_user, hospital)
+    signed_off_mapping(cs_user, it_a, connection)
+    rest = run_now(connection, "validate", cs_user)
+    # As Epic's server: $export only on Group/[id].
+    hospital.set_faults(export_levels="group", export_delay_s=0.5, export_retry_after=0.5)
+    assert run_now(connection, "configure", cs_user).result["bulk_export"] == ["group"]
+    api = client_for(cs_user)
+    url = f"/api/v1/connections/{connection.code}/"
+    refused = api.patch(url, {"pull_method": "bulk"}, content_type="application/json")
+    assert refused.status_code == 400 and "exports only by Group" in str(refused.json()["bulk_group_id"])
+    bad_id = api.patch(url, {"pull_method": "bulk", "bulk_group_id": "no spaces/here"}, content_type="application/json")
+    assert bad_id.status_code == 400 and "FHIR id" in str(bad_id.json()["bulk_group_id"])
+    connection.refresh_from_db()
+    assert (connection.pull_method, connection.bulk_group_id) == ("rest", "")
+
+    # A Group id the server does not know: a typed error naming it.
+    wrong = api.patch(url, {"pull_method": "bulk", "bulk_group_id": "wrong-group"}, content_type="application/json")
+    assert wrong.status_code == 200, wrong.content
+    unknown = run_now(connection, "validate", cs_user)
+    assert_failed_readably(unknown, "not_found", "wrong-group")
+
+    # The Group the hospital set up: its export gives what the REST pull gave.
+    ok = api.patch(url, {"bulk_group_id": "onboarding-cohort"}, content_type="application/json")
+    assert ok.status_code == 200 and ok.json()["bulk_group_id"] == "onboarding-cohort"
+    hospital.clear_requests()
+    bulk = run_now(connection, "validate", cs_user)
+    assert bulk.result["bulk_export"]["level"] == "group", bulk.error_message
+    assert finding_list(bulk) == finding_list(rest) and bulk.result["patient_keys"] == rest.result["patient_keys"]
+    kick_off = [e for e in hospital.requests() if e["target"].split("?")[0].endswith("/$export")]
+    assert [e["target"].split("?")[0].rsplit("/", 3)[-3:] for e in kick_off] == [
+        ["Group", "onboarding-cohort", "$export"]
+    ]
+
+
 # --- cancelling on a real worker ----------------------------------------------------------------
 
 

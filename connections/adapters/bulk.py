@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from connections.adapters.base import FHIRAdapter
 from connections.errors import ErrorKind, RemoteError
@@ -64,6 +64,7 @@ class BulkExport:
         *,
         types: list[str],
         level: str = "system",
+        group_id: str = "",
         since: str | None = None,
         deadline: float,
         min_poll_s: float = 0.5,
@@ -72,6 +73,7 @@ class BulkExport:
         self.adapter = adapter
         self.types = list(types)
         self.level = level
+        self.group_id = group_id
         self.since = since
         self.deadline = deadline
         self.min_poll_s = min_poll_s
@@ -85,9 +87,13 @@ class BulkExport:
 
     def kick_off(self) -> str:
         """Ask for the export; the status URL the server answered with (202 and Content-Location)."""
-        path = {"system": "$export", "patient": "Patient/$export", "group": "Group/$export"}.get(self.level)
+        path = {"system": "$export", "patient": "Patient/$export"}.get(self.level)
+        if self.level == "group" and self.group_id:
+            path = f"Group/{quote(self.group_id, safe='')}/$export"
         if path is None:
-            raise RemoteError(ErrorKind.UNSUPPORTED, f"There is no $export level {self.level!r}.")
+            raise RemoteError(
+                ErrorKind.UNSUPPORTED, f"There is no $export level {self.level!r} (a Group-level one needs its id)."
+            )
         params = {"_type": ",".join(self.types), "_outputFormat": "application/fhir+ndjson"}
         if self.since:
             params["_since"] = self.since

@@ -28,6 +28,11 @@ Answer = tuple[int, bytes, str, dict[str, str]]
 # What the Bulk Data IG calls the operation, as a CapabilityStatement names it.
 EXPORT_DEFINITION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
 PATIENT_EXPORT_DEFINITION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+GROUP_EXPORT_DEFINITION = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+# The one Group a sandbox knows, holding every patient: what a hospital sets up for a product on a
+# server that exports only by Group (as Epic's does).
+SANDBOX_GROUP_ID = "onboarding-cohort"
+EXPORT_LEVELS = ("system", "patient", "group")
 
 
 def _bool(value: Any) -> bool:
@@ -56,6 +61,13 @@ def _type_or_none(value: Any) -> str | None:
     return value
 
 
+def _levels(value: Any) -> str:
+    levels = value.split(",") if isinstance(value, str) else None
+    if not levels or any(level not in EXPORT_LEVELS for level in levels):
+        raise ValueError(f"expected a comma-separated list of {', '.join(EXPORT_LEVELS)}, got {value!r}")
+    return value
+
+
 def _origin_or_none(value: Any) -> str | None:
     if value is None:
         return None
@@ -68,6 +80,11 @@ def _origin_or_none(value: Any) -> str | None:
 # name -> (default, parser, what it does); the server adds them to its fault table.
 BULK_FAULTS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "no_bulk_export": (False, _bool, "Bulk: no $export (not advertised, the kick-off answers 404)."),
+    "export_levels": (
+        "system,patient",
+        _levels,
+        f"Bulk: the $export levels advertised and served (system, patient, group; Group/{SANDBOX_GROUP_ID}).",
+    ),
     "export_delay_s": (1.0, _seconds, "Bulk: seconds from kick-off until the export is complete."),
     "export_retry_after": (1.0, _seconds, "Bulk: the Retry-After seconds sent while the export is in progress."),
     "export_expiry_s": (600.0, _seconds, "Bulk: seconds a complete export's status and files stay available."),
@@ -104,11 +121,23 @@ class BulkExports:
         self.deleted: list[str] = []  # job ids cancelled by DELETE, for tests
 
     def kick_off(
-        self, *, request: str, query: Mapping[str, str], prefer: str, base: str, values: Mapping[str, Any]
+        self,
+        *,
+        request: str,
+        query: Mapping[str, str],
+        prefer: str,
+        base: str,
+        values: Mapping[str, Any],
+        level: str = "system",
+        group: str = "",
     ) -> Answer:
         """Start an export: 202 and the status URL, or an OperationOutcome saying what was wrong."""
         if values["no_bulk_export"]:
             return _outcome(404, "not-supported", "This server does not support $export.")
+        if level not in values["export_levels"].split(","):
+            return _outcome(404, "not-supported", f"This server does not offer a {level}-level $export.")
+        if level == "group" and group != SANDBOX_GROUP_ID:
+            return _outcome(404, "not-found", f"Group {group} is not known to this server.")
         if "respond-async" not in prefer.lower():
             return _outcome(400, "invalid", "A bulk export needs the header Prefer: respond-async.")
         fmt = query.get("_outputFormat", NDJSON)

@@ -56,7 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
-from .bulk import BULK_FAULTS, EXPORT_DEFINITION, PATIENT_EXPORT_DEFINITION, BulkExports
+from .bulk import BULK_FAULTS, EXPORT_DEFINITION, GROUP_EXPORT_DEFINITION, PATIENT_EXPORT_DEFINITION, BulkExports
 from .data import AS_OF, EXTENDED_CLINICAL_TYPES, Resource, generate_population
 from .defects import parse_defects, plant_defects
 from .flavours import FLAVOURS, RESOURCE_TYPES, Flavour
@@ -1275,8 +1275,15 @@ class SandboxHospital:
         ):
             self._require_get(method)
             request = base + "/" + relative + ("?" + _query_string(query) if query else "")
+            level = "group" if segments[0] == "Group" else "patient" if segments[0] == "Patient" else "system"
             answer = self.exports.kick_off(
-                request=request, query=dict(query), prefer=headers.get("Prefer") or "", base=base, values=values
+                request=request,
+                query=dict(query),
+                prefer=headers.get("Prefer") or "",
+                base=base,
+                values=values,
+                level=level,
+                group=segments[1] if level == "group" else "",
             )
         else:
             raise FhirError(404, "not-found", f"No FHIR endpoint at {path}.")
@@ -1516,11 +1523,21 @@ class SandboxHospital:
         statement["implementation"]["url"] = base
         statement["fhirVersion"] = self._faults.values["fhir_version"] or FHIR_VERSION
         if not self._faults.values["no_bulk_export"]:
+            levels = self._faults.values["export_levels"].split(",")
             rest = statement["rest"][0]
-            rest["operation"] = [{"name": "export", "definition": EXPORT_DEFINITION}]
+            if "system" in levels:
+                rest["operation"] = [{"name": "export", "definition": EXPORT_DEFINITION}]
             for resource in rest["resource"]:
-                if resource["type"] == "Patient":
+                if resource["type"] == "Patient" and "patient" in levels:
                     resource["operation"] = [{"name": "export", "definition": PATIENT_EXPORT_DEFINITION}]
+            if "group" in levels:
+                # Group is only here for its export: the sandbox serves no Group reads or searches.
+                rest["resource"].append(
+                    {
+                        "type": "Group",
+                        "operation": [{"name": "export", "definition": GROUP_EXPORT_DEFINITION}],
+                    }
+                )
         for extension in statement["rest"][0].get("security", {}).get("extension", []):
             extension["extension"][0]["valueUri"] = base + "/oauth2/token"
         response = _json_response(200, statement)

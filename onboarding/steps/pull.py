@@ -187,19 +187,33 @@ class BulkPull:
     def __init__(self, ctx: StepContext, *, size: int, types: ClinicalTypes, verb: str) -> None:
         self.ctx, self.size, self.types, self.verb = ctx, size, types, verb
         levels = [level for level in ctx.connection.bulk_export_levels.split(",") if level]
-        level = next((lvl for lvl in ("patient", "system") if lvl in levels), None)
+        group_id = ctx.connection.bulk_group_id
+        # The Group the hospital set up for the product, when there is one; else the whole server's patients.
+        preferred = ("group", "patient", "system") if group_id else ("patient", "system")
+        level = next((lvl for lvl in preferred if lvl in levels), None)
         if level is None:
+            only_group = "group" in levels
             raise RemoteError(
                 ErrorKind.UNSUPPORTED,
-                "The server's CapabilityStatement (read at the last configure run) advertises no system or "
-                "Patient-level $export, so the bulk pull method cannot be used."
-                + (" A Group-level export needs a group id, which is not available yet." if levels else ""),
-                hint="Re-run configure, or switch the connection's pull method to REST.",
+                "The server's CapabilityStatement (read at the last configure run) advertises "
+                + (
+                    "$export only for a Group, and the connection names no Group id"
+                    if only_group
+                    else "no system, Patient or Group-level $export"
+                )
+                + ", so the bulk pull method cannot be used.",
+                hint=(
+                    "Enter the Group id the hospital set up for this product on the connection page, or switch "
+                    "the pull method to REST."
+                    if only_group
+                    else "Re-run configure, or switch the connection's pull method to REST."
+                ),
             )
         self.export = BulkExport(
             ctx.adapter,
             types=["Patient", *types.types],
             level=level,
+            group_id=group_id if level == "group" else "",
             deadline=ctx.deadline,
             min_poll_s=settings.BULK_MIN_POLL_S,
         )
