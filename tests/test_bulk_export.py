@@ -105,13 +105,9 @@ def test_done_when_3_a_bulk_pull_gives_the_same_findings_as_the_rest_pull(
 
 @pytest.mark.django_db
 def test_status_polling_honours_retry_after_and_kicks_off_as_the_ig_says(
-    hospitals: dict[str, SandboxHospital], tenant_a: Any, cs_user: Any, it_a: Any
+    hospitals: dict[str, SandboxHospital], bulk_connection: EHRConnection, cs_user: Any
 ) -> None:
-    hospital = hospitals["open"]
-    set_sizes(tenant_a, map_size=10, validate_size=10)
-    connection = ready_connection(tenant_a, cs_user, hospital)
-    signed_off_mapping(cs_user, it_a, connection)
-    use_bulk(cs_user, connection)
+    hospital, connection = hospitals["open"], bulk_connection
     hospital.set_faults(export_delay_s=3, export_retry_after=1)
     hospital.clear_requests()
     run = run_now(connection, "validate", cs_user)
@@ -157,12 +153,18 @@ def test_file_downloads_carry_the_token_when_the_manifest_requires_it(
 
 
 @pytest.fixture
-def bulk_connection(hospitals: dict[str, SandboxHospital], tenant_a: Any, cs_user: Any, it_a: Any) -> EHRConnection:
+def mapped_connection(hospitals: dict[str, SandboxHospital], tenant_a: Any, cs_user: Any, it_a: Any) -> EHRConnection:
+    """The open hospital, configured and tested, its mapping signed off; samples of 10 patients."""
     set_sizes(tenant_a, map_size=10, validate_size=10)
     connection = ready_connection(tenant_a, cs_user, hospitals["open"])
     signed_off_mapping(cs_user, it_a, connection)
-    use_bulk(cs_user, connection)
     return connection
+
+
+@pytest.fixture
+def bulk_connection(mapped_connection: EHRConnection, cs_user: Any) -> EHRConnection:
+    use_bulk(cs_user, mapped_connection)
+    return mapped_connection
 
 
 def assert_failed_readably(run: StepRun, kind: str, *words: str) -> None:
@@ -247,12 +249,9 @@ def test_bulk_can_be_chosen_only_where_export_is_advertised(
 
 @pytest.mark.django_db
 def test_a_server_that_exports_only_by_group_needs_the_group_id_and_then_exports_it(
-    hospitals: dict[str, SandboxHospital], tenant_a: Any, cs_user: Any, it_a: Any
+    hospitals: dict[str, SandboxHospital], mapped_connection: EHRConnection, cs_user: Any
 ) -> None:
-    hospital = hospitals["open"]
-    set_sizes(tenant_a, map_size=10, validate_size=10)
-    connection = ready_connection(tenant_a, cs_user, hospital)
-    signed_off_mapping(cs_user, it_a, connection)
+    hospital, connection = hospitals["open"], mapped_connection
     rest = run_now(connection, "validate", cs_user)
     # As Epic's server: $export only on Group/[id].
     hospital.set_faults(export_levels="group", export_delay_s=0.5, export_retry_after=0.5)
