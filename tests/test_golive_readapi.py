@@ -6,10 +6,16 @@ read API's audit thread while the hospital answers, and must be in the database 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from unittest.mock import patch
 
+import psycopg
 import pytest
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -43,6 +49,16 @@ def live(sandboxes: dict[str, Any], sandbox_allowlist: str, clean_faults: None, 
     yield {"connection": connection, "token": token, "account": account, "product": product, "patient": patient}
     traffic.flush()  # the counts buffered in this process, while their onboarding still exists
     readapi.clear_caches()
+
+
+@contextmanager
+def connections_to_postgres() -> Iterator[psycopg.Connection[Any]]:
+    """A connection of its own to the test database, beside Django's."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as other:
+        yield other
 
 
 def _url(world: dict[str, Any], suffix: str = "") -> str:
@@ -121,3 +137,54 @@ def test_after_a_rollback_it_is_409_and_the_cached_adapter_is_dropped(live: dict
     assert connection.pk not in readapi._adapters
     LiveState.objects.filter(onboarding__connection=connection).update(stage="full", live_since=timezone.now())
     assert product.get(url).status_code == 200
+
+
+def test_the_token_and_the_live_state_are_read_in_one_round_trip(live: dict[str, Any]) -> None:
+    product, url = live["product"], _url(live)
+    assert product.get(url).status_code == 200  # the connection's code -> onboarding, cached now
+    with CaptureQueriesContext(connection) as queries:
+        assert product.get(url).status_code == 200
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert "onboarding_servicetoken" in reads[0] and "onboarding_livestate" in reads[0]
+    # The same values as the two reads made one by one, the ORM's converters included (aware datetimes).
+    token_row, state_row = readapi.first_of_both(
+        readapi._TOKEN, live["token"].digest, readapi._STATE, live["connection"].onboarding.pk
+    )
+    assert token_row == readapi._TOKEN.first(live["token"].digest)
+    assert state_row == readapi._STATE.first(live["connection"].onboarding.pk) and state_row is not None
+    assert state_row[-1].tzinfo is not None  # live_since
+    # No live state: the token still found, the state None; no token: nothing.
+    assert readapi.first_of_both(readapi._TOKEN, live["token"].digest, readapi._STATE, -1) == (token_row, None)
+    assert readapi.first_of_both(readapi._TOKEN, "no-such-digest", readapi._STATE, -1) == (None, None)
+
+
+def test_a_kept_database_connection_that_died_is_replaced_without_a_health_check_round_trip(
+    live: dict[str, Any],
+) -> None:
+    """As production keeps connections (CONN_MAX_AGE): the request's first read is its health check."""
+    product, url = live["product"], _url(live)
+    database = connections[DEFAULT_DB_ALIAS]
+    settings_dict = database.settings_dict
+    kept = (settings_dict["CONN_MAX_AGE"], settings_dict["CONN_HEALTH_CHECKS"])
+    database.close()
+    settings_dict["CONN_MAX_AGE"], settings_dict["CONN_HEALTH_CHECKS"] = 60, True
+    wrapper = type(database)
+    try:
+        assert product.get(url).status_code == 200
+        first_backend = database.connection.info.backend_pid
+        with connections_to_postgres() as other, other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [first_backend])
+        with patch.object(wrapper, "is_usable", autospec=True, side_effect=wrapper.is_usable) as check:
+            # What a WSGI server's request_started does (the test client leaves it out): the kept
+            # connection is due a health check before its next use.
+            close_old_connections()
+            answer = product.get(url)
+        assert answer.status_code == 200, answer.content
+        assert database.connection.info.backend_pid != first_backend
+        # No `SELECT 1` on this connection before the read: the read itself found it dead. (The audit
+        # thread's own connection is checked as usual.)
+        assert [call for call in check.call_args_list if call.args[0] is database] == []
+    finally:
+        database.close()
+        settings_dict["CONN_MAX_AGE"], settings_dict["CONN_HEALTH_CHECKS"] = kept

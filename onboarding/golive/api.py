@@ -441,7 +441,9 @@ class ServiceTokenAuthentication(BaseAuthentication):
             return None
         if len(parts) != 2:
             raise AuthenticationFailed("Send one service token: Authorization: Bearer svc_...")
-        caller = readapi.caller_for(parts[1].decode(errors="replace"))
+        # The connection the URL names, so its live state is read with the token in one round trip.
+        kwargs = (getattr(request, "parser_context", None) or {}).get("kwargs") or {}
+        caller = readapi.caller_for(parts[1].decode(errors="replace"), str(kwargs.get("code") or ""))
         if caller is None:
             raise AuthenticationFailed("This service token is unknown, revoked or expired.")
         return caller, None

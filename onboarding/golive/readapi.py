@@ -26,7 +26,16 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.db.models.sql.compiler import SQLCompiler
 from django.http import HttpRequest
@@ -137,6 +146,8 @@ class Caller:
     account_id: int
     tenant_id: int
     account_name: str
+    # The live state read with the token, for the connection the request names: (onboarding id, row).
+    state: tuple[int, tuple[Any, ...] | None] | None = None
     # DRF asks a request's user these.
     is_authenticated: bool = True
     is_active: bool = True
@@ -149,18 +160,28 @@ class Caller:
         return False
 
 
-def caller_for(key: str) -> Caller | None:
-    """The caller a presented key belongs to (live, not revoked, account enabled), or None."""
+def caller_for(key: str, connection_code: str = "") -> Caller | None:
+    """The caller a presented key belongs to (live, not revoked, account enabled), or None.
+
+    Given the connection the request names, and known to this process, its live state is read in
+    the same round trip and kept on the caller for ``live_target``.
+    """
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
     # Read on every request, so a revoked token or a disabled account is refused on the next one.
-    row = _TOKEN.first(digest_of(key))
+    onboarding_id = _onboardings.get(str(connection_code)) if connection_code else None
+    state: tuple[int, tuple[Any, ...] | None] | None = None
+    if onboarding_id is None:
+        row = _TOKEN.first(digest_of(key))
+    else:
+        row, state_row = first_of_both(_TOKEN, digest_of(key), _STATE, onboarding_id)
+        state = (onboarding_id, state_row)
     if row is None:
         return None
     token_id, account_id, tenant_id, account_name, disabled_at, revoked_at, expires_at = row
     if disabled_at is not None or revoked_at is not None or (expires_at is not None and expires_at <= timezone.now()):
         return None
-    return Caller(token_id, account_id, tenant_id, account_name)
+    return Caller(token_id, account_id, tenant_id, account_name, state=state)
 
 
 class PreparedQuery:
@@ -175,23 +196,82 @@ class PreparedQuery:
         self._build = build
         self._compiled: dict[str, tuple[SQLCompiler, str]] = {}
 
-    def first(self, value: Any) -> tuple[Any, ...] | None:
-        """The first row for this parameter value, or None."""
-        alias = DEFAULT_DB_ALIAS
+    def compiled(self, value: Any, alias: str = DEFAULT_DB_ALIAS) -> tuple[SQLCompiler, str]:
+        """The compiler (for its converters) and the SQL, with one placeholder for the parameter."""
         held = self._compiled.get(alias)
         if held is None:
-            queryset = self._build(value)
-            compiler = queryset.query.get_compiler(using=alias)
+            compiler = self._build(value).query.get_compiler(using=alias)
             sql, params = compiler.as_sql()
             if list(params) != [value]:
                 raise ValueError(f"A prepared query takes exactly its one parameter, not {params!r}.")
             held = self._compiled[alias] = (compiler, sql)
-        compiler, sql = held
-        with connections[alias].cursor() as cursor:
-            cursor.execute(sql, [value])
-            rows = cursor.fetchmany(1)
-        converted = [tuple(row) for row in compiler.results_iter(results=[rows])]
-        return converted[0] if converted else None
+        return held
+
+    def first(self, value: Any) -> tuple[Any, ...] | None:
+        """The first row for this parameter value, or None."""
+        compiler, sql = self.compiled(value)
+        row = _read_row(sql, [value])
+        return None if row is None else _convert(compiler, row)
+
+
+def first_of_both(
+    left: PreparedQuery, left_value: Any, right: PreparedQuery, right_value: Any
+) -> tuple[tuple[Any, ...] | None, tuple[Any, ...] | None]:
+    """Both queries' first rows in one round trip; (None, None) when the left one finds nothing.
+
+    A request's token and its connection's live state are two indexed reads of a fraction of a
+    millisecond each; the round trips to the database, not the reads, are what the request waits for.
+    """
+    left_compiler, left_sql = left.compiled(left_value)
+    right_compiler, right_sql = right.compiled(right_value)
+    # Two independent one-row subqueries side by side (the right one may be empty): plain SQL that
+    # PostgreSQL and SQLite both take. Both parts are the ORM's own SQL; the values stay parameters.
+    sql = f"SELECT * FROM ({left_sql}) AS l LEFT JOIN ({right_sql}) AS r ON 1 = 1"  # noqa: S608
+    row = _read_row(sql, [left_value, right_value])
+    if row is None:
+        return None, None
+    width = len(left_compiler.select)
+    left_row, right_row = row[:width], row[width:]
+    right_found = right_row and right_row[0] is not None  # the live state's first column is never NULL
+    return _convert(left_compiler, left_row), _convert(right_compiler, right_row) if right_found else None
+
+
+def _read_row(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
+    database: Any = connections[DEFAULT_DB_ALIAS]  # Any: django-stubs leave out the health-check flags
+    if not _checks_health(database):
+        return _fetch(database, sql, params)
+    # The request's first read doubles as the health check Django would run before it (a
+    # `SELECT 1`, a round trip of its own on every request): if the connection kept from an
+    # earlier request died while idle, this read fails at once and is made again on a new one.
+    database.health_check_done = True
+    try:
+        return _fetch(database, sql, params)
+    except (OperationalError, InterfaceError):
+        database.close()
+        return _fetch(database, sql, params)
+
+
+def _checks_health(database: Any) -> bool:
+    """Whether this read is the first on a kept connection that Django would health-check, outside a
+    transaction (where nothing else is lost with the connection if it is replaced)."""
+    return bool(
+        database.health_check_enabled
+        and not database.health_check_done
+        and database.connection is not None
+        and not database.in_atomic_block
+    )
+
+
+def _fetch(database: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[Any, ...] | None:
+    with database.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchmany(1)
+    return tuple(rows[0]) if rows else None
+
+
+def _convert(compiler: SQLCompiler, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row as the ORM gives it (its converters: time zones, booleans on SQLite, JSON)."""
+    return tuple(next(iter(compiler.results_iter(results=[[row]]))))
 
 
 _TOKEN = PreparedQuery(
@@ -243,7 +323,12 @@ def live_target(caller: Caller, connection_code: str) -> Target:
     onboarding_id = _onboardings.get(code) or (
         Onboarding.objects.filter(connection__code=code).values_list("pk", flat=True).first()
     )
-    row = _STATE.first(onboarding_id) if onboarding_id is not None else None
+    if onboarding_id is None:
+        row = None
+    elif caller.state is not None and caller.state[0] == onboarding_id:
+        row = caller.state[1]  # read with the token, in the same round trip
+    else:
+        row = _STATE.first(onboarding_id)
     if onboarding_id is not None and row is not None:
         _onboardings[code] = onboarding_id
     if onboarding_id is None or row is None or row[0] != caller.tenant_id:
