@@ -14,7 +14,7 @@ from unittest.mock import patch
 
 import psycopg
 import pytest
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, close_old_connections, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -46,7 +46,14 @@ def live(sandboxes: dict[str, Any], sandbox_allowlist: str, clean_faults: None, 
     product = APIClient()
     product.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
     patient = build_adapter(connection).search_patients(count=1)[0].id
-    yield {"connection": connection, "token": token, "account": account, "product": product, "patient": patient}
+    yield {
+        "key": key,
+        "connection": connection,
+        "token": token,
+        "account": account,
+        "product": product,
+        "patient": patient,
+    }
     traffic.flush()  # the counts buffered in this process, while their onboarding still exists
     readapi.clear_caches()
 
@@ -172,19 +179,26 @@ def test_a_kept_database_connection_that_died_is_replaced_without_a_health_check
     wrapper = type(database)
     try:
         assert product.get(url).status_code == 200
-        first_backend = database.connection.info.backend_pid
-        with connections_to_postgres() as other, other.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [first_backend])
         with patch.object(wrapper, "is_usable", autospec=True, side_effect=wrapper.is_usable) as check:
             # What a WSGI server's request_started does (the test client leaves it out): the kept
             # connection is due a health check before its next use.
             close_old_connections()
-            answer = product.get(url)
-        assert answer.status_code == 200, answer.content
-        assert database.connection.info.backend_pid != first_backend
-        # No `SELECT 1` on this connection before the read: the read itself found it dead. (The audit
+            assert product.get(url).status_code == 200
+        # No `SELECT 1` on this connection before the read: the read is the check. (The audit
         # thread's own connection is checked as usual.)
         assert [call for call in check.call_args_list if call.args[0] is database] == []
+        first_backend = database.connection.info.backend_pid
+        with connections_to_postgres() as other, other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [first_backend])  # waits for it to go
+        close_old_connections()
+        answer = product.get(url)
+        assert answer.status_code == 200, answer.content
+        assert database.connection.info.backend_pid != first_backend
+        # In a transaction a connection that dies is never silently replaced: the error is the caller's.
+        with pytest.raises(OperationalError), transaction.atomic():
+            with connections_to_postgres() as other, other.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [database.connection.info.backend_pid])
+            readapi.caller_for(live["key"], str(live["connection"].code))
     finally:
         database.close()
         settings_dict["CONN_MAX_AGE"], settings_dict["CONN_HEALTH_CHECKS"] = kept

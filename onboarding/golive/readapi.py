@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -28,8 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.db import (
     DEFAULT_DB_ALIAS,
-    InterfaceError,
-    OperationalError,
+    DatabaseError,
     close_old_connections,
     connection,
     connections,
@@ -54,6 +54,8 @@ from portal.access import AuthUser, User, require_perm
 from portal.models import Tenant
 
 MANAGE_PERM = "portal.change_tenant"
+logger = logging.getLogger(__name__)
+
 KEY_PREFIX = "svc_"
 MAPPING_GATE = "mapping_sign_off"
 CLINICAL_TYPES = {"observations": "Observation", "conditions": "Condition", "encounters": "Encounter"}
@@ -175,7 +177,10 @@ def caller_for(key: str, connection_code: str = "") -> Caller | None:
         row = _TOKEN.first(digest_of(key))
     else:
         row, state_row = first_of_both(_TOKEN, digest_of(key), _STATE, onboarding_id)
-        state = (onboarding_id, state_row)
+        # Another tenant's live state is not kept on this caller: live_target finds it is not theirs
+        # either way (a 404), and request.user carries nothing of that tenant meanwhile.
+        theirs = row is not None and state_row is not None and state_row[0] == row[2]
+        state = (onboarding_id, state_row if theirs else None)
     if row is None:
         return None
     token_id, account_id, tenant_id, account_name, disabled_at, revoked_at, expires_at = row
@@ -246,7 +251,12 @@ def _read_row(sql: str, params: list[Any]) -> tuple[Any, ...] | None:
     database.health_check_done = True
     try:
         return _fetch(database, sql, params)
-    except (OperationalError, InterfaceError):
+    except DatabaseError as exc:
+        # Only a connection that is gone is replaced, as Django's own check would: an error on a
+        # live one (a cancelled query, a lock, a full disk) is the request's, not the connection's.
+        if database.connection is not None and database.is_usable():
+            raise
+        logger.warning("read API: a kept database connection was unusable (%s); reading again", type(exc).__name__)
         database.close()
         return _fetch(database, sql, params)
 
@@ -259,6 +269,7 @@ def _checks_health(database: Any) -> bool:
         and not database.health_check_done
         and database.connection is not None
         and not database.in_atomic_block
+        and database.get_autocommit()
     )
 
 
