@@ -102,12 +102,12 @@ class GoLiveStep(StepModule):
         plain = ctx.connection.plain_http_problems()
         if plain:
             fields = " and ".join("the base URL" if f == "base_url" else "the token URL" for f in plain)
+            verb, them = ("uses", "it") if len(plain) == 1 else ("use", "them")
             report(
                 "endpoint",
                 False,
-                f"Production traffic must not go over plain http, and {fields} {'uses' if len(plain) == 1 else 'use'} "
-                f"http://: change "
-                f"{'it' if len(plain) == 1 else 'them'} to https:// on the connection page.",
+                f"Production traffic must not go over plain http, and {fields} {verb} http://: change {them} "
+                "to https:// on the connection page.",
             )
         elif patient_id:
             result = probe(ctx.adapter, patient_id)
