@@ -82,6 +82,8 @@ class ConnectionForm(forms.ModelForm):
             "pull_method",
             "bulk_group_id",
         ]
+        # The model's field name would read "Mrn system"; changing its verbose_name would be a migration.
+        labels = {"mrn_system": "MRN system"}
 
     def __init__(self, *args: Any, tenant: Tenant, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
