@@ -473,6 +473,9 @@ GO_LIVE_FIRST_CHECK_INTERVAL = env_float("GO_LIVE_FIRST_CHECK_INTERVAL", 2.0)
 # The product's read API: a service token lasts this many days; the signed mapping is cached this many seconds.
 SERVICE_TOKEN_TTL_DAYS = env_int("SERVICE_TOKEN_TTL_DAYS", 365, minimum=1)
 READ_API_MAPPING_CACHE_SECONDS = env_float("READ_API_MAPPING_CACHE_SECONDS", 30.0)
+# A good token and its connection's live state are kept this long per process (0: read on every
+# request). Capped: it is how long another process may serve a token revoked or a go-live rolled back.
+READ_API_AUTH_CACHE_SECONDS = env_float("READ_API_AUTH_CACHE_SECONDS", 1.0, maximum=10.0)
 
 # A sweep not run within its interval is dropped (expires): the next one does the same work, and
 # a backlog of sweeps after an outage would only repeat it.

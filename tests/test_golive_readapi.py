@@ -6,6 +6,7 @@ read API's audit thread while the hospital answers, and must be in the database 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -14,6 +15,7 @@ from unittest.mock import patch
 
 import psycopg
 import pytest
+import time_machine
 from django.db import DEFAULT_DB_ALIAS, OperationalError, close_old_connections, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -24,7 +26,7 @@ from connections.services import build_adapter
 from onboarding.golive import readapi
 from onboarding.golive.models import ServiceAccount, ServiceToken
 from onboarding.live import traffic
-from onboarding.live.models import LiveState
+from onboarding.live.models import LiveState, TrafficMinute
 from onboarding.models import Onboarding
 from portal.models import AuditEvent
 
@@ -87,7 +89,12 @@ def test_each_answer_has_its_audit_event_written_before_it_leaves(live: dict[str
     assert missing.status_code == 404 and reads.count() == 4
 
 
-def test_a_revoked_expired_or_disabled_token_is_refused_on_the_next_request(live: dict[str, Any], cs_user: Any) -> None:
+def test_a_revoked_expired_or_disabled_token_is_refused_on_the_next_request(
+    live: dict[str, Any], cs_user: Any, settings: Any
+) -> None:
+    # Nothing kept (READ_API_AUTH_CACHE_SECONDS 0): the queryset updates below stand for changes
+    # made by another process, seen on the next request.
+    settings.READ_API_AUTH_CACHE_SECONDS = 0
     product, url = live["product"], _url(live)
     assert product.get(url).status_code == 200
     ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=timezone.now())
@@ -115,9 +122,13 @@ def test_another_tenants_token_gets_404_even_with_the_route_cached(
     assert other.get(_url(live)).status_code == 404
     assert other.get(_url(live, "conditions/")).status_code == 404
     assert not AuditEvent.objects.filter(tenant=tenant_b, action__startswith="read_api.").exists()
+    assert [key for key in readapi._callers if key[0] == readapi.digest_of(key_b)] == []  # never kept
 
 
-def test_the_adapter_is_kept_across_requests_and_rebuilt_when_the_connection_changes(live: dict[str, Any]) -> None:
+def test_the_adapter_is_kept_across_requests_and_rebuilt_when_the_connection_changes(
+    live: dict[str, Any], settings: Any
+) -> None:
+    settings.READ_API_AUTH_CACHE_SECONDS = 0  # every request reads the connection's version
     product, url, connection = live["product"], _url(live), live["connection"]
     assert product.get(url).status_code == 200
     first = readapi._adapters[connection.pk][1]
@@ -135,7 +146,8 @@ def test_the_adapter_is_kept_across_requests_and_rebuilt_when_the_connection_cha
     assert readapi._adapters[connection.pk][1] is not second
 
 
-def test_after_a_rollback_it_is_409_and_the_cached_adapter_is_dropped(live: dict[str, Any]) -> None:
+def test_after_a_rollback_it_is_409_and_the_cached_adapter_is_dropped(live: dict[str, Any], settings: Any) -> None:
+    settings.READ_API_AUTH_CACHE_SECONDS = 0  # the update below is another process's rollback, seen at once
     product, url, connection = live["product"], _url(live), live["connection"]
     assert product.get(url).status_code == 200 and connection.pk in readapi._adapters
     LiveState.objects.filter(onboarding__connection=connection).update(stage="not_live")
@@ -166,10 +178,154 @@ def test_the_token_and_the_live_state_are_read_in_one_round_trip(live: dict[str,
     assert readapi.first_of_both(readapi._TOKEN, "no-such-digest", readapi._STATE, -1) == (None, None)
 
 
+def test_a_kept_token_is_refused_at_once_for_a_change_here_and_within_its_seconds_for_one_elsewhere(
+    live: dict[str, Any], cs_user: Any, settings: Any
+) -> None:
+    settings.READ_API_AUTH_CACHE_SECONDS = 1
+    product, url = live["product"], _url(live)
+    monotonic = [1000.0]
+
+    def later(seconds: float) -> None:
+        clock.shift(timedelta(seconds=seconds))
+        monotonic[0] += seconds
+
+    # The wall clock (token expiry) and the read API's monotonic clock (how long a caller is kept),
+    # which time-machine leaves alone, as its authors advise, so it is moved where it is read.
+    with (
+        time_machine.travel(timezone.now(), tick=False) as clock,
+        patch.object(readapi, "monotonic", lambda: monotonic[0]),
+    ):
+        assert product.get(url).status_code == 200  # learns the connection's onboarding
+        assert product.get(url).status_code == 200  # token and live state read together, and kept
+        with CaptureQueriesContext(connection) as queries:
+            assert product.get(url).status_code == 200
+        assert [q["sql"] for q in queries.captured_queries if "onboarding_servicetoken" in q["sql"]] == []
+
+        # Another process disables the account: kept answers for at most the cache's second.
+        ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=timezone.now())
+        assert product.get(url).status_code == 200
+        later(1.01)
+        assert product.get(url).status_code == 401
+        ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=None)
+
+        # Another process rolls the go-live back: the same.
+        assert product.get(url).status_code == 200
+        LiveState.objects.filter(onboarding__connection=live["connection"]).update(stage="not_live")
+        assert product.get(url).status_code == 200
+        later(1.01)
+        assert product.get(url).json()["code"] == "not_live"
+        LiveState.objects.filter(onboarding__connection=live["connection"]).update(stage="full")
+
+        # A token's expiry is checked on every request, kept or not.
+        later(1.01)  # what was kept runs out
+        ServiceToken.objects.filter(pk=live["token"].pk).update(expires_at=timezone.now() + timedelta(seconds=0.5))
+        assert product.get(url).status_code == 200  # read again, and kept with its new expiry
+        later(0.6)
+        assert product.get(url).status_code == 401
+        ServiceToken.objects.filter(pk=live["token"].pk).update(expires_at=None)
+        later(1.01)
+
+        # The connection edited in this process: read again at once (its adapter is built anew).
+        assert product.get(url).status_code == 200 and readapi._callers
+        live["connection"].refresh_from_db()
+        live["connection"].name = "Live (renamed)"
+        live["connection"].save()
+        assert readapi._callers == {}
+
+        # Revoked in this process: refused on the very next request.
+        assert product.get(url).status_code == 200
+        readapi.revoke_token(user=cs_user, token=live["token"])
+        assert product.get(url).status_code == 401
+    assert readapi._callers == {}  # a refused token is never kept
+    assert readapi._refreshing == set()  # no request above fell in the second half of a kept second
+
+
+def test_only_the_newest_read_is_kept_and_none_begun_before_a_clear(live: dict[str, Any], settings: Any) -> None:
+    """The races of reads that overlap (request threads, the upkeep thread), played in a set order."""
+    settings.READ_API_AUTH_CACHE_SECONDS = 1
+    product, url = live["product"], _url(live)
+    now = [1000.0]
+    with patch.object(readapi, "monotonic", lambda: now[0]):
+        assert product.get(url).status_code == 200
+        assert product.get(url).status_code == 200  # read at 1000.0, kept until 1001.0
+        [(key, kept)] = readapi._callers.items()
+        caller, generation = kept.caller, readapi._generation
+        # A slow read begun before the kept one, whatever it found, does not replace it.
+        readapi._keep(key, None, None, generation, 999.9)
+        assert readapi._callers[key] is kept
+        # A read begun after it that finds the token refused: nothing older is served from then on.
+        readapi._keep(key, None, None, generation, 1000.1)
+        assert key not in readapi._callers
+        # A read begun before a clear (a revocation here) is not kept, however good what it found.
+        readapi.forget_callers()
+        readapi._keep(key, caller, None, generation, 1000.2)
+        assert key not in readapi._callers
+        # A read so slow that what it found is older than the cache's seconds when it ends: not kept.
+        now[0] = 1002.0
+        readapi._keep(key, caller, None, readapi._generation, 1001.0)
+        assert key not in readapi._callers
+        # Kept for the cache's seconds from when its read began, not from when it ended.
+        readapi._keep(key, caller, None, readapi._generation, 1001.5)
+        assert (readapi._callers[key].until, readapi._callers[key].refresh_at) == (1002.5, 1002.0)
+        # Full: the one kept longest ago goes first.
+        with patch.object(readapi, "CALLERS_KEPT", 2):
+            readapi._keep(("d2", "c2"), caller, None, readapi._generation, 1001.6)
+            readapi._keep(("d3", "c3"), caller, None, readapi._generation, 1001.7)
+            assert list(readapi._callers) == [("d2", "c2"), ("d3", "c3")]
+
+
+def test_steady_traffic_has_its_kept_token_read_again_in_the_background(live: dict[str, Any], settings: Any) -> None:
+    settings.READ_API_AUTH_CACHE_SECONDS = 1
+    product, url = live["product"], _url(live)
+    monotonic = [1000.0]
+
+    def later(seconds: float) -> None:
+        monotonic[0] += seconds
+
+    def settled() -> None:  # what was handed to the upkeep thread is done (one thread: in order)
+        readapi._pool("upkeep").submit(lambda: None).result(timeout=30)
+
+    def selects(answer_status: int) -> list[str]:
+        """The request's reads of tokens and live states (not the traffic counts it may flush)."""
+        with CaptureQueriesContext(connection) as queries:
+            assert product.get(url).status_code == answer_status
+        return [q["sql"] for q in queries.captured_queries if "onboarding_servicetoken" in q["sql"]]
+
+    with patch.object(readapi, "monotonic", lambda: monotonic[0]):
+        assert product.get(url).status_code == 200
+        assert len(selects(200)) == 1  # read, and kept at 1000.0 until 1001.0
+        later(0.6)
+        assert selects(200) == []  # served as kept; read again on the upkeep thread
+        settled()
+        later(0.6)  # 1001.2: past what the first read was kept for
+        assert selects(200) == []  # the refresh's read (kept until 1001.6), and read again (until 1002.2)
+        settled()
+        # Another process disables the account; the next refresh finds it and drops what was kept.
+        ServiceAccount.objects.filter(pk=live["account"].pk).update(disabled_at=timezone.now())
+        later(0.6)  # 1001.8: past half of what was kept
+        assert selects(200) == []  # served as kept, and read again
+        settled()
+        assert product.get(url).status_code == 401
+    assert readapi._callers == {}
+
+
+def test_the_traffic_counts_are_written_off_the_requests_path(
+    live: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(traffic, "_last_flush", time.monotonic() - traffic.FLUSH_SECONDS)  # a flush is due
+    with CaptureQueriesContext(connection) as queries:
+        assert live["product"].get(_url(live)).status_code == 200
+    assert [q["sql"] for q in queries.captured_queries if "onboarding_trafficminute" in q["sql"]] == []
+    readapi._pool("upkeep").submit(lambda: None).result(timeout=30)  # the flush handed to it is done
+    counted = TrafficMinute.objects.filter(onboarding__connection=live["connection"])
+    assert sum(counted.values_list("requests", flat=True)) == 1
+
+
 def test_a_kept_database_connection_that_died_is_replaced_without_a_health_check_round_trip(
-    live: dict[str, Any],
+    live: dict[str, Any], settings: Any
 ) -> None:
     """As production keeps connections (CONN_MAX_AGE): the request's first read is its health check."""
+    settings.READ_API_AUTH_CACHE_SECONDS = 0  # every request reads the database
     product, url = live["product"], _url(live)
     database = connections[DEFAULT_DB_ALIAS]
     settings_dict = database.settings_dict

@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 from portal import crypto
-from portal.env import env_bool, env_int, env_list
+from portal.env import env_bool, env_float, env_int, env_list
 from tests.factories import ConnectionFactory
 
 
@@ -34,6 +34,14 @@ def test_env_int_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("X_NUM", "2")
     with pytest.raises(ImproperlyConfigured, match="at least 5"):
         env_int("X_NUM", 3, minimum=5)
+
+
+def test_env_float_keeps_within_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("X_SECONDS", "60")
+    with pytest.raises(ImproperlyConfigured, match=r"X_SECONDS must be at most 10\.0, not 60\.0"):
+        env_float("X_SECONDS", 1.0, maximum=10.0)
+    monkeypatch.setenv("X_SECONDS", "2.5")
+    assert env_float("X_SECONDS", 1.0, maximum=10.0) == 2.5
 
 
 def test_env_list_drops_blanks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,16 @@
 """The product's read API behind service tokens: a live hospital's patients, normalised, through the adapters.
 
 A service account (the product, or one of its services) holds one token per tenant it is granted.
-A token is a random key shown once; only its SHA-256 digest is kept. Each request reads the token
-and the connection's live state (two indexed reads, compiled once per process: a revoked token or a
-rollback takes effect on the next request) and uses per-process caches: which onboarding a
-connection code belongs to (it never changes), the connection's adapter (its HTTP keep-alive pool
-and access token, rebuilt when the connection, its secret, its environment or its go-live changes)
-and the signed mapping's MRN system and code translations (for READ_API_MAPPING_CACHE_SECONDS).
+A token is a random key shown once; only its SHA-256 digest is kept. A request's token and its
+connection's live state are read together (two indexed reads in one round trip, compiled once per
+process) and then kept by the process for READ_API_AUTH_CACHE_SECONDS (1 s by default; 0 reads them
+on every request), read again in the background while requests keep coming: a revocation, a
+rollback or a promotion made in this process takes effect at once, one made in another process
+within that time, and a token's expiry is checked on every request. Other per-process caches:
+which onboarding a connection code belongs to (it never changes), the connection's adapter (its
+HTTP keep-alive pool and access token, rebuilt when the connection, its secret, its environment or
+its go-live changes) and the signed mapping's MRN system and code translations (for
+READ_API_MAPPING_CACHE_SECONDS).
 Counting for monitoring is ``onboarding.live.traffic.record_request``, which buffers in memory.
 Every answer that carries PHI writes an audit event naming the patient by its pseudonymous key,
 never by id.
@@ -14,16 +18,19 @@ never by id.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from time import monotonic  # by name, so a test can move this module's clock
 from typing import Any
 
 from django.conf import settings
@@ -126,6 +133,7 @@ def revoke_token(*, user: User, token: ServiceToken, request: HttpRequest | None
     with transaction.atomic():
         if not ServiceToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
             raise TokenRefused("This token is revoked already.")
+        forget_callers()  # this process refuses it at once; others within the cache's seconds
         audit.record(
             action="service_token.revoke",
             actor=user,
@@ -166,27 +174,137 @@ def caller_for(key: str, connection_code: str = "") -> Caller | None:
     """The caller a presented key belongs to (live, not revoked, account enabled), or None.
 
     Given the connection the request names, and known to this process, its live state is read in
-    the same round trip and kept on the caller for ``live_target``.
+    the same round trip and kept on the caller for ``live_target``; a good caller is then kept a
+    moment (see ``_callers``).
     """
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
-    # Read on every request, so a revoked token or a disabled account is refused on the next one.
-    onboarding_id = _onboardings.get(str(connection_code)) if connection_code else None
+    digest, code = digest_of(key), str(connection_code)
+    kept = _callers.get((digest, code))
+    if kept is not None:
+        now = monotonic()
+        if now < kept.until and (kept.expires_at is None or kept.expires_at > timezone.now()):
+            if now >= kept.refresh_at:
+                _refresh((digest, code))
+            return kept.caller
+        with _lock:
+            if _callers.get((digest, code)) is kept:
+                del _callers[(digest, code)]
+    return _read_caller(digest, code)
+
+
+def _read_caller(digest: str, code: str) -> Caller | None:
+    """Read the token (and the connection's live state, where this process knows the connection); keep a good one."""
+    generation = _generation  # a forget_callers() from here on means these rows may be old ones
+    read_at = monotonic()  # what is read is as old as the read's start, however long it takes
+    onboarding_id = _onboardings.get(code) if code else None
     state: tuple[int, tuple[Any, ...] | None] | None = None
     if onboarding_id is None:
-        row = _TOKEN.first(digest_of(key))
+        row = _TOKEN.first(digest)
     else:
-        row, state_row = first_of_both(_TOKEN, digest_of(key), _STATE, onboarding_id)
+        row, state_row = first_of_both(_TOKEN, digest, _STATE, onboarding_id)
         # Another tenant's live state is not kept on this caller: live_target finds it is not theirs
         # either way (a 404), and request.user carries nothing of that tenant meanwhile.
         theirs = row is not None and state_row is not None and state_row[0] == row[2]
         state = (onboarding_id, state_row if theirs else None)
     if row is None:
+        _keep((digest, code), None, None, generation, read_at)
         return None
     token_id, account_id, tenant_id, account_name, disabled_at, revoked_at, expires_at = row
     if disabled_at is not None or revoked_at is not None or (expires_at is not None and expires_at <= timezone.now()):
+        _keep((digest, code), None, None, generation, read_at)
         return None
-    return Caller(token_id, account_id, tenant_id, account_name, state=state)
+    caller = Caller(token_id, account_id, tenant_id, account_name, state=state)
+    _keep((digest, code), caller, expires_at, generation, read_at)
+    return caller
+
+
+@dataclass(frozen=True)
+class _Kept:
+    caller: Caller
+    expires_at: Any  # the token's own expiry (an aware datetime, or None), checked on every request
+    read_at: float  # when the read began, on the monotonic clock
+    until: float  # served until then: read_at plus the cache's seconds
+    refresh_at: float  # a request from then on has it read again in the background
+
+
+# (token digest, connection code) -> what was read for them. The token and the live state, read
+# in one round trip, are still a database round trip: the largest part of what the read API adds
+# to a hospital's answer (about 1 ms of some 4 on a 2-core machine), and the product asks again and
+# again with the same token for the same connection. So a good caller is kept for
+# READ_API_AUTH_CACHE_SECONDS, and a request in the second half of that has it read again on the
+# upkeep thread: steady traffic never waits on the database, and nothing served was read more
+# than those seconds ago. Only a token found good, with its connection's live state read, is kept;
+# a bad key is read (and refused) every time, so nobody can fill this up with guesses.
+_callers: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
+_refreshing: set[tuple[str, str]] = set()
+_generation = 0  # moved by every forget_callers(): a read begun before it is not kept
+CALLERS_KEPT = 10_000
+
+
+def _keep(key: tuple[str, str], caller: Caller | None, expires_at: Any, generation: int, read_at: float) -> None:
+    """Keep what a read begun at ``read_at`` found (None: refused, so nothing older is served either)."""
+    seconds = float(settings.READ_API_AUTH_CACHE_SECONDS)
+    with _lock:
+        held = _callers.get(key)
+        if generation != _generation or (held is not None and held.read_at > read_at):
+            return  # cleared since, or a newer read's answer is kept: this one is older
+        _callers.pop(key, None)
+        until = read_at + seconds
+        if caller is None or caller.state is None or caller.state[1] is None or until <= monotonic():
+            return  # refused, not servable from here, or a read so slow that it is too old already
+        while len(_callers) >= CALLERS_KEPT:
+            _callers.popitem(last=False)  # the oldest kept first
+        _callers[key] = _Kept(caller, expires_at, read_at, until=until, refresh_at=read_at + seconds / 2)
+
+
+def _refresh(key: tuple[str, str]) -> None:
+    if connection.in_atomic_block:
+        return  # a transaction's own rows (a test's) are not for another thread to read; it runs out instead
+    with _lock:
+        if key in _refreshing:
+            return
+        _refreshing.add(key)
+    try:
+        _pool("upkeep").submit(_refresh_now, key)
+    except RuntimeError:  # the pool was shut down meanwhile (clear_caches, or the process exiting)
+        with _lock:
+            _refreshing.discard(key)
+
+
+def _refresh_now(key: tuple[str, str]) -> None:
+    try:
+        close_old_connections()  # this thread's own connection, as a request's
+        _read_caller(*key)  # kept anew, or dropped if refused now
+    except Exception:
+        # The kept caller runs out as usual, and the next request after that reads for itself.
+        logger.exception("read API: reading a kept service token again failed")
+    finally:
+        with _lock:
+            _refreshing.discard(key)
+
+
+def forget_callers() -> None:
+    """Read every token and live state again on their next request in this process (after a revocation, a
+    rollback or a promotion here; other processes see it when their kept entries run out).
+
+    Called inside the change's transaction: cleared at once, and once more when it commits, since a
+    request of this process may read and keep the rows as they were before the commit.
+    """
+    _clear_callers()
+    transaction.on_commit(_clear_callers)
+
+
+def _clear_callers() -> None:
+    global _generation
+    with _lock:
+        _generation += 1
+        _callers.clear()
+
+
+def connection_saved(**kwargs: Any) -> None:
+    """An edit of a connection (post_save): its kept callers carry the version the adapter is built for."""
+    forget_callers()
 
 
 class PreparedQuery:
@@ -383,7 +501,7 @@ _mappings: dict[int, tuple[float, SignedMapping | None]] = {}
 
 def signed_mapping(onboarding_id: int) -> SignedMapping | None:
     """The mapping hospital IT signed last (the current one, else the newest one they approved), cached a while."""
-    now = time.monotonic()
+    now = monotonic()
     with _lock:
         held = _mappings.get(onboarding_id)
     if held is not None and held[0] > now:
@@ -441,14 +559,15 @@ def forget_adapter(connection_id: int) -> None:
 
 
 def clear_caches() -> None:
-    """Forget cached adapters, routes and mappings; stop the audit thread (tests; a process that must see a change)."""
-    global _audit_pool
+    """Forget cached callers, adapters, routes and mappings; stop the background threads (tests, or to see a change)."""
+    _clear_callers()
     with _lock:
         _adapters.clear()
         _mappings.clear()
         _onboardings.clear()
-        pool, _audit_pool = _audit_pool, None
-    if pool is not None:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
         pool.submit(connections.close_all).result()  # the thread's own database connection
         pool.shutdown(wait=True)
 
@@ -547,15 +666,46 @@ def serve(
         error_kind = exc.kind.value
         raise
     finally:
-        traffic.record_request(
+        if traffic.record_request(
             target.onboarding_id, latency_ms=(time.perf_counter() - started) * 1000, error_kind=error_kind
-        )
+        ):
+            _flush_traffic()
         if audited is not None:
             audited.result()  # the answer waits for its audit event; a failed write fails the request
     return body
 
 
-_audit_pool: ThreadPoolExecutor | None = None
+# One thread each, with its own database connection: "audit" writes the requests' audit events
+# (each request waits for its own), "upkeep" reads kept callers again and writes the traffic counts
+# (no request waits for it). Made in the serving process (after gunicorn forks), on first use.
+_pools: dict[str, ThreadPoolExecutor] = {}
+
+
+def _flush_traffic() -> None:
+    """Write the traffic counts off the request's path (a locked upsert and its commit, some milliseconds)."""
+    if connection.in_atomic_block:
+        traffic.flush()  # inside a transaction (a test's) its rows are visible only on this connection
+        return
+    # RuntimeError: the pool was shut down meanwhile (clear_caches); the counts go with the next flush.
+    with contextlib.suppress(RuntimeError):
+        _pool("upkeep").submit(_flush_traffic_now)
+
+
+def _flush_traffic_now() -> None:
+    try:
+        close_old_connections()
+        traffic.flush()
+    except Exception:
+        # Monitoring reads windows of minutes; a lost flush is a few seconds of counts.
+        logger.exception("read API: writing the traffic counts failed")
+
+
+def _pool(name: str) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _pools.get(name)
+        if pool is None:
+            pool = _pools[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-api-{name}")
+    return pool
 
 
 def _audit(
@@ -579,12 +729,7 @@ def _audit(
         _write_audit(fields)
         written.set_result(None)
         return written
-    global _audit_pool
-    with _lock:
-        if _audit_pool is None:  # made in the serving process (after gunicorn forks), on first use
-            _audit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-api-audit")
-        pool = _audit_pool
-    return pool.submit(_on_audit_thread, fields)
+    return _pool("audit").submit(_on_audit_thread, fields)
 
 
 def _on_audit_thread(fields: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from connections.models import EHRConnection, Environment
 from onboarding.gates import services as gates
-from onboarding.golive import windows
+from onboarding.golive import readapi, windows
 from onboarding.golive.models import GoLivePlan, GoLiveSchedule, Rollout, ScheduleStatus, WindowChoice
 from onboarding.live.models import LivePhase, LiveStage, LiveState
 from onboarding.models import Approval, Onboarding, RunStatus, Step, StepRun
@@ -522,6 +522,7 @@ def cutover(*, onboarding: Onboarding, run: StepRun, probe_patient_id: str) -> C
                 "before_cutover": before,
             },
         )
+        readapi.forget_callers()  # the read API in this process sees the change at once
         audit.record(
             action="go_live.cutover",
             tenant=onboarding.tenant,
@@ -575,6 +576,7 @@ def rollback(
         state.stage = LiveStage.NOT_LIVE
         state.pilot_percent = 0
         state.save(update_fields=["stage", "pilot_percent", "updated_at"])
+        readapi.forget_callers()
         audit.record(
             action="go_live.rollback",
             actor=user,
@@ -609,6 +611,7 @@ def promote(*, user: User, onboarding: Onboarding, request: HttpRequest | None =
         share = state.pilot_percent
         state.stage = LiveStage.FULL
         state.save(update_fields=["stage", "updated_at"])
+        readapi.forget_callers()
         audit.record(
             action="go_live.promote",
             actor=user,

@@ -1,9 +1,10 @@
 """Counting the product's production requests per connection and minute, and reading them back.
 
 The read API calls `record_request` on every request. Counts gather in this process and reach the
-database at most every FLUSH_SECONDS (or on `flush`), one locked upsert per connection and minute,
-so counting adds no write to a request's own path. A process that dies loses at most those seconds
-of counts, which monitoring tolerates (it looks at windows of minutes).
+database every FLUSH_SECONDS (`record_request` says when a flush is due, and the read API runs
+`flush` on a thread of its own, so counting adds no write to a request's own path), one locked
+upsert per connection and minute. A process that dies loses at most those seconds of counts, which
+monitoring tolerates (it looks at windows of minutes).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ _pending: dict[tuple[int, datetime], _Tally] = {}
 _last_flush = time.monotonic()
 
 
-def record_request(onboarding_id: int, *, latency_ms: float, error_kind: str = "", at: datetime | None = None) -> None:
-    """Count one production request (its latency, and its typed error kind if it failed)."""
+def record_request(onboarding_id: int, *, latency_ms: float, error_kind: str = "", at: datetime | None = None) -> bool:
+    """Count one production request (its latency, and its typed error kind if it failed); True when the
+    counts are due to be flushed (to the caller, once every FLUSH_SECONDS)."""
     global _last_flush
     minute = (at or timezone.now()).replace(second=0, microsecond=0)
     with _lock:
@@ -61,8 +63,7 @@ def record_request(onboarding_id: int, *, latency_ms: float, error_kind: str = "
         due = time.monotonic() - _last_flush >= FLUSH_SECONDS
         if due:
             _last_flush = time.monotonic()
-    if due:
-        flush()
+    return due
 
 
 def flush() -> int:
