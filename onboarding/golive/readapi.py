@@ -285,8 +285,9 @@ def _refresh_now(key: tuple[str, str]) -> None:
 
 
 def forget_callers() -> None:
-    """Read every token and live state again on their next request in this process (after a revocation, a
-    rollback or a promotion here; other processes see it when their kept entries run out).
+    """Read every token and live state again on their next request in this process (after a revocation,
+    a cutover, a rollback, a promotion or a connection's edit here; other processes see it when their
+    kept entries run out).
 
     Called inside the change's transaction: cleared at once, and once more when it commits, since a
     request of this process may read and keep the rows as they were before the commit.
