@@ -12,8 +12,9 @@ slows both alike; the load average is printed at the start and the end. The audi
 to hold one event per read-API request made.
 
 The portal runs twice: as production runs it (a good token and its live state kept for
-READ_API_AUTH_CACHE_SECONDS, 1 s by default, so about one request in 40 here reads them) and with
-that set to 0 (every request reads them), whose figures are shown beside for what the cache is worth.
+READ_API_AUTH_CACHE_SECONDS, 1 s by default, and read again in the background while requests keep
+coming, so after the first few no request here reads them) and with that set to 0 (every request
+reads them), whose figures are shown beside for what the cache is worth.
 
     .venv/bin/python -m benchmarks.readapi [--requests 400] [--latency-ms 20 50 100] [--auth-cache default 0]
 
